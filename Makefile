@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make mini   - create .venv and run the mini study (offline, 2 CPU cores)
+#   make test   - create .venv and run the tests
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: mini test install lint clean-mini
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
+	touch $@
+
+install: $(VENV)/.installed
+
+mini: install
+	$(BIN)/snakemake --profile profiles/mini
+	$(BIN)/snakemake --profile profiles/mini --report results/mini/report.html
+
+test: install
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
+
+clean-mini:
+	rm -rf results/mini logs/mini benchmarks/mini

@@ -1,0 +1,371 @@
+# Everything that is not a rule: config validation, the run matrix, wildcard constraints, input
+# functions and the final targets. Rules only name these functions; they carry no lambdas.
+
+import re
+
+from snakemake.utils import validate
+
+from diffrep import config as dconf
+
+validate(config, schema="../schemas/config.schema.yaml")
+try:
+    dconf.check(config)
+except dconf.ConfigError as err:
+    raise WorkflowError(f"Invalid configuration: {err}") from None
+
+
+STUDY = config["study"]
+R = f"results/{STUDY}"
+LOGS = f"logs/{STUDY}"
+BENCH = f"benchmarks/{STUDY}"
+MODELS = config["models"]
+DATASETS = config["datasets"]
+PRESETS = dconf.presets(config)
+RUNS = dconf.runs(config)
+FINETUNES = dconf.finetunes(config)
+GENERATIONS = dconf.generations(config)
+MEASURED = dconf.measured_generations(config)
+EMBEDDERS = config["embedders"]
+
+
+def _alternatives(names):
+    """A regex matching exactly the given names (never matching anything when there are none)."""
+    names = sorted(names)
+    return "(?:" + "|".join(re.escape(n) for n in names) + ")" if names else "(?!x)x"
+
+
+def _is_built(model):
+    return MODELS[model]["sources"][0]["type"] == "build"
+
+
+FETCHED_MODELS = [m for m in MODELS if not _is_built(m)]
+BUILT_MODELS = [m for m in MODELS if _is_built(m)]
+
+
+RUN_PATTERN = (
+    f"base|{_alternatives(dconf.DUPLICATIONS)}"
+    rf"\.{_alternatives(dconf.CONDITIONINGS)}"
+    rf"\.{_alternatives(dconf.TRAIN_MITIGATIONS)}"
+)
+
+
+wildcard_constraints:
+    dataset=_alternatives(DATASETS),
+    embedder=_alternatives(EMBEDDERS),
+    gen=_alternatives(PRESETS),
+    run=RUN_PATTERN,
+    duplication=_alternatives(dconf.DUPLICATIONS),
+    conditioning=_alternatives(dconf.CONDITIONINGS),
+    mitigation=_alternatives(dconf.TRAIN_MITIGATIONS),
+    sweep=_alternatives(config["sweeps"]),
+
+
+# ---------------------------------------------------------------- paths
+
+
+def model_dir(name):
+    return f"resources/models/{name}"
+
+
+def model_files(name):
+    """The folder and the verified manifest of a model: what a consumer depends on."""
+    return {"dir": model_dir(name), "manifest": f"resources/models/{name}.sha256"}
+
+
+def dataset_files(name):
+    root = f"resources/data/{name}"
+    return {
+        "images": f"{root}/images",
+        "metadata": f"{root}/metadata.parquet",
+        "manifest": f"{root}/images.sha256",
+    }
+
+
+def run_model_dir(dataset, run):
+    if run == dconf.BASE_RUN:
+        return model_dir(config["base_model"])
+    return f"{R}/{dataset}/models/{run}"
+
+
+def generation_dir(dataset, run, gen):
+    return f"{R}/{dataset}/generations/{run}/{gen}"
+
+
+def plan_for(run):
+    """The duplication plan a run was trained with (the base model counts as nodup)."""
+    r = dconf.Run.parse(run)
+    return "nodup" if r.is_base else r.duplication
+
+
+def prompt_conditioning(run):
+    """The caption style prompts are drawn from: the run's own, instance captions for the base."""
+    r = dconf.Run.parse(run)
+    return "instancelevel_blip" if r.is_base else r.conditioning
+
+
+# ---------------------------------------------------------------- input functions
+
+
+def get_model_source(wildcards):
+    return MODELS[wildcards.model]
+
+
+def get_dataset_config(wildcards):
+    return DATASETS[wildcards.dataset]
+
+
+def get_dataset(wildcards):
+    return dataset_files(wildcards.dataset)
+
+
+def get_blip_model(wildcards):
+    return model_files(config["captions"]["blip"]["model"])
+
+
+def get_caption_inputs(wildcards):
+    """Captions need the metadata; BLIP captions where the dataset asks; the base tokenizer for random tokens."""
+    inputs = {"metadata": dataset_files(wildcards.dataset)["metadata"]}
+    if (
+        wildcards.conditioning == "instancelevel_blip"
+        and DATASETS[wildcards.dataset]["blip_captions"]
+    ):
+        inputs["blip"] = f"{R}/{wildcards.dataset}/captions/blip.parquet"
+    if wildcards.conditioning == "instancelevel_random":
+        inputs["tokenizer"] = model_files(config["base_model"])["manifest"]
+    return inputs
+
+
+def get_caption_params(wildcards):
+    return {
+        "conditioning": wildcards.conditioning,
+        "n_captions": DATASETS[wildcards.dataset]["n_captions"],
+        "random_per_image": config["captions"]["random_per_image"],
+        "random_tokens": config["captions"]["random_tokens"],
+        "vocab_limit": config["captions"]["vocab_limit"],
+        "tokenizer_dir": model_dir(config["base_model"]),
+        "seed": dconf.derive_seed(
+            config["seed"], "captions", wildcards.dataset, wildcards.conditioning
+        ),
+    }
+
+
+def get_finetune_inputs(wildcards):
+    base = model_files(config["base_model"])
+    data = dataset_files(wildcards.dataset)
+    return {
+        "base": base["dir"],
+        "base_manifest": base["manifest"],
+        "images": data["images"],
+        "metadata": data["metadata"],
+        "captions": f"{R}/{wildcards.dataset}/captions/{wildcards.conditioning}.json",
+        "plan": f"{R}/{wildcards.dataset}/duplication/{wildcards.duplication}.parquet",
+    }
+
+
+def get_mitigation_params(wildcards):
+    return {"name": wildcards.mitigation, **config["train_mitigations"]}
+
+
+def get_generate_inputs(wildcards):
+    inputs = {
+        "model": run_model_dir(wildcards.dataset, wildcards.run),
+        "captions": f"{R}/{wildcards.dataset}/captions/{prompt_conditioning(wildcards.run)}.json",
+        "plan": f"{R}/{wildcards.dataset}/duplication/{plan_for(wildcards.run)}.parquet",
+    }
+    if wildcards.run == dconf.BASE_RUN:
+        inputs["manifest"] = model_files(config["base_model"])["manifest"]
+    return inputs
+
+
+def get_preset(wildcards):
+    return PRESETS[wildcards.gen]
+
+
+def get_generation_params(wildcards):
+    preset = PRESETS[wildcards.gen]
+    return {
+        "n_images": preset.get("n_images", config["generation"]["n_images"]),
+        "resolution": config["generation"]["resolution"]
+        or config["training"]["resolution"],
+        "seed": dconf.derive_seed(config["generation"]["seed"], wildcards.dataset),
+    }
+
+
+def get_embedder(wildcards):
+    return EMBEDDERS[wildcards.embedder]
+
+
+def get_embedder_model(wildcards):
+    emb = EMBEDDERS[wildcards.embedder]
+    return model_files(emb["model"]) if emb["type"] == "sscd" else {}
+
+
+def get_embed_train_inputs(wildcards):
+    return {**dataset_files(wildcards.dataset), **get_embedder_model(wildcards)}
+
+
+def get_embed_generation_inputs(wildcards):
+    return {
+        "generations": generation_dir(wildcards.dataset, wildcards.run, wildcards.gen),
+        **get_embedder_model(wildcards),
+    }
+
+
+def get_fid_model(wildcards):
+    return model_files(config["fid"]["model"])
+
+
+def get_clip_model(wildcards):
+    return model_files(config["clipscore"]["model"])
+
+
+def get_generations(wildcards):
+    return generation_dir(wildcards.dataset, wildcards.run, wildcards.gen)
+
+
+def get_weightdiff_inputs(wildcards):
+    return {
+        "base": model_files(config["base_model"])["dir"],
+        "model": f"{R}/{wildcards.dataset}/models/{wildcards.run}",
+    }
+
+
+# ---------------------------------------------------------------- aggregate targets
+
+
+def _measured(pattern, **extra):
+    return [
+        pattern.format(R=R, dataset=ds, run=run.name, gen=gen, **extra)
+        for ds, run, gen in MEASURED
+    ]
+
+
+def similarity_stats():
+    return [
+        p
+        for emb in EMBEDDERS
+        for p in _measured("{R}/{dataset}/similarity/{emb}/{run}/{gen}.json", emb=emb)
+    ]
+
+
+def similarity_tables():
+    return [
+        p
+        for emb in EMBEDDERS
+        for p in _measured(
+            "{R}/{dataset}/similarity/{emb}/{run}/{gen}.parquet", emb=emb
+        )
+    ]
+
+
+def similarity_baselines():
+    return [
+        f"{R}/{ds}/similarity/{emb}/train_baseline.json"
+        for ds in sorted({g[0] for g in MEASURED})
+        for emb in EMBEDDERS
+    ]
+
+
+def fid_scores():
+    return (
+        _measured("{R}/{dataset}/fid/{run}/{gen}.json")
+        if config["fid"]["enabled"]
+        else []
+    )
+
+
+def clip_scores():
+    return (
+        _measured("{R}/{dataset}/clipscore/{run}/{gen}.json")
+        if config["clipscore"]["enabled"]
+        else []
+    )
+
+
+def weightdiff_tables():
+    if not config["weightdiff"]["enabled"]:
+        return []
+    return [f"{R}/{ds}/weightdiff/{run.name}.parquet" for ds, run in FINETUNES]
+
+
+def get_table_inputs(wildcards):
+    return {
+        "similarity": similarity_stats(),
+        "baselines": similarity_baselines(),
+        "fid": fid_scores(),
+        "clipscore": clip_scores(),
+        "weightdiff": weightdiff_tables(),
+        "manifests": [model_files(config["base_model"])["manifest"]]
+        + [dataset_files(ds)["manifest"] for ds in sorted({r[0] for r in RUNS})],
+    }
+
+
+def gallery_figures():
+    return [
+        p
+        for emb in EMBEDDERS
+        for p in _measured(
+            "{R}/figures/gallery/{dataset}/{emb}/{run}/{gen}.png", emb=emb
+        )
+    ]
+
+
+def weightdiff_figures():
+    if not config["weightdiff"]["enabled"]:
+        return []
+    return [f"{R}/figures/weightdiff/{ds}/{run.name}.png" for ds, run in FINETUNES]
+
+
+def sweep_figures():
+    return [f"{R}/figures/grid/{sweep}.png" for sweep in config["sweeps"]]
+
+
+SUMMARY_FIGURES = [
+    "sim95_by_dup_cond",
+    "mitigation_tradeoff",
+    "similarity_distributions",
+    "duplicated_vs_not",
+]
+
+
+def all_figures():
+    return (
+        [f"{R}/figures/{name}.png" for name in SUMMARY_FIGURES]
+        + gallery_figures()
+        + weightdiff_figures()
+        + sweep_figures()
+    )
+
+
+FIGURE_STYLE_KEYS = ("style", "context", "dpi")
+
+
+def get_figure_style(wildcards):
+    """Style shared by all figures plus this figure's own options (only these re-run it)."""
+    style = {k: config["figures"][k] for k in FIGURE_STYLE_KEYS}
+    return {**style, **config["figures"]["per_figure"].get(wildcards.figure, {})}
+
+
+def get_common_style(wildcards):
+    return {k: config["figures"][k] for k in FIGURE_STYLE_KEYS}
+
+
+def get_sweep_generations(wildcards):
+    sweep = config["sweeps"][wildcards.sweep]
+    cells = [g for g, p in PRESETS.items() if p.get("sweep") == wildcards.sweep]
+    return [
+        generation_dir(sweep["dataset"], run, gen)
+        for run in sweep["runs"]
+        for gen in cells
+    ]
+
+
+def get_sweep_params(wildcards):
+    sweep = config["sweeps"][wildcards.sweep]
+    cells = {g: p for g, p in PRESETS.items() if p.get("sweep") == wildcards.sweep}
+    return {"runs": sweep["runs"], "cells": cells}
+
+
+def get_final_output():
+    """What `snakemake` (rule all) builds for the configured study."""
+    return [f"{R}/tables/summary.csv", f"{R}/tables/weightdiff.csv"] + all_figures()

@@ -1,0 +1,81 @@
+# Datasets, captions and duplication plans.
+
+
+rule prepare_dataset:
+    output:
+        images=directory("resources/data/{dataset}/images"),
+        metadata="resources/data/{dataset}/metadata.parquet",
+        manifest="resources/data/{dataset}/images.sha256",
+        report="resources/data/{dataset}/report.json",
+    log:
+        "logs/data/prepare_{dataset}.log",
+    retries: 1
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        dataset=get_dataset_config,
+    script:
+        "../scripts/prepare_dataset.py"
+
+
+rule blip_captions:
+    input:
+        unpack(get_dataset),
+        unpack(get_blip_model),
+    output:
+        captions=f"{R}/{{dataset}}/captions/blip.parquet",
+    log:
+        f"{LOGS}/captions/{{dataset}}/blip.log",
+    benchmark:
+        f"{BENCH}/captions/{{dataset}}/blip.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+        batch_size=config["resources"]["blip_batch_size"],
+    params:
+        blip=config["captions"]["blip"],
+        seed=config["seed"],
+    script:
+        "../scripts/blip_captions.py"
+
+
+rule captions:
+    input:
+        unpack(get_caption_inputs),
+    output:
+        captions=f"{R}/{{dataset}}/captions/{{conditioning}}.json",
+    log:
+        f"{LOGS}/captions/{{dataset}}/{{conditioning}}.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        captions=get_caption_params,
+    script:
+        "../scripts/captions.py"
+
+
+rule duplication_plan:
+    input:
+        metadata=f"resources/data/{{dataset}}/metadata.parquet",
+    output:
+        plan=f"{R}/{{dataset}}/duplication/{{duplication}}.parquet",
+    log:
+        f"{LOGS}/duplication/{{dataset}}/{{duplication}}.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        style="{duplication}",
+        duplication=config["duplication"],
+    script:
+        "../scripts/duplication_plan.py"
+
+
+rule data:
+    default_target: False
+    input:
+        [dataset_files(ds)["manifest"] for ds in DATASETS],

@@ -1,0 +1,3 @@
+"""diffrep: training-data replication in text-to-image diffusion models, as a Snakemake workflow."""
+
+__version__ = "0.1.0"

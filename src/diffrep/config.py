@@ -1,0 +1,268 @@
+"""The study configuration beyond what JSON schema can say.
+
+`schemas/config.schema.yaml` checks keys, types and names and fills defaults; this module checks
+what crosses keys (a preset a block names must exist, a train-time mitigation needs instance
+captions, ...), expands the experiment blocks into the run matrix, and names runs.
+
+A run is ``base`` (the model before finetuning) or ``{duplication}.{conditioning}.{mitigation}``,
+e.g. ``dup_both.instancelevel_blip.none``. Setting names contain no dots, so a run name parses back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+
+DUPLICATIONS = ("nodup", "dup_both", "dup_image")
+CONDITIONINGS = ("nolevel", "classlevel", "instancelevel_blip", "instancelevel_random")
+TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise")
+INFERENCE_MITIGATIONS = ("none", "gaussnoise", "rand_numb_add", "rand_word_add", "rand_word_repeat")
+SCHEDULERS = (
+    "default", "ddpm", "ddim", "pndm", "dpmsolver++", "euler", "euler_ancestral", "lms", "heun", "unipc",
+)
+SINGLE_CAPTION_CONDITIONINGS = ("nolevel", "classlevel")
+BASE_RUN = "base"
+
+PRESET_DEFAULTS = {
+    "mitigation": "none",
+    "lam": 0.1,
+    "repeats": 4,
+    "scheduler": "default",
+    "guidance_scale": 7.5,
+    "steps": 50,
+    "negative_prompt": "",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the allowed values."""
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    """One model of the study: the base model, or a finetune setting."""
+
+    duplication: str | None = None
+    conditioning: str | None = None
+    mitigation: str | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.duplication is None
+
+    @property
+    def name(self) -> str:
+        if self.is_base:
+            return BASE_RUN
+        return f"{self.duplication}.{self.conditioning}.{self.mitigation}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Run":
+        """Parse ``base`` or ``dup.cond.mitigation``; raise ConfigError naming the bad part."""
+        if name == BASE_RUN:
+            return cls()
+        parts = name.split(".")
+        if len(parts) != 3:
+            raise ConfigError(
+                f"run {name!r}: expected 'base' or '<duplication>.<conditioning>.<mitigation>'"
+            )
+        for value, allowed, what in zip(
+            parts,
+            (DUPLICATIONS, CONDITIONINGS, TRAIN_MITIGATIONS),
+            ("duplication", "conditioning", "train mitigation"),
+        ):
+            if value not in allowed:
+                raise ConfigError(
+                    f"run {name!r}: unknown {what} {value!r}; allowed: {', '.join(allowed)}"
+                )
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A stable 31-bit seed from a master seed and any keys (wildcards, names)."""
+    text = "\x1f".join([str(seed), *map(str, keys)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def _allowed(values) -> str:
+    return ", ".join(sorted(values)) or "(none defined)"
+
+
+def _require_model(config: dict, name: str, kind: str, key: str) -> None:
+    models = config["models"]
+    if name not in models:
+        raise ConfigError(f"{key}: model {name!r} is not defined in models; defined: {_allowed(models)}")
+    if models[name]["kind"] != kind:
+        raise ConfigError(
+            f"{key}: model {name!r} has kind {models[name]['kind']!r}, expected {kind!r}"
+        )
+
+
+def check_combination(dataset: str, ds: dict, duplication: str, conditioning: str, mitigation: str, where: str) -> None:
+    """Reject a finetune setting that upstream cannot run, saying why."""
+    if conditioning == "classlevel" and not ds.get("has_classes", False):
+        raise ConfigError(
+            f"{where}: conditioning 'classlevel' needs class labels, but dataset {dataset!r} has "
+            "has_classes: false (use an imagefolder dataset such as Imagenette, or drop classlevel)"
+        )
+    if mitigation != "none" and conditioning != "instancelevel_blip":
+        raise ConfigError(
+            f"{where}: train_mitigation {mitigation!r} with conditioning {conditioning!r}: upstream "
+            "applies train-time mitigations to instancelevel_blip captions only; allowed with "
+            f"{conditioning!r}: none"
+        )
+    if duplication == "dup_image" and conditioning in SINGLE_CAPTION_CONDITIONINGS:
+        raise ConfigError(
+            f"{where}: duplication 'dup_image' with conditioning {conditioning!r}: every image has one "
+            "caption, so dup_image equals dup_both; use dup_both"
+        )
+
+
+def check(config: dict) -> None:
+    """Cross-key checks after schema validation (which has filled the defaults)."""
+    models = config["models"]
+    datasets = config["datasets"]
+    _require_model(config, config["base_model"], "diffusers", "base_model")
+    presets = config["generation"]["presets"]
+    for name, preset in presets.items():
+        if "-" in name and name.split("-")[0] in config.get("sweeps", {}):
+            raise ConfigError(
+                f"generation.presets.{name}: names '<sweep>-...' are reserved for the expanded sweep presets"
+            )
+    for i, block in enumerate(config["experiments"]):
+        where = f"experiments[{i}] ({block['name']})"
+        for ds in block["datasets"]:
+            if ds not in datasets:
+                raise ConfigError(f"{where}: dataset {ds!r} is not defined in datasets; defined: {_allowed(datasets)}")
+        for gen in block["generation"]:
+            if gen not in presets:
+                raise ConfigError(
+                    f"{where}: generation preset {gen!r} is not defined in generation.presets; defined: {_allowed(presets)}"
+                )
+        for ds, dup, cond, mit in itertools.product(
+            block["datasets"], block["duplication"], block["conditioning"], block["train_mitigation"]
+        ):
+            check_combination(ds, datasets[ds], dup, cond, mit, where)
+    names = [b["name"] for b in config["experiments"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"experiments: block names must be unique; repeated: {', '.join(dupes)}")
+    for name, emb in config["embedders"].items():
+        if emb["type"] == "sscd":
+            if "model" not in emb:
+                raise ConfigError(f"embedders.{name}: type 'sscd' needs a model (a models entry of kind sscd)")
+            _require_model(config, emb["model"], "sscd", f"embedders.{name}.model")
+    if config["fid"]["enabled"]:
+        _require_model(config, config["fid"]["model"], "fid_inception", "fid.model")
+    if config["clipscore"]["enabled"]:
+        _require_model(config, config["clipscore"]["model"], "clip", "clipscore.model")
+    if any(d["blip_captions"] for d in datasets.values()) and "instancelevel_blip" in _used_conditionings(config):
+        _require_model(config, config["captions"]["blip"]["model"], "blip", "captions.blip.model")
+    matrix = {(ds, r.name) for ds, r in runs({**config, "sweeps": {}})}
+    for name, sweep in config.get("sweeps", {}).items():
+        where = f"sweeps.{name}"
+        if sweep["dataset"] not in datasets:
+            raise ConfigError(f"{where}: dataset {sweep['dataset']!r} is not defined; defined: {_allowed(datasets)}")
+        for run in sweep["runs"]:
+            Run.parse(run)
+            if run != BASE_RUN and (sweep["dataset"], run) not in matrix:
+                raise ConfigError(
+                    f"{where}: run {run!r} is not in the experiments matrix for dataset {sweep['dataset']!r}"
+                )
+        for sched in sweep["scheduler"]:
+            if sched not in SCHEDULERS:
+                raise ConfigError(
+                    f"{where}.scheduler: unknown scheduler {sched!r}; allowed: {', '.join(SCHEDULERS)}"
+                )
+    for name, model in models.items():
+        for j, src in enumerate(model["sources"]):
+            need = {"modelscope": "repo", "huggingface": "repo", "url": "url", "build": "builder"}[src["type"]]
+            if need not in src:
+                raise ConfigError(f"models.{name}.sources[{j}]: source type {src['type']!r} needs '{need}'")
+    for name, ds in datasets.items():
+        src = ds["source"]
+        need = {"folder": "path", "urls": "path", "build": "builder"}[src["type"]]
+        if need not in src:
+            raise ConfigError(f"datasets.{name}.source: type {src['type']!r} needs '{need}'")
+
+
+def _used_conditionings(config: dict) -> set[str]:
+    return {c for b in config["experiments"] for c in b["conditioning"]}
+
+
+def runs(config: dict) -> list[tuple[str, Run]]:
+    """All (dataset, run) pairs of the matrix, base runs included where a block asks, sorted."""
+    out = set()
+    for block in config["experiments"]:
+        for ds in block["datasets"]:
+            if block["include_base"]:
+                out.add((ds, Run()))
+            for dup, cond, mit in itertools.product(
+                block["duplication"], block["conditioning"], block["train_mitigation"]
+            ):
+                out.add((ds, Run(dup, cond, mit)))
+    for sweep in config.get("sweeps", {}).values():
+        for run in sweep["runs"]:
+            out.add((sweep["dataset"], Run.parse(run)))
+    return sorted(out, key=lambda x: (x[0], not x[1].is_base, x[1].name))
+
+
+def finetunes(config: dict) -> list[tuple[str, Run]]:
+    """The (dataset, run) pairs that need a finetune job."""
+    return [(ds, r) for ds, r in runs(config) if not r.is_base]
+
+
+def sweep_presets(config: dict) -> dict[str, dict]:
+    """Expand every sweep into presets named ``{sweep}-{index:02d}`` (cells in product order)."""
+    out = {}
+    for name, sweep in config.get("sweeps", {}).items():
+        cells = itertools.product(
+            sweep["scheduler"], sweep["guidance_scale"], sweep["steps"], sweep["negative_prompt"]
+        )
+        for i, (sched, cfg, steps, neg) in enumerate(cells):
+            out[f"{name}-{i:02d}"] = {
+                **PRESET_DEFAULTS,
+                "scheduler": sched,
+                "guidance_scale": cfg,
+                "steps": steps,
+                "negative_prompt": neg,
+                "n_images": sweep["n_images"],
+                "sweep": name,
+            }
+    return out
+
+
+def presets(config: dict) -> dict[str, dict]:
+    """Every generation preset by name, defaults filled, sweeps expanded."""
+    out = {name: {**PRESET_DEFAULTS, **p} for name, p in config["generation"]["presets"].items()}
+    out.update(sweep_presets(config))
+    return out
+
+
+def generations(config: dict) -> list[tuple[str, Run, str]]:
+    """All (dataset, run, preset) triples that are generated, sorted."""
+    out = set()
+    for block in config["experiments"]:
+        for ds in block["datasets"]:
+            block_runs = [Run(*c) for c in itertools.product(
+                block["duplication"], block["conditioning"], block["train_mitigation"]
+            )]
+            if block["include_base"]:
+                block_runs.append(Run())
+            for r, gen in itertools.product(block_runs, block["generation"]):
+                out.add((ds, r, gen))
+    for sweep_name, sweep in config.get("sweeps", {}).items():
+        for gen in (g for g, p in sweep_presets(config).items() if p["sweep"] == sweep_name):
+            for run in sweep["runs"]:
+                out.add((sweep["dataset"], Run.parse(run), gen))
+    return sorted(out, key=lambda x: (x[0], not x[1].is_base, x[1].name, x[2]))
+
+
+def measured_generations(config: dict) -> list[tuple[str, Run, str]]:
+    """Generations that get similarity / FID / CLIP score (sweep cells only feed image grids)."""
+    sweeps = sweep_presets(config)
+    return [g for g in generations(config) if g[2] not in sweeps]

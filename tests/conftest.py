@@ -1,0 +1,84 @@
+"""Shared helpers: run Snakemake on a copy of the workflow, load the study configs."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+IGNORED = {".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", ".pytest_cache"}
+
+
+def load_yaml(path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def snakemake(args, cwd, check=False, timeout=600, env=None):
+    """Run `python -m snakemake` (the one of this venv); return the CompletedProcess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A fresh-clone-like copy of the workflow (tracked files only: no results, data or weights)."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True
+    )
+    if files.returncode == 0 and files.stdout.strip():
+        for rel in files.stdout.splitlines():
+            src = REPO / rel
+            if src.is_file() and not (set(Path(rel).parts) & IGNORED):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
+    else:  # pragma: no cover - not a git checkout
+        shutil.copytree(REPO, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*IGNORED))
+    return dest
+
+
+def job_counts(dryrun_stdout: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into {rule: count}."""
+    counts, in_table = {}, False
+    for line in dryrun_stdout.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if not parts or parts[0].startswith("-"):
+                continue
+            if parts[0] == "total":
+                break
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="session")
+def workflow_copy(tmp_path_factory) -> Path:
+    """One read-only fresh copy of the workflow per session, for dry runs."""
+    return copy_workflow(tmp_path_factory.mktemp("clone"))
+
+
+@pytest.fixture
+def paper_config() -> dict:
+    return copy.deepcopy(load_yaml(REPO / "config.yaml"))
+
+
+@pytest.fixture
+def mini_config() -> dict:
+    return copy.deepcopy(load_yaml(REPO / "profiles/mini/study.yaml"))

@@ -1,0 +1,115 @@
+"""The config: cross-key checks, the run matrix, run names and presets (diffrep.config)."""
+
+import pytest
+
+from diffrep import config as dconf
+from diffrep.config import ConfigError, Run
+
+
+def validated(cfg: dict) -> dict:
+    """Validate like the workflow does (schema with defaults) and return the filled config."""
+    from snakemake.utils import validate
+
+    from conftest import REPO
+
+    validate(cfg, str(REPO / "schemas/config.schema.yaml"))
+    return cfg
+
+
+def test_run_names_round_trip():
+    run = Run("dup_both", "instancelevel_blip", "allcaps")
+    assert run.name == "dup_both.instancelevel_blip.allcaps"
+    assert Run.parse(run.name) == run
+    assert Run.parse("base").is_base and Run().name == "base"
+
+
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("dup_bth.nolevel.none", "unknown duplication 'dup_bth'; allowed: nodup, dup_both, dup_image"),
+        ("nodup.level.none", "unknown conditioning 'level'"),
+        ("nodup.nolevel.allcap", "unknown train mitigation 'allcap'"),
+        ("nodup.nolevel", "expected 'base' or"),
+    ],
+)
+def test_run_parse_names_the_bad_part(name, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("(", r"\(")):
+        Run.parse(name)
+
+
+def test_paper_matrix(paper_config):
+    cfg = validated(paper_config)
+    dconf.check(cfg)
+    finetunes = dconf.finetunes(cfg)
+    # duplication_laion 3x2 + single caption 2 + imagenette 2x3 + train mitigations 2x5
+    assert len(finetunes) == 24
+    names = {(ds, r.name) for ds, r in finetunes}
+    assert ("laion10k", "dup_image.instancelevel_blip.gaussnoise") in names
+    assert ("imagenette", "dup_both.classlevel.none") in names
+    assert not any(r.mitigation != "none" and r.conditioning != "instancelevel_blip" for _, r in finetunes)
+    gens = dconf.generations(cfg)
+    assert ("laion10k", Run(), "default") in gens
+    assert ("laion10k", Run("dup_both", "instancelevel_blip", "none"), "rand_word_repeat") in gens
+    # sweep cells are generated but not measured: 3 schedulers x 3 CFG x 2 steps on 2 runs
+    sweep = [g for g in gens if g[2].startswith("samplers-")]
+    assert len(sweep) == 3 * 3 * 2 * 2
+    assert not set(sweep) & set(dconf.measured_generations(cfg))
+
+
+def test_presets_fill_defaults(paper_config):
+    cfg = validated(paper_config)
+    presets = dconf.presets(cfg)
+    assert presets["default"] == dconf.PRESET_DEFAULTS
+    assert presets["gaussnoise"]["lam"] == 0.1 and presets["gaussnoise"]["steps"] == 50
+    assert presets["samplers-00"]["scheduler"] == "ddim" and presets["samplers-00"]["n_images"] == 4
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c["experiments"][0].update(conditioning=["classlevel"]),
+            "conditioning 'classlevel' needs class labels, but dataset 'laion10k' has has_classes: false",
+        ),
+        (
+            lambda c: c["experiments"][3].update(conditioning=["instancelevel_random"]),
+            "upstream applies train-time mitigations to instancelevel_blip captions only",
+        ),
+        (
+            lambda c: c["experiments"][1].update(duplication=["dup_image"]),
+            "dup_image equals dup_both",
+        ),
+        (
+            lambda c: c["experiments"][0].update(generation=["nosuchpreset"]),
+            "generation preset 'nosuchpreset' is not defined in generation.presets; defined: default, gaussnoise",
+        ),
+        (
+            lambda c: c["experiments"][0].update(datasets=["laion"]),
+            "dataset 'laion' is not defined in datasets; defined: imagenette, laion10k",
+        ),
+        (lambda c: c.update(base_model="sscd_disc_large"), "has kind 'sscd', expected 'diffusers'"),
+        (lambda c: c["embedders"]["sscd_large"].update(model="nope"), "embedders.sscd_large.model: model 'nope'"),
+        (
+            lambda c: c["sweeps"]["samplers"].update(runs=["nodup.nolevel.allcaps"]),
+            "not in the experiments matrix",
+        ),
+        (lambda c: c["models"]["sd21"]["sources"][0].pop("repo"), "source type 'modelscope' needs 'repo'"),
+        (
+            lambda c: c["experiments"].append(dict(c["experiments"][0])),
+            "block names must be unique; repeated: duplication_laion",
+        ),
+    ],
+)
+def test_impossible_combinations_are_named(paper_config, edit, message):
+    edit(paper_config)
+    cfg = validated(paper_config)
+    with pytest.raises(ConfigError) as err:
+        dconf.check(cfg)
+    assert message in str(err.value)
+
+
+def test_derive_seed_is_stable_and_separates_keys():
+    assert dconf.derive_seed(0, "a", 1) == dconf.derive_seed(0, "a", 1)
+    assert dconf.derive_seed(0, "a", 1) != dconf.derive_seed(0, "a", 2)
+    assert dconf.derive_seed(0, "ab") != dconf.derive_seed(0, "a", "b")
+    assert 0 <= dconf.derive_seed(123, "x") < 2**31
