@@ -1,0 +1,41 @@
+"""Builders: models and datasets that the workflow makes locally (the `build` source type).
+
+A config names a builder (`{type: build, builder: mini_sd, options: {...}}`); this registry maps
+the name to a function, imported lazily so that a dry run never imports torch.
+
+Model builders are called as ``fn(out_dir: Path, seed: int, **options)`` and write a model folder
+(docs/formats.md). Dataset builders are called as ``fn(staging_dir: Path, seed: int, **options)``
+and write a folder in the laion layout with classes (images, captions.json, classes.json).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from diffrep.config import ConfigError
+
+MODEL_BUILDERS = {
+    "mini_sd": "diffrep.tinysd:build_mini_sd",
+    "fid_inception_from_wheel": "diffrep.fid_weights:build_fid_inception_from_wheel",
+}
+DATASET_BUILDERS = {
+    "mini_dataset": "diffrep.minidata:build_mini_dataset",
+}
+
+
+def _load(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def model_builder(name: str) -> Callable:
+    if name not in MODEL_BUILDERS:
+        raise ConfigError(f"unknown model builder {name!r}; known: {', '.join(sorted(MODEL_BUILDERS))}")
+    return _load(MODEL_BUILDERS[name])
+
+
+def dataset_builder(name: str) -> Callable:
+    if name not in DATASET_BUILDERS:
+        raise ConfigError(f"unknown dataset builder {name!r}; known: {', '.join(sorted(DATASET_BUILDERS))}")
+    return _load(DATASET_BUILDERS[name])
