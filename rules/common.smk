@@ -122,6 +122,27 @@ def get_blip_model(wildcards):
     return model_files(config["captions"]["blip"]["model"])
 
 
+def get_dataset_env(wildcards):
+    """prepare_dataset's conda env: img2dataset gets its own (it pins pandas<3)."""
+    src = DATASETS[wildcards.dataset]["source"]
+    if src["type"] == "urls" and src.get("engine", "diffrep") == "img2dataset":
+        return "../envs/optional/img2dataset.yaml"
+    return "../envs/data.yaml"
+
+
+def get_blip_inputs(wildcards):
+    """The prepared dataset and the BLIP model folder (both have a manifest: named apart)."""
+    data = dataset_files(wildcards.dataset)
+    blip = model_files(config["captions"]["blip"]["model"])
+    return {
+        "images": data["images"],
+        "metadata": data["metadata"],
+        "manifest": data["manifest"],
+        "dir": blip["dir"],
+        "model_manifest": blip["manifest"],
+    }
+
+
 def get_caption_inputs(wildcards):
     """Captions need the metadata; BLIP captions where the dataset asks; the base tokenizer for random tokens."""
     inputs = {"metadata": dataset_files(wildcards.dataset)["metadata"]}
@@ -164,6 +185,20 @@ def get_finetune_inputs(wildcards):
 
 def get_mitigation_params(wildcards):
     return {"name": wildcards.mitigation, **config["train_mitigations"]}
+
+
+TRAINING_RESOURCE_KEYS = (
+    "checkpointing_steps",
+    "keep_checkpoints",
+    "gradient_checkpointing",
+)
+
+
+def get_training_params(wildcards):
+    """Training settings that change the weights (checkpointing and memory options are resources)."""
+    return {
+        k: v for k, v in config["training"].items() if k not in TRAINING_RESOURCE_KEYS
+    }
 
 
 def get_generate_inputs(wildcards):
@@ -264,6 +299,26 @@ def similarity_baselines():
         for ds in sorted({g[0] for g in MEASURED})
         for emb in EMBEDDERS
     ]
+
+
+def similarity_baseline_tables():
+    """Per-image train-vs-train matches (the distribution the figures draw as the baseline)."""
+    return [p.replace(".json", ".parquet") for p in similarity_baselines()]
+
+
+def duplication_plans():
+    """The duplication plans of the measured runs (which training images are duplicated)."""
+    return sorted(
+        {
+            f"{R}/{ds}/duplication/{plan_for(run.name)}.parquet"
+            for ds, run, gen in MEASURED
+        }
+    )
+
+
+def measured_presets():
+    """The generation presets that are measured, by name (their settings go into the tables)."""
+    return {gen: PRESETS[gen] for gen in sorted({g for _, _, g in MEASURED})}
 
 
 def fid_scores():

@@ -12,17 +12,19 @@ rule prepare_dataset:
     retries: 1
     localrule: True
     conda:
-        "../envs/data.yaml"
+        get_dataset_env
+    threads: 4
     params:
+        name="{dataset}",
         dataset=get_dataset_config,
+        seed=config["seed"],
     script:
         "../scripts/prepare_dataset.py"
 
 
 rule blip_captions:
     input:
-        unpack(get_dataset),
-        unpack(get_blip_model),
+        unpack(get_blip_inputs),
     output:
         captions=f"{R}/{{dataset}}/captions/blip.parquet",
     log:
@@ -54,6 +56,7 @@ rule captions:
     conda:
         "../envs/data.yaml"
     params:
+        dataset="{dataset}",
         captions=get_caption_params,
     script:
         "../scripts/captions.py"

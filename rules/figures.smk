@@ -16,15 +16,20 @@ rule tables:
             category="Tables",
             caption="../report/weightdiff_table.rst",
         ),
-        baselines=f"{R}/tables/baselines.csv",
+        baselines=report(
+            f"{R}/tables/baselines.csv",
+            category="Tables",
+            caption="../report/baselines.rst",
+        ),
     log:
         f"{LOGS}/tables.log",
     conda:
         "../envs/figures.yaml"
     params:
         study=STUDY,
-        measured=[f"{ds}/{run.name}/{gen}" for ds, run, gen in MEASURED],
-        embedders=EMBEDDERS,
+        presets=measured_presets(),
+        base_model=config["base_model"],
+        fid=config["fid"]["enabled"],
         clipscore=config["clipscore"]["enabled"],
     script:
         "../scripts/tables.py"
@@ -35,11 +40,13 @@ rule summary_figure:
         summary=f"{R}/tables/summary.csv",
         baselines=f"{R}/tables/baselines.csv",
         similarity=similarity_tables(),
+        baseline_matches=similarity_baseline_tables(),
+        plans=duplication_plans(),
     output:
         png=report(
             f"{R}/figures/{{figure}}.png",
             category="Figures",
-            caption="../report/{figure}.rst",
+            caption="../report/summary_figure.rst",
         ),
         pdf=f"{R}/figures/{{figure}}.pdf",
     log:

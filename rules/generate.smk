@@ -22,6 +22,7 @@ rule generate:
     params:
         preset=get_preset,
         generation=get_generation_params,
+        run="{run}",
     script:
         "../scripts/generate.py"
 

@@ -20,6 +20,7 @@ rule embed_train:
         mem_mb=16000,
         runtime=120,
         batch_size=config["resources"]["embed_batch_size"],
+        workers=config["resources"]["dataloader_workers"],
     params:
         embedder=get_embedder,
     script:
@@ -43,6 +44,7 @@ rule embed_generations:
         mem_mb=16000,
         runtime=60,
         batch_size=config["resources"]["embed_batch_size"],
+        workers=config["resources"]["dataloader_workers"],
     params:
         embedder=get_embedder,
     script:
@@ -61,7 +63,10 @@ rule train_baseline:
         "../envs/torch.yaml"
     threads: 2
     params:
-        similarity=config["similarity"],
+        threshold=config["similarity"]["threshold"],
+        faiss_index=config["similarity"]["index"],
+        nlist=config["similarity"]["nlist"],
+        nprobe=config["similarity"]["nprobe"],
     script:
         "../scripts/train_baseline.py"
 
@@ -103,6 +108,7 @@ rule fid_reference:
         mem_mb=16000,
         runtime=120,
         batch_size=config["resources"]["fid_batch_size"],
+        workers=config["resources"]["dataloader_workers"],
     params:
         resolution=config["training"]["resolution"],
     script:
@@ -128,6 +134,7 @@ rule fid:
         mem_mb=16000,
         runtime=60,
         batch_size=config["resources"]["fid_batch_size"],
+        workers=config["resources"]["dataloader_workers"],
     params:
         resolution=config["training"]["resolution"],
     script:

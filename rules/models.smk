@@ -1,5 +1,9 @@
 # Model acquisition: every model is a folder under resources/models/ plus a sha256 manifest
-# (`sha256sum -c` format) that is written only after every file was verified.
+# (`sha256sum -c` format) that is written only after every file was verified (diffrep.fetch).
+# Downloads run on the submit/login node (localrule) and retry; a url download resumes from
+# resources/models/.partial/, hub downloads from the hub's own cache. Pinned hashes
+# (models.<name>.sha256, written by `python -m diffrep.pin_hashes`) are part of params, so pinning
+# re-runs the fetch once, served from the cache, and verifies every file.
 
 
 rule fetch_model:
@@ -38,6 +42,7 @@ rule build_model:
         runtime=60,
     params:
         model=get_model_source,
+        seed=config["seed"],
     script:
         "../scripts/fetch_model.py"
 

@@ -1,6 +1,7 @@
 # Finetuning: one job per (dataset, duplication, conditioning, train-time mitigation).
 # Checkpoints live in {R}/{dataset}/checkpoints/{run}/, outside the declared output, so that a
-# failed or killed job resumes from them when the workflow is run again.
+# failed or killed job resumes from them when the workflow is run again. Checkpointing and memory
+# options do not change the weights: they are resources, so editing them re-runs nothing.
 
 
 rule finetune:
@@ -23,9 +24,14 @@ rule finetune:
         runtime=2880,
         processes=config["resources"]["train_processes"],
         dataloader_workers=config["resources"]["dataloader_workers"],
+        checkpointing_steps=config["training"]["checkpointing_steps"],
+        keep_checkpoints=int(config["training"]["keep_checkpoints"]),
+        gradient_checkpointing=int(config["training"]["gradient_checkpointing"]),
     params:
-        training=config["training"],
+        training=get_training_params,
         mitigation=get_mitigation_params,
+        duplication="{duplication}",
+        conditioning="{conditioning}",
         checkpoints=f"{R}/{{dataset}}/checkpoints/{{duplication}}.{{conditioning}}.{{mitigation}}",
     script:
         "../scripts/finetune.py"

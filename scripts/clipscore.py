@@ -1,10 +1,20 @@
-"""Rule clipscore: thin entry point; the logic lives in the diffrep package."""
+"""Rule clipscore: thin entry point; the logic lives in diffrep.clipscore."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+import torch
+
+from diffrep.clipscore import clipscore_of_generations
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=7, what="CLIP score")
+torch.set_num_threads(snakemake.threads)
+clipscore_of_generations(
+    snakemake.input.generations,
+    snakemake.input.dir,
+    snakemake.output.score,
+    snakemake.params.model,
+    batch_size=snakemake.resources.batch_size,
+)

@@ -1,10 +1,24 @@
-"""Rule embed_train / embed_generations: thin entry point; the logic lives in the diffrep package."""
+"""Rule embed_train / embed_generations: thin entry point; the logic lives in diffrep.embeddings."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+import torch
+
+from diffrep.embeddings import embed_to_file
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=7, what="copy-detection embeddings")
+torch.set_num_threads(snakemake.threads)
+inp = snakemake.input
+embed_to_file(
+    snakemake.params.embedder,
+    snakemake.output.embeddings,
+    images_dir=inp.get("images"),
+    metadata=inp.get("metadata"),
+    generations=inp.get("generations"),
+    model_dir=inp.get("dir"),
+    batch_size=snakemake.resources.batch_size,
+    num_workers=snakemake.resources.workers,
+)

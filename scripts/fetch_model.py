@@ -1,10 +1,17 @@
-"""Rule fetch_model / build_model: thin entry point; the logic lives in the diffrep package."""
+"""Rule fetch_model / build_model: thin entry point; the logic lives in diffrep.fetch."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+from diffrep.fetch import fetch_model
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=3, what="model acquisition with verified checksums")
+fetch_model(
+    name=snakemake.wildcards.model,
+    spec=snakemake.params.model,
+    out_dir=snakemake.output.dir,
+    manifest=snakemake.output.manifest,
+    seed=snakemake.params.get("seed", 0),
+)

@@ -1,10 +1,34 @@
-"""Rule fid_reference / fid: thin entry point; the logic lives in the diffrep package."""
+"""Rule fid_reference / fid: thin entry point; the logic lives in diffrep.fid."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+import torch
+
+from diffrep.fid import fid_of_generations, reference_statistics
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=7, what="FID")
+torch.set_num_threads(snakemake.threads)
+inp, out = snakemake.input, snakemake.output
+if snakemake.rule == "fid_reference":
+    reference_statistics(
+        inp.images,
+        inp.metadata,
+        inp.dir,
+        out.stats,
+        snakemake.params.resolution,
+        batch_size=snakemake.resources.batch_size,
+        num_workers=snakemake.resources.workers,
+    )
+else:
+    fid_of_generations(
+        inp.generations,
+        inp.reference,
+        inp.dir,
+        out.score,
+        snakemake.params.resolution,
+        batch_size=snakemake.resources.batch_size,
+        num_workers=snakemake.resources.workers,
+    )

@@ -1,10 +1,37 @@
-"""Rule finetune: thin entry point; the logic lives in the diffrep package."""
+"""Rule finetune: launch diffrep.training through accelerate (1..N processes) and log its output."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+from diffrep.training import launch_command, run_launch, training_argv
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=6, what="finetuning")
+training = snakemake.params.training
+argv = training_argv(
+    base=snakemake.input.base,
+    images=snakemake.input.images,
+    metadata=snakemake.input.metadata,
+    captions=snakemake.input.captions,
+    plan=snakemake.input.plan,
+    output_dir=snakemake.output.model,
+    checkpoints_dir=snakemake.params.checkpoints,
+    duplication=snakemake.params.duplication,
+    conditioning=snakemake.params.conditioning,
+    mitigation=snakemake.params.mitigation,
+    training={
+        **training,
+        "checkpointing_steps": snakemake.resources.checkpointing_steps,
+        "keep_checkpoints": bool(snakemake.resources.keep_checkpoints),
+        "gradient_checkpointing": bool(snakemake.resources.gradient_checkpointing),
+    },
+    workers=snakemake.resources.dataloader_workers,
+)
+cmd, env = launch_command(
+    argv,
+    processes=snakemake.resources.processes,
+    mixed_precision=training["mixed_precision"],
+    threads=snakemake.threads,
+)
+run_launch(cmd, env, sys.stderr)

@@ -1,10 +1,24 @@
-"""Rule gallery: thin entry point; the logic lives in the diffrep package."""
+"""Rule gallery: generations beside their top training matches (logic in diffrep.figures)."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+import pandas as pd
+
+from diffrep.figures import gallery, save_figure
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=8, what="match galleries")
+w = snakemake.wildcards
+fig = gallery(
+    pd.read_parquet(snakemake.input.matches),
+    snakemake.input.generations,
+    snakemake.input.images,
+    pd.read_parquet(snakemake.input.metadata),
+    study=snakemake.params.study,
+    title=f"Match gallery: {w.dataset} / {w.embedder} / {w.run} / {w.gen}",
+    size=snakemake.params.size,
+    top_k=snakemake.params.top_k,
+)
+save_figure(fig, snakemake.output.png, snakemake.output.pdf, dpi=snakemake.params.dpi)

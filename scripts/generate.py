@@ -1,10 +1,28 @@
-"""Rule generate: thin entry point; the logic lives in the diffrep package."""
+"""Rule generate: images of one run with one preset (prompts, seeds, mitigation: diffrep.generation)."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=6, what="generation")
+
+import torch  # noqa: E402
+
+from diffrep.generation import generate  # noqa: E402
+
+torch.set_num_threads(max(1, snakemake.threads))
+gen = snakemake.params.generation
+generate(
+    model_dir=snakemake.input.model,
+    captions_file=snakemake.input.captions,
+    plan_file=snakemake.input.plan,
+    out_dir=snakemake.output.images,
+    preset=snakemake.params.preset,
+    n_images=gen["n_images"],
+    resolution=gen["resolution"],
+    seed=gen["seed"],
+    batch_size=snakemake.resources.batch_size,
+    run=snakemake.params.run,
+)

@@ -1,10 +1,22 @@
-"""Rule prepare_dataset: thin entry point; the logic lives in the diffrep package."""
+"""Rule prepare_dataset: thin entry point; the logic lives in diffrep.datasets."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+from diffrep.config import derive_seed
+from diffrep.datasets import prepare_dataset
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=5, what="dataset preparation")
+out = snakemake.output
+prepare_dataset(
+    snakemake.params.name,
+    snakemake.params.dataset,
+    images_dir=out.images,
+    metadata=out.metadata,
+    manifest=out.manifest,
+    report=out.report,
+    seed=derive_seed(snakemake.params.seed, "dataset", snakemake.params.name),
+    threads=snakemake.threads,
+)

@@ -1,10 +1,21 @@
-"""Rule retrieve: thin entry point; the logic lives in the diffrep package."""
+"""Rule retrieve: thin entry point; the logic lives in diffrep.similarity."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+import faiss
+
+from diffrep.similarity import retrieve_files
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=7, what="faiss retrieval and similarity statistics")
+faiss.omp_set_num_threads(snakemake.threads)
+retrieve_files(
+    snakemake.input.train,
+    snakemake.input.generations,
+    snakemake.input.images,
+    snakemake.output.matches,
+    snakemake.output.stats,
+    snakemake.params.similarity,
+)

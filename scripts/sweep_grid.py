@@ -1,10 +1,13 @@
-"""Rule sweep_grid: thin entry point; the logic lives in the diffrep package."""
+"""Rule sweep_grid: scheduler x CFG x steps image grid of a sweep (logic in diffrep.figures)."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+from diffrep.figures import save_figure, sweep_cells, sweep_grid
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=8, what="sweep image grids")
+cells = sweep_cells(list(snakemake.input.generations), snakemake.params.sweep)
+fig = sweep_grid(cells, study=snakemake.params.study, title=f"Sampling sweep {snakemake.wildcards.sweep}")
+save_figure(fig, snakemake.output.png, snakemake.output.pdf, dpi=snakemake.params.dpi)

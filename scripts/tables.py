@@ -1,10 +1,15 @@
-"""Rule tables: thin entry point; the logic lives in the diffrep package."""
+"""Rule tables: summary.csv, weightdiff.csv and baselines.csv (logic in diffrep.tables)."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+from diffrep.tables import write_tables
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=8, what="tables")
+write_tables(
+    {k: [v] if isinstance(v, str) else list(v) for k, v in snakemake.input.items()},
+    dict(snakemake.output.items()),
+    dict(snakemake.params.items()),
+)

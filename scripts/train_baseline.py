@@ -1,10 +1,24 @@
-"""Rule train_baseline: thin entry point; the logic lives in the diffrep package."""
+"""Rule train_baseline: thin entry point; the logic lives in diffrep.similarity."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+import faiss
+
+from diffrep.similarity import train_baseline_files
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=7, what="train-vs-train similarity baseline")
+faiss.omp_set_num_threads(snakemake.threads)
+train_baseline_files(
+    snakemake.input.train,
+    snakemake.output.stats,
+    snakemake.output.matches,
+    {
+        "threshold": snakemake.params.threshold,
+        "index": snakemake.params.faiss_index,
+        "nlist": snakemake.params.nlist,
+        "nprobe": snakemake.params.nprobe,
+    },
+)

@@ -1,10 +1,11 @@
-"""Rule weightdiff: thin entry point; the logic lives in the diffrep package."""
+"""Rule weightdiff: thin entry point; the logic lives in diffrep.weightdiff."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+from diffrep.weightdiff import weightdiff_file
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=7, what="weight differences")
+weightdiff_file(snakemake.input.base, snakemake.input.model, snakemake.output.table)

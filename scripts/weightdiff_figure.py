@@ -1,10 +1,21 @@
-"""Rule weightdiff_figure: thin entry point; the logic lives in the diffrep package."""
+"""Rule weightdiff_figure: weight-difference histograms of one run (logic in diffrep.figures)."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import not_implemented, setup_logging
+import pandas as pd
+
+from diffrep.figures import save_figure, weightdiff_histograms
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-not_implemented(snakemake, issue=8, what="weight-difference histograms")
+w = snakemake.wildcards
+style = dict(snakemake.params.style)
+fig = weightdiff_histograms(
+    pd.read_parquet(snakemake.input.table),
+    style,
+    study=snakemake.params.study,
+    title=f"UNet weight change vs the base: {w.dataset} / {w.run}",
+)
+save_figure(fig, snakemake.output.png, snakemake.output.pdf, dpi=style["dpi"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 import sys
@@ -82,3 +83,20 @@ def paper_config() -> dict:
 @pytest.fixture
 def mini_config() -> dict:
     return copy.deepcopy(load_yaml(REPO / "profiles/mini/study.yaml"))
+
+
+MICRO = ["--configfile", "tests/micro/config.yaml", "--replace-workflow-config"]
+# The micro run gets this as HF_TOKEN; tests/test_faults.py checks no file it writes contains it.
+HF_TOKEN_SENTINEL = "hf_diffrepFaultSuiteSentinel0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """The whole micro study, run once per test session in a fresh copy (2 cores)."""
+    wf = copy_workflow(tmp_path_factory.mktemp("micro"))
+    env = {**os.environ, "HF_TOKEN": HF_TOKEN_SENTINEL}
+    proc = snakemake(["--cores", "2", *MICRO], cwd=wf, timeout=1500, env=env)
+    if proc.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted((wf / "logs").rglob("*.log")))
+        raise AssertionError(f"micro study failed:\n{proc.stderr[-5000:]}\n{logs[-8000:]}")
+    return wf

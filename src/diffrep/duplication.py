@@ -1,0 +1,61 @@
+"""Duplication plans (upstream datasets.py): which training images are duplicated, and how much.
+
+Nothing is copied on disk. Upstream draws ``int(weight_pc * N)`` distinct images uniformly at random
+and gives them sampling weight ``dup_weight`` (all others 1); a WeightedRandomSampler with
+replacement then draws N samples per epoch, so a duplicated image is seen about `dup_weight` times
+as often. The plan is a table (docs/formats.md): ``id``, ``duplicated``, ``weight``, in
+``metadata.parquet`` order.
+
+``nodup``: no image duplicated, all weights 1. ``dup_both`` and ``dup_image`` differ only in the
+captions a duplicated image is shown with (decided at training time); their plans are identical
+(the duplicated set depends on the seed and the ids only), so their metrics compare like with like.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from diffrep.config import DUPLICATIONS
+
+
+def n_duplicated(n_images: int, weight_pc: float) -> int:
+    """Upstream's ``int(weight_pc * N)``, robust to float round-off (0.29 * 100 is 28.999…)."""
+    return int(math.floor(weight_pc * n_images + 1e-9))
+
+
+def make_plan(ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weight: float = 5, seed: int = 0) -> pd.DataFrame:
+    """The plan of one duplication style for the images `ids` (in metadata order).
+
+    Returns a DataFrame with columns ``id`` (str), ``duplicated`` (bool), ``weight`` (float64).
+    The duplicated set is ``numpy.random.default_rng(seed).choice(N, n_duplicated, replace=False)``:
+    the same ids and seed always give the same plan.
+    """
+    if style not in DUPLICATIONS:
+        raise ValueError(f"duplication style {style!r}; allowed: {', '.join(DUPLICATIONS)}")
+    if not 0 < weight_pc <= 1:
+        raise ValueError(f"duplication.weight_pc = {weight_pc}: must be in (0, 1]")
+    if dup_weight <= 0:
+        raise ValueError(f"duplication.dup_weight = {dup_weight}: must be > 0")
+    ids = [str(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplication plan: image ids are not unique")
+    n = len(ids)
+    duplicated = np.zeros(n, dtype=bool)
+    if style != "nodup" and n:
+        k = n_duplicated(n, weight_pc)
+        chosen = np.random.default_rng(seed).choice(n, size=k, replace=False)
+        duplicated[chosen] = True
+    weight = np.where(duplicated, float(dup_weight), 1.0)
+    return pd.DataFrame({"id": ids, "duplicated": duplicated, "weight": weight})
+
+
+def write_plan(plan: pd.DataFrame, path) -> None:
+    """Write a plan as parquet, atomically."""
+    from diffrep.workflow import atomic_path
+
+    with atomic_path(path, suffix=".parquet") as tmp:
+        plan.to_parquet(tmp, index=False)

@@ -1,0 +1,231 @@
+"""Generating images from a run's model with a preset (upstream diff_inference.py, sd_mitigation.py).
+
+Prompts: caption [0] of training images drawn uniformly with replacement by
+``numpy.random.default_rng(seed).choice(N, n)`` (upstream: ``np.random.seed(seed);
+np.random.choice(okprompts, n)`` over the caption-[0] list), from the caption file of the run's
+conditioning; each row records the source image and whether it is duplicated in the run's plan.
+The prompt mitigation (rand_numb_add / rand_word_add / rand_word_repeat, ``repeats`` times) is applied
+to each prompt with a generator seeded by (seed, index). Image ``i`` is generated with a torch
+generator seeded ``derive_seed(seed, "image", i)`` (upstream left finetuned models unseeded), and
+the gaussnoise mitigation adds λ·N(0, 1) to both classifier-free-guidance halves of the prompt
+embedding from a generator seeded by (seed, "embedding", i). Images therefore depend only on their
+index, never on the batch size or on which images were made before.
+
+Prompt embeddings are computed once per batch (``pipe.encode_prompt``) and passed to the pipeline.
+A killed job leaves its finished images in ``.{name}.partial/`` next to the output folder; the
+next run with the same settings keeps them and makes the rest, then renames the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffrep.config import derive_seed
+from diffrep.mitigations import INFERENCE_MITIGATIONS, add_embedding_noise, augment_prompt
+
+log = logging.getLogger("diffrep.generation")
+
+SCHEDULERS = {
+    "ddpm": ("DDPMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The generator seed of image `index`."""
+    return derive_seed(seed, "image", index)
+
+
+def draw_prompts(captions: dict[str, list[str]], plan: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """n prompts: caption [0] of images drawn with replacement; columns index, source_id, duplicated, prompt, seed.
+
+    `plan` is the run's duplication plan (id, duplicated, weight in metadata order); its order is
+    the order images are drawn from.
+    """
+    ids = [str(i) for i in plan["id"]]
+    missing = [i for i in ids if not captions.get(i)]
+    if missing:
+        raise ValueError(f"captions: no caption for {len(missing)} image(s) of the plan, e.g. {missing[:3]}")
+    chosen = np.random.default_rng(seed).choice(len(ids), size=n, replace=True)
+    dup = plan["duplicated"].to_numpy(dtype=bool)
+    return pd.DataFrame({
+        "index": np.arange(n, dtype=np.int64),
+        "source_id": [ids[j] for j in chosen],
+        "duplicated": dup[chosen],
+        "prompt": [str(captions[ids[j]][0]) for j in chosen],
+        "seed": [image_seed(seed, i) for i in range(n)],
+    })
+
+
+def mitigate_prompts(prompts: pd.DataFrame, preset: dict, seed: int, tokenizer=None) -> list[str]:
+    """``prompt_used`` of every row: the preset's prompt mitigation, seeded per index."""
+    style = preset.get("mitigation", "none")
+    if style not in INFERENCE_MITIGATIONS:
+        raise ValueError(f"preset mitigation {style!r}; allowed: {', '.join(INFERENCE_MITIGATIONS)}")
+    return [
+        augment_prompt(p, style, int(preset.get("repeats", 4)),
+                       np.random.default_rng(derive_seed(seed, "prompt", i)), tokenizer)
+        for i, p in zip(prompts["index"], prompts["prompt"])
+    ]
+
+
+def set_scheduler(pipe, name: str) -> None:
+    """Replace the pipeline's scheduler by a named one built from the same config (``default`` keeps it)."""
+    if name == "default":
+        return
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler {name!r}; allowed: default, {', '.join(SCHEDULERS)}")
+    import diffusers
+
+    cls, extra = SCHEDULERS[name]
+    pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **extra)
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def load_pipeline(model_dir, device: str, dtype):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        model_dir, safety_checker=None, requires_safety_checker=False,
+        local_files_only=True, dtype=dtype,
+    ).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_batch(pipe, prompts: list[str], seeds: list[int], preset: dict, resolution: int, device: str):
+    """PIL images of one batch; each image depends only on its prompt and seed."""
+    import torch
+
+    cfg = float(preset.get("guidance_scale", 7.5))
+    do_cfg = cfg > 1.0
+    neg = preset.get("negative_prompt") or None
+    with torch.no_grad():
+        pe, ne = pipe.encode_prompt(
+            prompts, device, 1, do_cfg, negative_prompt=[neg] * len(prompts) if neg else None
+        )
+        if preset.get("mitigation") == "gaussnoise":
+            lam = float(preset.get("lam", 0.1))
+            gens = [torch.Generator().manual_seed(derive_seed(s, "embedding")) for s in seeds]
+            pe = add_embedding_noise(pe, lam, gens)
+            if ne is not None:
+                ne = add_embedding_noise(ne, lam, gens)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        out = pipe(
+            prompt_embeds=pe,
+            negative_prompt_embeds=ne if do_cfg else None,
+            guidance_scale=cfg,
+            num_inference_steps=int(preset.get("steps", 50)),
+            height=resolution,
+            width=resolution,
+            generator=gens,
+            output_type="pil",
+        )
+    return out.images
+
+
+def fingerprint(info: dict) -> str:
+    return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def generate(
+    model_dir,
+    captions_file,
+    plan_file,
+    out_dir,
+    preset: dict,
+    n_images: int,
+    resolution: int,
+    seed: int,
+    batch_size: int = 8,
+    device: str | None = None,
+    dtype: str = "auto",
+    run: str | None = None,
+) -> Path:
+    """Write ``{index:05d}.png``, prompts.parquet and generation_info.json into `out_dir` (docs/formats.md)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = resolve_dtype(dtype, device)
+    with open(captions_file) as f:
+        caps = json.load(f)
+    plan = pd.read_parquet(plan_file)
+    prompts = draw_prompts(caps["captions"], plan, n_images, seed)
+    pipe = load_pipeline(model_dir, device, torch_dtype)
+    set_scheduler(pipe, preset.get("scheduler", "default"))
+    prompts["prompt_used"] = mitigate_prompts(prompts, preset, seed, pipe.tokenizer)
+    prompts["file"] = [f"{i:05d}.png" for i in prompts["index"]]
+    info = {
+        "preset": {k: v for k, v in preset.items()},
+        "model": str(model_dir),
+        "run": run,
+        "conditioning": caps.get("conditioning"),
+        "resolution": int(resolution),
+        "n_images": int(n_images),
+        "seed": int(seed),
+        "scheduler": type(pipe.scheduler).__name__,
+        "dtype": str(torch_dtype).replace("torch.", ""),
+    }
+    key = fingerprint({**info, "model": Path(model_dir).resolve().as_posix()})
+    out_dir = Path(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    if staging.exists():
+        old = staging / ".fingerprint"
+        if not old.exists() or old.read_text() != key:
+            log.info("%s holds images of other settings: removed", staging)
+            shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / ".fingerprint").write_text(key)
+    todo = [i for i in range(n_images) if not (staging / f"{i:05d}.png").exists()]
+    if len(todo) < n_images:
+        log.info("resuming: %d of %d images already made", n_images - len(todo), n_images)
+    log.info("%d images, batch %d, %s %s, scheduler %s, preset %s", len(todo), batch_size, device,
+             info["dtype"], info["scheduler"], preset)
+    bar = tqdm(total=n_images, initial=n_images - len(todo), desc="generate", mininterval=5)
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start:start + batch_size]
+        images = generate_batch(
+            pipe, [prompts["prompt_used"][i] for i in idx], [int(prompts["seed"][i]) for i in idx],
+            preset, resolution, device,
+        )
+        for i, im in zip(idx, images):
+            tmp = staging / f".{i:05d}.png.part"
+            im.save(tmp, format="PNG")
+            os.replace(tmp, staging / f"{i:05d}.png")
+        bar.update(len(idx))
+    bar.close()
+    cols = ["index", "file", "source_id", "duplicated", "prompt", "prompt_used", "seed"]
+    prompts[cols].to_parquet(staging / "prompts.parquet", index=False)
+    info["duration_s"] = time.time() - t0
+    (staging / "generation_info.json").write_text(json.dumps(info, indent=1, default=str))
+    (staging / ".fingerprint").unlink()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    log.info("wrote %d images to %s", n_images, out_dir)
+    return out_dir

@@ -1,0 +1,159 @@
+"""Copying mitigations of Somepalli et al. (NeurIPS 2023), as upstream defines them.
+
+Train time (upstream datasets.py ``ObjectAttributeDataset.__getitem__``, ``--trainspecial``,
+``--trainspecial_prob`` = p, ``--rand_noise_lam`` = λ):
+
+- ``allcaps``: a uniformly random caption of the image's captions, on every draw;
+- ``randrepl``: caption [0]; with probability p it is replaced by the decoding of 4 random token ids;
+- ``randwordadd``: caption [0]; with probability p, 2 random decoded tokens are inserted, one after
+  the other, each at a uniformly random word position;
+- ``wordrepeat``: caption [0]; with probability p, 2 words drawn from the caption's words are
+  inserted, each at a uniformly random word position;
+- ``gaussnoise``: λ·N(0, 1) added to the text-encoder hidden states on every step
+  (:func:`add_embedding_noise`); the caption is chosen as without mitigation.
+
+With a caption mitigation (the first four) upstream ignores the duplication style when it picks the
+caption; so does :func:`train_caption`. Without one, the caption follows the conditioning and the
+duplication style: caption [0], except that under ``dup_image`` a duplicated image draws a
+uniformly random caption of its own on every draw.
+
+Inference time (upstream sd_mitigation.py / diff_inference.py ``prompt_augmentation``, applied
+``repeats`` times, upstream default 4 in sd_mitigation.py):
+
+- ``rand_numb_add``: insert ``str(randint(100000))`` at a random word position;
+- ``rand_word_add``: insert a random decoded token;
+- ``rand_word_repeat``: insert a word drawn from the *original* prompt's words;
+- ``gaussnoise``: λ·N(0, 1) added to the prompt embedding, both classifier-free-guidance halves.
+
+A "word position" is an index into ``sentence.split(" ")`` from 0 to its length inclusive
+(upstream ``insert_rand_word``). Random token ids are drawn from ``[0, min(vocab_limit,
+len(tokenizer)))``; upstream's limit is 49400 (the SD tokenizer has 49408 ids, the last two special).
+All randomness comes from a ``numpy.random.Generator`` the caller seeds (upstream used the global
+numpy and ``random`` state).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise")
+CAPTION_MITIGATIONS = ("allcaps", "randrepl", "randwordadd", "wordrepeat")
+INFERENCE_MITIGATIONS = ("none", "gaussnoise", "rand_numb_add", "rand_word_add", "rand_word_repeat")
+PROMPT_MITIGATIONS = ("rand_numb_add", "rand_word_add", "rand_word_repeat")
+VOCAB_LIMIT = 49400
+RANDREPL_TOKENS = 4
+ADDED_WORDS = 2
+RAND_NUMBER_LIMIT = 100000
+
+
+def insert_word(sentence: str, word: str, rng: np.random.Generator) -> str:
+    """Insert `word` at a uniformly random position of ``sentence.split(" ")`` (0..len inclusive)."""
+    words = sentence.split(" ")
+    words.insert(int(rng.integers(0, len(words) + 1)), word)
+    return " ".join(words)
+
+
+def token_limit(tokenizer, vocab_limit: int = VOCAB_LIMIT) -> int:
+    """Random token ids are drawn from [0, this): upstream's 49400, capped at the tokenizer's size."""
+    return min(int(vocab_limit), len(tokenizer))
+
+
+def random_tokens(tokenizer, n: int, rng: np.random.Generator, vocab_limit: int = VOCAB_LIMIT) -> str:
+    """The decoding of `n` uniformly random token ids (upstream ``tokenizer.decode(randint(49400, n))``)."""
+    ids = rng.integers(0, token_limit(tokenizer, vocab_limit), size=n)
+    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def train_caption(
+    captions: Sequence[str],
+    *,
+    duplication: str,
+    duplicated: bool,
+    mitigation: str,
+    p: float,
+    tokenizer,
+    rng: np.random.Generator,
+    vocab_limit: int = VOCAB_LIMIT,
+) -> str:
+    """The caption of one training draw of an image.
+
+    `captions` is the image's list from the conditioning's caption file (caption [0] first; one
+    caption for nolevel / classlevel). `duplicated`: the image is duplicated in the run's plan.
+    """
+    if not captions:
+        raise ValueError("train_caption: the image has no captions")
+    if mitigation not in TRAIN_MITIGATIONS:
+        raise ValueError(f"unknown train-time mitigation {mitigation!r}; allowed: {', '.join(TRAIN_MITIGATIONS)}")
+    if mitigation == "allcaps":
+        return str(captions[int(rng.integers(0, len(captions)))])
+    if mitigation in CAPTION_MITIGATIONS:
+        caption = str(captions[0])
+        if rng.uniform() <= p:
+            if mitigation == "randrepl":
+                caption = random_tokens(tokenizer, RANDREPL_TOKENS, rng, vocab_limit)
+            elif mitigation == "randwordadd":
+                for _ in range(ADDED_WORDS):
+                    caption = insert_word(caption, random_tokens(tokenizer, 1, rng, vocab_limit), rng)
+            else:  # wordrepeat: words of the original caption
+                words = caption.split(" ")
+                for _ in range(ADDED_WORDS):
+                    caption = insert_word(caption, words[int(rng.integers(0, len(words)))], rng)
+        return caption
+    if duplication == "dup_image" and duplicated:
+        return str(captions[int(rng.integers(0, len(captions)))])
+    if duplication not in ("nodup", "dup_both", "dup_image"):
+        raise ValueError(f"unknown duplication {duplication!r}; allowed: nodup, dup_both, dup_image")
+    return str(captions[0])
+
+
+def augment_prompt(
+    prompt: str,
+    style: str,
+    repeats: int,
+    rng: np.random.Generator,
+    tokenizer=None,
+    vocab_limit: int = VOCAB_LIMIT,
+) -> str:
+    """An inference-time prompt mitigation applied `repeats` times; ``none``/``gaussnoise`` return it unchanged."""
+    if style in ("none", "gaussnoise"):
+        return prompt
+    if style == "rand_numb_add":
+        for _ in range(repeats):
+            prompt = insert_word(prompt, str(int(rng.integers(0, RAND_NUMBER_LIMIT))), rng)
+    elif style == "rand_word_add":
+        if tokenizer is None:
+            raise ValueError("rand_word_add needs the model's tokenizer")
+        for _ in range(repeats):
+            prompt = insert_word(prompt, random_tokens(tokenizer, 1, rng, vocab_limit), rng)
+    elif style == "rand_word_repeat":
+        words = prompt.split(" ")
+        for _ in range(repeats):
+            prompt = insert_word(prompt, words[int(rng.integers(0, len(words)))], rng)
+    else:
+        raise ValueError(
+            f"unknown inference-time mitigation {style!r}; allowed: {', '.join(INFERENCE_MITIGATIONS)}"
+        )
+    return prompt
+
+
+def add_embedding_noise(hidden, lam: float, generator=None):
+    """``hidden + lam * N(0, 1)`` (same shape, dtype and device); the gaussnoise mitigation.
+
+    `hidden`: text-encoder hidden states, batch x tokens x dim. `generator`: a torch.Generator,
+    or a list of one per batch row (each row's noise then depends only on its own generator).
+    """
+    import torch
+
+    if lam == 0:
+        return hidden
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != hidden.shape[0]:
+            raise ValueError(f"add_embedding_noise: {len(generator)} generators for a batch of {hidden.shape[0]}")
+        noise = torch.stack(
+            [torch.randn(hidden.shape[1:], generator=g, dtype=torch.float32) for g in generator]
+        )
+    else:
+        noise = torch.randn(hidden.shape, generator=generator, dtype=torch.float32)
+    return hidden + lam * noise.to(device=hidden.device, dtype=hidden.dtype)

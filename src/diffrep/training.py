@@ -1,0 +1,710 @@
+"""Finetuning a Stable Diffusion UNet on one setting of the study (upstream diff_train.py).
+
+Run as ``accelerate launch [--num_processes N] [--mixed_precision fp16] -m diffrep.training ...``
+(scripts/finetune.py builds the command); the flags are named like those of diffusers'
+examples/text_to_image/train_text_to_image.py. The loop, top to bottom: parse arguments → build the
+Accelerator → load tokenizer, text encoder, VAE, UNet, noise scheduler → freeze VAE and text
+encoder → data (images, captions, duplication plan) → AdamW and the lr schedule → resume from the
+last checkpoint → ``accelerator.prepare`` → steps (forward, MSE on ε or velocity, backward, clip,
+step) with checkpoints every ``checkpointing_steps`` → save the pipeline with the trained UNet.
+
+Batches and processes. ``train_batch_size`` is the *total* batch of one optimizer step. With P
+processes and A gradient-accumulation steps each process computes A micro-batches of
+``train_batch_size / (P * A)`` images (an error if that does not divide); DDP averages the
+gradients over processes and each micro-batch loss is divided by A, so the gradient is the mean
+over the whole batch and the learning rate needs no scaling: 2 processes x 8 = 1 x 16 = 1 x 8 x 2
+accumulation steps.
+
+Determinism. Every random choice of a training example — which image (a WeightedRandomSampler
+draw: ``torch.multinomial(weights, N, replacement=True)`` per epoch of N draws, or a permutation
+for ``nodup`` like upstream's ``shuffle=True``), its caption and mitigation, crop offsets, flip,
+the VAE posterior sample, the timestep, the noise and the gaussnoise mitigation — comes from
+generators seeded by (seed, draw number), where draw number = step x train_batch_size + position
+in the batch. The examples of a step therefore do not depend on the number of processes, workers or
+accumulation steps, and a run resumed from a checkpoint continues exactly where it stopped: the
+sampler state is just the step count.
+
+Checkpoints (``--checkpoints_dir``, outside the output folder): ``checkpoint-{step}/`` with the UNet
+(safetensors), the AdamW state and the lr-scheduler state (``torch.save``, loaded with
+``weights_only=True``), the torch RNG states, the sampler state and the metrics so far
+(state.json, train_metrics.csv). Only the newest is kept; a checkpoint made with other
+result-changing settings is not resumed from. They are deleted once the model is written unless
+``--keep_checkpoints``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffrep.config import derive_seed
+from diffrep.mitigations import TRAIN_MITIGATIONS, add_embedding_noise, train_caption
+
+log = logging.getLogger("diffrep.training")
+
+KILL_ENV = "DIFFREP_TRAIN_KILL_AFTER_STEP"  # test hook: SIGKILL this process after that step
+METRIC_COLUMNS = ("step", "loss", "lr", "steps_per_s")
+# Settings that do not change the trained weights (a checkpoint made with other values still resumes).
+NOT_RESULT_CHANGING = {
+    "output_dir", "checkpoints_dir", "checkpointing_steps", "keep_checkpoints",
+    "dataloader_num_workers", "log_every",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m diffrep.training", description=__doc__.split("\n")[0])
+    a = p.add_argument
+    a("--pretrained_model_name_or_path", required=True, help="Base diffusers pipeline folder.")
+    a("--train_data_dir", required=True, help="The dataset's images/ folder.")
+    a("--metadata", required=True, help="The dataset's metadata.parquet.")
+    a("--captions", required=True, help="Caption JSON of the conditioning.")
+    a("--plan", required=True, help="Duplication plan parquet.")
+    a("--output_dir", required=True, help="Model folder to write (written atomically at the end).")
+    a("--checkpoints_dir", required=True, help="Checkpoints folder (outside output_dir).")
+    a("--duplication", required=True, choices=("nodup", "dup_both", "dup_image"))
+    a("--conditioning", required=True, choices=("nolevel", "classlevel", "instancelevel_blip", "instancelevel_random"))
+    a("--train_mitigation", default="none", choices=TRAIN_MITIGATIONS)
+    a("--trainspecial_prob", type=float, default=0.1, help="p of randrepl / randwordadd / wordrepeat.")
+    a("--rand_noise_lam", type=float, default=0.1, help="gaussnoise: std of the text-embedding noise.")
+    a("--resolution", type=int, default=256)
+    a("--center_crop", type=_bool, default=True)
+    a("--random_flip", type=_bool, default=True)
+    a("--train_batch_size", type=int, default=16, help="Total batch per optimizer step.")
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--learning_rate", type=float, default=5e-6)
+    a("--lr_scheduler", default="constant_with_warmup")
+    a("--lr_warmup_steps", type=int, default=5000)
+    a("--max_train_steps", type=int, default=100000)
+    a("--adam_beta1", type=float, default=0.9)
+    a("--adam_beta2", type=float, default=0.999)
+    a("--adam_weight_decay", type=float, default=1e-2)
+    a("--adam_epsilon", type=float, default=1e-8)
+    a("--max_grad_norm", type=float, default=1.0)
+    a("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
+    a("--gradient_checkpointing", type=_bool, default=False)
+    a("--checkpointing_steps", type=int, default=20000)
+    a("--keep_checkpoints", type=_bool, default=False)
+    a("--seed", type=int, default=0)
+    a("--dataloader_num_workers", type=int, default=0)
+    a("--log_every", type=int, default=0, help="Log a line every this many steps (0: about 200 lines).")
+    args = p.parse_args(argv)
+    if not 0 <= args.trainspecial_prob <= 1:
+        p.error(f"--trainspecial_prob {args.trainspecial_prob}: must be in [0, 1]")
+    return args
+
+
+def settings_hash(args: argparse.Namespace) -> str:
+    """A hash of the result-changing settings: a checkpoint resumes only a run with the same hash."""
+    keep = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_RESULT_CHANGING}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def micro_batch_size(total: int, processes: int, accumulation: int) -> int:
+    """Images per process and micro-step so that one optimizer step sees `total` images."""
+    if total % (processes * accumulation):
+        raise ValueError(
+            f"training.train_batch_size = {total} is not divisible by processes ({processes}) x "
+            f"gradient_accumulation_steps ({accumulation}); the total batch is split evenly"
+        )
+    return total // (processes * accumulation)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    """The training images of one run, in metadata order."""
+
+    ids: list[str]
+    paths: list[Path]
+    captions: list[list[str]]
+    duplicated: np.ndarray  # bool, N
+    weights: np.ndarray  # float64, N
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_train_data(images_dir, metadata, captions, plan) -> TrainData:
+    """Read metadata.parquet, a caption JSON and a plan parquet (docs/formats.md); check they agree."""
+    import pandas as pd
+
+    meta = pd.read_parquet(metadata)
+    with open(captions) as f:
+        caps = json.load(f)["captions"]
+    pl = pd.read_parquet(plan)
+    ids = [str(i) for i in meta["id"]]
+    if [str(i) for i in pl["id"]] != ids:
+        raise ValueError(f"{plan}: ids differ from {metadata} (a plan lists every image, in metadata order)")
+    missing = [i for i in ids if not caps.get(i)]
+    if missing:
+        raise ValueError(f"{captions}: no captions for {len(missing)} image(s), e.g. {missing[:3]}")
+    weights = pl["weight"].to_numpy(dtype=np.float64)
+    if not len(ids) or (weights <= 0).any():
+        raise ValueError(f"{plan}: needs at least one image and positive weights")
+    return TrainData(
+        ids=ids,
+        paths=[Path(images_dir) / f for f in meta["file"]],
+        captions=[list(caps[i]) for i in ids],
+        duplicated=pl["duplicated"].to_numpy(dtype=bool),
+        weights=weights,
+    )
+
+
+class DrawStream:
+    """Image index of every draw: epochs of N draws, weighted with replacement or a permutation."""
+
+    def __init__(self, weights: np.ndarray, uniform: bool, seed: int):
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.uniform = uniform
+        self.seed = seed
+
+    @functools.lru_cache(maxsize=4)
+    def epoch(self, epoch: int) -> np.ndarray:
+        import torch
+
+        n = len(self.weights)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
+        if self.uniform:  # upstream nodup: DataLoader(shuffle=True)
+            return torch.randperm(n, generator=g).numpy()
+        # what WeightedRandomSampler(weights, n, replacement=True) draws
+        return torch.multinomial(torch.tensor(self.weights), n, True, generator=g).numpy()
+
+    def index(self, draw: int) -> int:
+        n = len(self.weights)
+        return int(self.epoch(draw // n)[draw % n])
+
+
+def draw_seed(seed: int, draw: int, what: str) -> int:
+    return derive_seed(seed, what, draw)
+
+
+def preprocess(image, resolution: int, center_crop: bool, random_flip: bool, rng: np.random.Generator):
+    """Resize (shorter side, bilinear) → center or random crop → optional flip → tensor in [-1, 1], 3 x H x W."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    image = TF.resize(image.convert("RGB"), resolution, interpolation=InterpolationMode.BILINEAR)
+    w, h = image.size
+    if center_crop:
+        image = TF.center_crop(image, [resolution, resolution])
+    else:
+        top = int(rng.integers(0, h - resolution + 1))
+        left = int(rng.integers(0, w - resolution + 1))
+        image = TF.crop(image, top, left, resolution, resolution)
+    if random_flip and rng.random() < 0.5:
+        image = TF.hflip(image)
+    return TF.normalize(TF.to_tensor(image), [0.5], [0.5])
+
+
+class DrawDataset:
+    """``dataset[draw]``: the training example of a draw number (image, caption ids), deterministic."""
+
+    def __init__(self, data: TrainData, stream: DrawStream, tokenizer, args):
+        self.data, self.stream, self.tokenizer = data, stream, tokenizer
+        self.resolution, self.center_crop, self.random_flip = args.resolution, args.center_crop, args.random_flip
+        self.duplication, self.mitigation, self.p = args.duplication, args.train_mitigation, args.trainspecial_prob
+        self.seed = args.seed
+
+    def example(self, draw: int) -> dict:
+        from PIL import Image
+
+        i = self.stream.index(draw)
+        rng = np.random.default_rng(draw_seed(self.seed, draw, "example"))
+        caption = train_caption(
+            self.data.captions[i],
+            duplication=self.duplication,
+            duplicated=bool(self.data.duplicated[i]),
+            mitigation=self.mitigation,
+            p=self.p,
+            tokenizer=self.tokenizer,
+            rng=rng,
+        )
+        with Image.open(self.data.paths[i]) as im:
+            pixels = preprocess(im, self.resolution, self.center_crop, self.random_flip, rng)
+        return {"draw": draw, "index": i, "caption": caption, "pixel_values": pixels}
+
+    def __getitem__(self, draw: int) -> dict:
+        ex = self.example(draw)
+        ex["input_ids"] = self.tokenizer(
+            ex["caption"], truncation=True, padding="max_length",
+            max_length=self.tokenizer.model_max_length, return_tensors="pt",
+        ).input_ids[0]
+        return ex
+
+
+def collate(examples: list[dict]) -> dict:
+    import torch
+
+    return {
+        "draws": [e["draw"] for e in examples],
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous().float(),
+        "input_ids": torch.stack([e["input_ids"] for e in examples]),
+    }
+
+
+def step_draws(step: int, total: int, accumulation: int, processes: int, rank: int, micro: int) -> list[list[int]]:
+    """The draw numbers of each of this process's micro-batches at an optimizer step.
+
+    Micro-step a of process r takes positions ``(a * processes + r) * micro + [0, micro)`` of the
+    step's ``total`` draws, so the processes and micro-steps of a step cover them exactly once.
+    """
+    base = step * total
+    return [
+        [base + (a * processes + rank) * micro + j for j in range(micro)] for a in range(accumulation)
+    ]
+
+
+class StepBatches:
+    """Batch sampler: micro-batches of draw numbers of steps start..stop-1 for one process."""
+
+    def __init__(self, start: int, stop: int, total: int, accumulation: int, processes: int, rank: int):
+        self.start, self.stop, self.total = start, stop, total
+        self.accumulation, self.processes, self.rank = accumulation, processes, rank
+        self.micro = micro_batch_size(total, processes, accumulation)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield from step_draws(step, self.total, self.accumulation, self.processes, self.rank, self.micro)
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.accumulation
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------
+
+
+def diffusion_loss(unet, vae, text_encoder, noise_scheduler, batch: dict, seed: int, rand_noise_lam: float = 0.0,
+                   weight_dtype=None):
+    """Mean-squared error of the UNet's prediction against ε or the velocity, for one micro-batch.
+
+    Latents = VAE posterior sample x ``vae.config.scaling_factor``; per image a timestep uniform in
+    [0, num_train_timesteps), Gaussian noise, and (gaussnoise) λ·N(0, 1) on the text-encoder hidden
+    states, all from a generator seeded by the image's draw number.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = batch["pixel_values"].device
+    weight_dtype = weight_dtype or torch.float32
+    gens = [torch.Generator().manual_seed(draw_seed(seed, d, "noise")) for d in batch["draws"]]
+    with torch.no_grad():
+        dist = vae.encode(batch["pixel_values"].to(device, weight_dtype)).latent_dist
+        shape = dist.mean.shape[1:]
+        eps = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, dist.mean.dtype)
+        latents = (dist.mean + dist.std * eps) * vae.config.scaling_factor
+        n_t = noise_scheduler.config.num_train_timesteps
+        timesteps = torch.cat([torch.randint(0, n_t, (1,), generator=g) for g in gens]).to(device).long()
+        noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, latents.dtype)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        hidden = text_encoder(batch["input_ids"].to(device))[0]
+        if rand_noise_lam > 0:
+            hidden = add_embedding_noise(hidden, rand_noise_lam, gens)
+    pred = unet(noisy, timesteps, hidden).sample
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"scheduler prediction_type {kind!r}: expected 'epsilon' or 'v_prediction'")
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def backward_micro_batch(accelerator, unet, vae, text_encoder, noise_scheduler, batch: dict, *, last: bool,
+                         accumulation: int, seed: int, rand_noise_lam: float = 0.0, weight_dtype=None):
+    """Loss and backward of one micro-batch (loss / accumulation); DDP syncs gradients only on the `last`.
+
+    Returns the detached micro-batch loss (mean over its images).
+    """
+    batch = {**batch, "pixel_values": batch["pixel_values"].to(accelerator.device)}
+    sync = contextlib.nullcontext() if last else accelerator.no_sync(unet)
+    with sync, accelerator.autocast():
+        loss = diffusion_loss(unet, vae, text_encoder, noise_scheduler, batch, seed, rand_noise_lam, weight_dtype)
+        accelerator.backward(loss / accumulation)
+    return loss.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# Components and checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def load_components(base: str):
+    """Tokenizer, text encoder, VAE, UNet and the DDPM training scheduler of a pipeline folder."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    kw = dict(local_files_only=True)
+    return dict(
+        tokenizer=AutoTokenizer.from_pretrained(base, subfolder="tokenizer", **kw),
+        text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", use_safetensors=True, **kw),
+        vae=AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True, **kw),
+        unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet", use_safetensors=True, **kw),
+        noise_scheduler=DDPMScheduler.from_pretrained(base, subfolder="scheduler", **kw),
+    )
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = []
+    for p in Path(ckpt_dir).glob("checkpoint-*"):
+        if p.is_dir() and p.name.split("-")[1].isdigit() and (p / "state.json").exists():
+            found.append((int(p.name.split("-")[1]), p))
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, unet, optimizer, lr_scheduler, state: dict, metrics: list[dict]) -> Path:
+    """Write checkpoint-{step} atomically (temp folder renamed), then delete older ones."""
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".checkpoint-{step}."))
+    sd = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
+    save_file(sd, tmp / "unet.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    write_metrics(metrics, tmp / "train_metrics.csv")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+    final = ckpt_dir / f"checkpoint-{step}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for p in ckpt_dir.glob("checkpoint-*"):
+        if p != final:
+            shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, unet, optimizer, lr_scheduler) -> tuple[dict, list[dict]]:
+    """Restore UNet, AdamW, lr scheduler and RNG states; return (state.json, metrics rows)."""
+    import torch
+    from safetensors.torch import load_file
+
+    unet.load_state_dict(load_file(path / "unet.safetensors"))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "state.json").read_text()), read_metrics(path / "train_metrics.csv")
+
+
+def write_metrics(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [
+            {"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"]), "steps_per_s": float(r["steps_per_s"])}
+            for r in csv.DictReader(f)
+        ]
+
+
+def save_model(base: str, unet, output_dir: Path, metrics: list[dict], info: dict) -> None:
+    """The base pipeline with the trained UNet, train_metrics.csv and train_info.json, written atomically."""
+    from diffusers import StableDiffusionPipeline
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            base, unet=unet, safety_checker=None, requires_safety_checker=False, local_files_only=True
+        )
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        write_metrics(metrics, tmp / "train_metrics.csv")
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=1))
+        for p in [tmp, *tmp.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace) -> Path:
+    import torch
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    t_start = time.time()
+    on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+    mixed = args.mixed_precision if on_gpu else "no"
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
+    P, rank = accelerator.num_processes, accelerator.process_index
+    B, A = args.train_batch_size, args.gradient_accumulation_steps
+    micro = micro_batch_size(B, P, A)
+    ckpt_dir = Path(args.checkpoints_dir)
+    if accelerator.is_main_process:
+        log.info("device %s, %d process(es), mixed precision %s", accelerator.device, P, mixed)
+        log.info("batch: %d per step = %d process(es) x %d accumulation x %d images", B, P, A, micro)
+
+    c = load_components(args.pretrained_model_name_or_path)
+    tokenizer, text_encoder, vae, unet, noise_scheduler = (
+        c["tokenizer"], c["text_encoder"], c["vae"], c["unet"], c["noise_scheduler"]
+    )
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
+    for frozen in (vae, text_encoder):
+        frozen.to(accelerator.device)
+        if weight_dtype != torch.float32:
+            frozen.to(dtype=weight_dtype)
+        frozen.eval()
+    if args.gradient_checkpointing and on_gpu:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+
+    data = load_train_data(args.train_data_dir, args.metadata, args.captions, args.plan)
+    uniform = not data.duplicated.any() and bool((data.weights == data.weights[0]).all())
+    stream = DrawStream(data.weights, uniform=uniform, seed=args.seed)
+    dataset = DrawDataset(data, stream, tokenizer, args)
+
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    # Stepped once per optimizer step (not prepared: accelerate would step it once per process).
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
+        num_training_steps=args.max_train_steps,
+    )
+
+    fingerprint = settings_hash(args)
+    start, metrics, resumed_from = 0, [], None
+    ckpt = last_checkpoint(ckpt_dir)
+    if ckpt is not None:
+        state = json.loads((ckpt / "state.json").read_text())
+        if state.get("settings_hash") != fingerprint:
+            if accelerator.is_main_process:
+                log.warning("%s was made with other settings (hash %s, now %s): starting over",
+                            ckpt, state.get("settings_hash"), fingerprint)
+        else:
+            state, metrics = load_checkpoint(ckpt, unet, optimizer, lr_scheduler)
+            start, resumed_from = state["step"], str(ckpt)
+            if accelerator.is_main_process:
+                log.info("resumed from %s (step %d of %d)", ckpt, start, args.max_train_steps)
+    accelerator.wait_for_everyone()
+
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=StepBatches(start, args.max_train_steps, B, A, P, rank),
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+    )
+    log_every = args.log_every or max(1, args.max_train_steps // 200)
+    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    if accelerator.is_main_process:
+        log.info("%d images (%d duplicated), %s, %s, mitigation %s; steps %d..%d",
+                 len(data), int(data.duplicated.sum()), args.duplication, args.conditioning,
+                 args.train_mitigation, start, args.max_train_steps)
+    progress = tqdm(total=args.max_train_steps, initial=start, disable=not accelerator.is_main_process,
+                    desc="finetune", mininterval=5, file=sys.stderr)
+    lam = args.rand_noise_lam if args.train_mitigation == "gaussnoise" else 0.0
+    batches = iter(loader)
+    t_prev = time.time()
+    for step in range(start, args.max_train_steps):
+        step_loss = torch.zeros((), device=accelerator.device)
+        for a in range(A):
+            batch = next(batches)
+            step_loss += backward_micro_batch(
+                accelerator, unet, vae, text_encoder, noise_scheduler, batch, last=a == A - 1,
+                accumulation=A, seed=args.seed, rand_noise_lam=lam, weight_dtype=weight_dtype,
+            ) / A
+        step_loss = accelerator.reduce(step_loss, "mean")
+        if not torch.isfinite(step_loss):
+            raise FloatingPointError(
+                f"training loss is {step_loss.item()} at step {step + 1} "
+                f"(lr {lr_scheduler.get_last_lr()[0]:.3g}); stopped without writing {args.output_dir}. "
+                "Lower training.learning_rate, or use mixed_precision bf16/no."
+            )
+        accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+        optimizer.step()
+        lr_now = lr_scheduler.get_last_lr()[0]
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        now = time.time()
+        row = {"step": step + 1, "loss": float(step_loss.item()), "lr": float(lr_now),
+               "steps_per_s": 1.0 / max(now - t_prev, 1e-9)}
+        t_prev = now
+        metrics.append(row)
+        progress.update(1)
+        if accelerator.is_main_process and ((step + 1) % log_every == 0 or step + 1 == args.max_train_steps):
+            log.info("step %d/%d loss %.5f lr %.3g %.2f steps/s", row["step"], args.max_train_steps,
+                     row["loss"], row["lr"], row["steps_per_s"])
+        done = step + 1
+        if done % args.checkpointing_steps == 0 and done < args.max_train_steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                path = save_checkpoint(
+                    ckpt_dir, done, accelerator.unwrap_model(unet), optimizer, lr_scheduler,
+                    {"settings_hash": fingerprint, "sampler": {"seed": args.seed, "draws": done * B}}, metrics,
+                )
+                log.info("checkpoint %s", path)
+            accelerator.wait_for_everyone()
+        if kill_after and done == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    progress.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        info = {
+            "settings": {k: v for k, v in vars(args).items() if k not in ("output_dir", "checkpoints_dir")},
+            "settings_hash": fingerprint,
+            "steps": args.max_train_steps,
+            "seed": args.seed,
+            "duration_s": time.time() - t_start,
+            "device": str(accelerator.device),
+            "processes": P,
+            "micro_batch_size": micro,
+            "mixed_precision": mixed,
+            "n_images": len(data),
+            "n_duplicated": int(data.duplicated.sum()),
+            "sampling": "permutation per epoch" if uniform else "weighted with replacement",
+            "prediction_type": noise_scheduler.config.prediction_type,
+            "resumed_from": resumed_from,
+            "final_loss": metrics[-1]["loss"] if metrics else None,
+        }
+        save_model(args.pretrained_model_name_or_path, accelerator.unwrap_model(unet), Path(args.output_dir), metrics, info)
+        log.info("model written to %s", args.output_dir)
+        if not args.keep_checkpoints and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+            log.info("checkpoints removed (%s)", ckpt_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return Path(args.output_dir)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
+
+
+# --------------------------------------------------------------------------------------------
+# Launching (scripts/finetune.py)
+# --------------------------------------------------------------------------------------------
+
+# training config keys -> CLI flags (same names, as in diffusers' train_text_to_image.py)
+TRAINING_FLAGS = (
+    "resolution", "center_crop", "random_flip", "train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "lr_scheduler", "lr_warmup_steps", "max_train_steps", "adam_beta1", "adam_beta2",
+    "adam_weight_decay", "adam_epsilon", "max_grad_norm", "mixed_precision", "gradient_checkpointing",
+    "checkpointing_steps", "keep_checkpoints", "seed",
+)
+
+
+def training_argv(*, base, images, metadata, captions, plan, output_dir, checkpoints_dir, duplication,
+                  conditioning, mitigation: dict, training: dict, workers: int = 0) -> list[str]:
+    """The ``python -m diffrep.training`` arguments of one finetune job."""
+    argv = [
+        "--pretrained_model_name_or_path", str(base), "--train_data_dir", str(images),
+        "--metadata", str(metadata), "--captions", str(captions), "--plan", str(plan),
+        "--output_dir", str(output_dir), "--checkpoints_dir", str(checkpoints_dir),
+        "--duplication", duplication, "--conditioning", conditioning,
+        "--train_mitigation", mitigation.get("name", "none"),
+        "--trainspecial_prob", str(mitigation.get("p", 0.1)),
+        "--rand_noise_lam", str(mitigation.get("rand_noise_lam", 0.1)),
+        "--dataloader_num_workers", str(workers),
+    ]
+    for key in TRAINING_FLAGS:
+        if key in training:
+            argv += [f"--{key}", str(training[key]).lower() if isinstance(training[key], bool) else str(training[key])]
+    return argv
+
+
+def launch_command(argv: list[str], processes: int = 1, mixed_precision: str = "no", cuda: bool | None = None,
+                   threads: int = 1) -> tuple[list[str], dict]:
+    """(command, environment) that runs the training on 1..N processes.
+
+    GPU: ``accelerate launch --num_processes N [--multi_gpu] --mixed_precision X -m diffrep.training``.
+    CPU, one process: ``accelerate launch --cpu --num_processes 1``. CPU, N > 1: accelerate launch
+    --cpu starts N independent copies instead of data parallel, so ``torchrun --standalone
+    --nproc_per_node N`` with ACCELERATE_USE_CPU=true (gloo DDP) is used.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    entry = ["-m", "diffrep.training", *argv]
+    if not cuda and processes > 1:
+        env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={processes}", *entry], env
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+           "--num_machines", "1", "--dynamo_backend", "no"]
+    if cuda:
+        cmd += ["--mixed_precision", mixed_precision] + (["--multi_gpu"] if processes > 1 else [])
+    else:
+        env["OMP_NUM_THREADS"] = str(max(1, threads))
+        cmd += ["--cpu", "--mixed_precision", "no"]
+    return cmd + entry, env
+
+
+def run_launch(cmd: list[str], env: dict, stream) -> None:
+    """Run the launch command with its output streamed into `stream` (the job's log); raise on failure."""
+    import subprocess
+
+    log.info("launch: %s", " ".join(cmd))
+    stream.flush()
+    proc = subprocess.run(cmd, env=env, stdout=stream, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training exited with status {proc.returncode}; see the log above")

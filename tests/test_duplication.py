@@ -1,0 +1,46 @@
+"""Duplication plans: upstream's fraction and weights, seeded, shared by dup_both and dup_image."""
+
+import pandas as pd
+import pytest
+
+from diffrep.duplication import make_plan, n_duplicated, write_plan
+
+IDS = [f"img_{i:03d}" for i in range(200)]
+
+
+def test_same_seed_same_plan_and_file(tmp_path):
+    a = make_plan(IDS, "dup_both", weight_pc=0.05, dup_weight=5, seed=3)
+    b = make_plan(IDS, "dup_both", weight_pc=0.05, dup_weight=5, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    write_plan(a, tmp_path / "a.parquet")
+    write_plan(b, tmp_path / "b.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    c = make_plan(IDS, "dup_both", weight_pc=0.05, dup_weight=5, seed=4)
+    assert set(c["id"][c["duplicated"]]) != set(a["id"][a["duplicated"]])
+
+
+def test_fraction_weights_and_columns():
+    plan = make_plan(IDS, "dup_image", weight_pc=0.05, dup_weight=5, seed=0)
+    assert list(plan.columns) == ["id", "duplicated", "weight"]
+    assert list(plan["id"]) == IDS  # metadata order
+    assert plan["duplicated"].sum() == 10  # int(0.05 * 200), as upstream
+    assert set(plan["weight"][plan["duplicated"]]) == {5.0}
+    assert set(plan["weight"][~plan["duplicated"]]) == {1.0}
+    assert plan["weight"].dtype == "float64" and plan["duplicated"].dtype == bool
+
+
+def test_dup_both_and_dup_image_share_the_set_nodup_is_uniform():
+    both = make_plan(IDS, "dup_both", 0.1, 5, seed=0)
+    image = make_plan(IDS, "dup_image", 0.1, 5, seed=0)
+    pd.testing.assert_frame_equal(both, image)
+    nodup = make_plan(IDS, "nodup", 0.1, 5, seed=0)
+    assert not nodup["duplicated"].any() and (nodup["weight"] == 1.0).all()
+
+
+def test_rounding_and_errors():
+    assert n_duplicated(100, 0.29) == 29  # 0.29 * 100 = 28.999... in floating point
+    assert n_duplicated(99, 0.05) == 4  # floor, as upstream's int()
+    with pytest.raises(ValueError, match="duplication style 'dup'"):
+        make_plan(IDS, "dup")
+    with pytest.raises(ValueError, match="not unique"):
+        make_plan(["a", "a"], "nodup")
