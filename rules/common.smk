@@ -8,6 +8,11 @@ from snakemake.utils import validate
 from diffrep import config as dconf
 
 validate(config, schema="../schemas/config.schema.yaml")
+# Params compare by their text: sort every mapping so that reordering keys in a config file (or a
+# tool that rewrites it) re-runs nothing.
+_canonical = dconf.canonical(config)
+config.clear()
+config.update(_canonical)
 try:
     dconf.check(config)
 except dconf.ConfigError as err:

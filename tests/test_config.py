@@ -113,3 +113,11 @@ def test_derive_seed_is_stable_and_separates_keys():
     assert dconf.derive_seed(0, "a", 1) != dconf.derive_seed(0, "a", 2)
     assert dconf.derive_seed(0, "ab") != dconf.derive_seed(0, "a", "b")
     assert 0 <= dconf.derive_seed(123, "x") < 2**31
+
+
+def test_canonical_sorts_mappings_keeps_lists():
+    cfg = {"b": {"y": 1, "x": [{"d": 1, "c": 2}]}, "a": 0}
+    out = dconf.canonical(cfg)
+    assert list(out) == ["a", "b"] and list(out["b"]) == ["x", "y"]
+    assert list(out["b"]["x"][0]) == ["c", "d"]
+    assert cfg == out  # same content

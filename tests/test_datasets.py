@@ -337,3 +337,19 @@ def test_missing_folder_says_where_to_put_the_data(tmp_path):
     cfg = laion_cfg(tmp_path / "data/laion_10k")
     with pytest.raises(DatasetError, match=r"dataset laion10k: .*data/laion_10k does not exist; put a folder in the laion layout there"):
         prepare_dataset("laion10k", cfg, **outputs(tmp_path, "laion10k"))
+
+
+def test_metadata_missing_column_or_duplicate_id_names_the_file(tmp_path):
+    import pandas as pd
+
+    from diffrep.datasets import DatasetError, read_metadata
+
+    path = tmp_path / "metadata.parquet"
+    pd.DataFrame({"id": ["a"], "file": ["a.png"]}).to_parquet(path)
+    with pytest.raises(DatasetError, match=r"metadata\.parquet: metadata table lacks column\(s\) class, captions"):
+        read_metadata(path)
+    row = {"id": "a", "file": "a.png", "class": None, "captions": [["x"]], "width": 1, "height": 1,
+           "sha256": "0", "source": "s"}
+    pd.DataFrame({k: [v] * 2 if k != "captions" else v * 2 for k, v in row.items()}).to_parquet(path)
+    with pytest.raises(DatasetError, match="duplicated image id"):
+        read_metadata(path)

@@ -19,6 +19,7 @@ runtime and GPU counts are the profile's own values (the node declares 128 GB an
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -222,6 +223,27 @@ def finished_and_failed(log: str) -> tuple[set[str], set[str]]:
     return finished, failed
 
 
+WALL_CLOCK = re.compile(r"duration|_per_s$|seconds|elapsed")  # keys/columns that time a job
+
+
+def _content(path: Path) -> bytes:
+    """A file's bytes; JSON and CSV without wall-clock fields (they differ between any two runs)."""
+    if path.suffix == ".json":
+
+        def strip(x):
+            if isinstance(x, dict):
+                return {k: strip(v) for k, v in x.items() if not WALL_CLOCK.search(k)}
+            return [strip(v) for v in x] if isinstance(x, list) else x
+
+        return json.dumps(strip(json.loads(path.read_text())), sort_keys=True).encode()
+    if path.suffix == ".csv":
+        import pandas as pd
+
+        table = pd.read_csv(path)
+        return table.drop(columns=[c for c in table if WALL_CLOCK.search(c)]).to_csv().encode()
+    return path.read_bytes()
+
+
 def file_hashes(root: Path, outputs: list[str]) -> dict[str, str]:
     """sha256 of every file of the given outputs (files, or directories walked), by relative path."""
     hashes = {}
@@ -229,7 +251,7 @@ def file_hashes(root: Path, outputs: list[str]) -> dict[str, str]:
         path = root / out
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
-            hashes[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+            hashes[str(f.relative_to(root))] = hashlib.sha256(_content(f)).hexdigest()
     return hashes
 
 

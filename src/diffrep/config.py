@@ -82,6 +82,18 @@ class Run:
         return self.name
 
 
+def canonical(obj):
+    """A copy of `obj` with every mapping's keys sorted (lists keep their order).
+
+    Snakemake compares a rule's params as text, so key order would otherwise count as a change.
+    """
+    if isinstance(obj, dict):
+        return {k: canonical(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [canonical(v) for v in obj]
+    return obj
+
+
 def derive_seed(seed: int, *keys: object) -> int:
     """A stable 31-bit seed from a master seed and any keys (wildcards, names)."""
     text = "\x1f".join([str(seed), *map(str, keys)])

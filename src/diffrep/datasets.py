@@ -80,6 +80,9 @@ METADATA_SCHEMA = pa.schema(
 )
 
 
+METADATA_COLUMNS = tuple(METADATA_SCHEMA.names)
+
+
 class DatasetError(ValueError):
     """A dataset that cannot be prepared; the message names the file, key or value."""
 
@@ -511,7 +514,20 @@ def prepare_dataset(
 
 
 def read_metadata(path: str | Path) -> pd.DataFrame:
-    """metadata.parquet with `captions` as Python lists of str."""
+    """metadata.parquet with `captions` as Python lists of str.
+
+    Raises DatasetError naming the file and the missing columns when it is not a prepared
+    dataset's metadata (docs/formats.md), instead of a bare KeyError somewhere downstream.
+    """
     df = pd.read_parquet(path)
+    missing = [c for c in METADATA_COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: metadata table lacks column(s) {', '.join(missing)}; expected "
+            f"{', '.join(METADATA_COLUMNS)} (re-run prepare_dataset)"
+        )
+    duplicated = df["id"][df["id"].duplicated()].tolist()
+    if duplicated:
+        raise DatasetError(f"{path}: duplicated image id(s) {', '.join(map(str, duplicated[:5]))}")
     df["captions"] = [list(c) if c is not None else [] for c in df["captions"]]
     return df
