@@ -181,7 +181,9 @@ def build_fid_inception_from_wheel(
         "format": "pytorch-fid InceptionV3 (fid_inception_v3) state dict without fc; bn.weight = 1 "
         "(TF batch norm has no gamma)",
         "conv_layers": sum(k.endswith(".conv.weight") for k in state),
-        "metrics": {"max_relative_feature_difference": rel},
+        # rounded: the last digits depend on the CPU's thread count, and this file is part of
+        # the model's manifest, so a rebuild must write the same bytes
+        "metrics": {"max_relative_feature_difference": float(f"{rel:.2g}")},
     }
     log.info("FID Inception from %s: %d layers, features match to %.1e", src, info["conv_layers"], rel)
     with staged_dir(out_dir) as tmp:
