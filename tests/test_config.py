@@ -1,6 +1,9 @@
 """The config: cross-key checks, the run matrix, run names and presets (diffrep.config)."""
 
+import re
+
 import pytest
+import yaml
 
 from diffrep import config as dconf
 from diffrep.config import ConfigError, Run
@@ -121,3 +124,15 @@ def test_canonical_sorts_mappings_keeps_lists():
     assert list(out) == ["a", "b"] and list(out["b"]) == ["x", "y"]
     assert list(out["b"]["x"][0]) == ["c", "d"]
     assert cfg == out  # same content
+
+
+def test_readme_explains_every_config_section():
+    """The README's configuration table has a row for every top-level key of the schema."""
+    from conftest import REPO
+
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert set(schema["properties"]) - named == set()

@@ -224,3 +224,18 @@ def test_nan_loss_stops_with_a_clear_error(inputs):
     assert proc.returncode != 0
     assert "FloatingPointError: training loss is" in proc.stderr and "stopped without writing" in proc.stderr
     assert not (root / "nan").exists()
+
+
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    ckpt = tmp_path / "checkpoint-200"
+    ckpt.mkdir()
+    save_file(model.state_dict(), str(ckpt / "unet.safetensors"))
+    (ckpt / "optimizer.pt").write_bytes(b"\x00truncated")
+    with pytest.raises(RuntimeError, match=r"checkpoint-200: optimizer\.pt does not load .* Delete .*checkpoint-200"):
+        T.load_checkpoint(ckpt, model, optimizer, scheduler)

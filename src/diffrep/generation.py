@@ -110,7 +110,7 @@ def load_pipeline(model_dir, device: str, dtype):
 
     pipe = StableDiffusionPipeline.from_pretrained(
         model_dir, safety_checker=None, requires_safety_checker=False,
-        local_files_only=True, dtype=dtype,
+        local_files_only=True, use_safetensors=True, dtype=dtype,
     ).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -419,14 +419,26 @@ def load_checkpoint(path: Path, unet, optimizer, lr_scheduler) -> tuple[dict, li
     import torch
     from safetensors.torch import load_file
 
-    unet.load_state_dict(load_file(path / "unet.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text()), read_metrics(path / "train_metrics.csv")
+    current = path / "unet.safetensors"
+    try:
+        unet.load_state_dict(load_file(current))
+        current = path / "optimizer.pt"
+        optimizer.load_state_dict(torch.load(current, weights_only=True))
+        current = path / "lr_scheduler.pt"
+        lr_scheduler.load_state_dict(torch.load(current, weights_only=True))
+        current = path / "rng.pt"
+        rng = torch.load(current, weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        current = path / "train_metrics.csv"
+        return json.loads((path / "state.json").read_text()), read_metrics(current)
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RuntimeError(
+            f"cannot resume from checkpoint {path}: {current.name} does not load ({first_line}). "
+            f"Delete {path} to resume from an earlier checkpoint, or the whole folder to start over."
+        ) from exc
 
 
 def write_metrics(rows: list[dict], path: Path) -> None:
@@ -453,7 +465,8 @@ def save_model(base: str, unet, output_dir: Path, metrics: list[dict], info: dic
     tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            base, unet=unet, safety_checker=None, requires_safety_checker=False, local_files_only=True
+            base, unet=unet, safety_checker=None, requires_safety_checker=False, local_files_only=True,
+            use_safetensors=True,
         )
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_metrics(metrics, tmp / "train_metrics.csv")
