@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from diffrep import config as dconf
 
 validate(config, schema="../schemas/config.schema.yaml")
+dconf.fill_seeds(config)
 # Params compare by their text: sort every mapping so that reordering keys in a config file (or a
 # tool that rewrites it) re-runs nothing.
 _canonical = dconf.canonical(config)

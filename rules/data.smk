@@ -17,7 +17,6 @@ rule prepare_dataset:
     params:
         name="{dataset}",
         dataset=get_dataset_config,
-        seed=config["seed"],
     script:
         "../scripts/prepare_dataset.py"
 

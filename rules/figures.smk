@@ -27,6 +27,7 @@ rule tables:
         "../envs/figures.yaml"
     params:
         study=STUDY,
+        seed=config["seed"],
         presets=measured_presets(),
         base_model=config["base_model"],
         fid=config["fid"]["enabled"],

@@ -42,7 +42,6 @@ rule build_model:
         runtime=60,
     params:
         model=get_model_source,
-        seed=config["seed"],
     script:
         "../scripts/fetch_model.py"
 

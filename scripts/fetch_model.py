@@ -13,5 +13,4 @@ fetch_model(
     spec=snakemake.params.model,
     out_dir=snakemake.output.dir,
     manifest=snakemake.output.manifest,
-    seed=snakemake.params.get("seed", 0),
 )

@@ -17,6 +17,7 @@ prepare_dataset(
     metadata=out.metadata,
     manifest=out.manifest,
     report=out.report,
-    seed=derive_seed(snakemake.params.seed, "dataset", snakemake.params.name),
+    # a built dataset's seed is its source's (not the study's): resources/ is shared by every study
+    seed=derive_seed(snakemake.params.dataset["source"].get("seed", 0), "dataset", snakemake.params.name),
     threads=snakemake.threads,
 )

@@ -136,3 +136,18 @@ def test_readme_explains_every_config_section():
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     named = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
     assert set(schema["properties"]) - named == set()
+
+
+def test_study_names_a_variant_with_a_suffix_only(paper_config):
+    from snakemake.exceptions import WorkflowError
+
+    assert validated({**paper_config, "study": "mini-seed1"})["study"] == "mini-seed1"
+    for bad in ("seed1", "mini seed1", "mini/../paper"):
+        with pytest.raises(WorkflowError, match="does not match"):
+            validated({**paper_config, "study": bad})
+
+
+def test_sections_take_the_master_seed_unless_they_set_their_own(paper_config):
+    cfg = validated({**paper_config, "seed": 7, "training": {**paper_config["training"], "seed": 3}})
+    dconf.fill_seeds(cfg)
+    assert (cfg["duplication"]["seed"], cfg["training"]["seed"], cfg["generation"]["seed"]) == (7, 3, 7)

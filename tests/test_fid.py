@@ -115,6 +115,7 @@ def test_fid_equals_pytorch_fid_command_line(tmp_path, folders):
     on_disk = json.loads((tmp_path / "fid.json").read_text())
     assert on_disk["n_generated"] == 4 and on_disk["n_reference"] == 4 and on_disk["resolution"] == 32
     assert "twice" in on_disk["normalisation"] and "biased" in on_disk["note"]
+    assert on_disk["method"] == F.LOW_RANK_METHOD
 
 
 def test_only_off_size_images_are_resized(tmp_path):
@@ -139,6 +140,30 @@ def test_statistics_and_distance_by_hand():
     assert F.frechet_distance(np.zeros(2), np.eye(2), np.array([3.0, 4.0]), np.eye(2)) == pytest.approx(25.0)
     with pytest.raises(F.FIDError, match="at least 2 images, got 1"):
         F.statistics(acts[:1])
+
+
+@pytest.mark.parametrize("n_gen", [5, 48, 300])
+def test_low_rank_distance_equals_pytorch_fids(n_gen):
+    """For n <= dims generations the exact low-rank trace gives pytorch-fid's number (its sqrtm of a
+    singular product is the approximate one: agreement to 1e-6 relative, not bit for bit)."""
+    import warnings
+
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(n_gen)
+    d = 512
+    mix = rng.standard_normal((d, 32))
+    gen = np.abs(rng.standard_normal((n_gen, 32)) @ mix.T + 0.3)
+    ref = np.abs(rng.standard_normal((400, 32)) @ mix.T + 0.1 * rng.standard_normal((400, d)))
+    (mu1, s1), (mu2, s2) = F.statistics(gen), F.statistics(ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = float(calculate_frechet_distance(mu1, s1, mu2, s2))
+    assert F.frechet_method(n_gen, d) == F.LOW_RANK_METHOD
+    assert F.frechet_distance(mu1, s1, mu2, s2, acts1=gen) == pytest.approx(theirs, rel=1e-6)
+    # without activations, or with more images than dimensions, pytorch-fid's own function is used
+    assert F.frechet_distance(mu1, s1, mu2, s2) == theirs
+    assert F.frechet_method(d + 1, d) == F.PYTORCH_FID_METHOD
 
 
 def test_weights_errors_name_the_file(tmp_path):

@@ -134,6 +134,18 @@ def check_combination(dataset: str, ds: dict, duplication: str, conditioning: st
         )
 
 
+SEEDED_SECTIONS = ("duplication", "training", "generation")
+
+
+def fill_seeds(config: dict) -> dict:
+    """Give the sections that set no seed of their own the master ``seed`` (in place; returned)."""
+    for section in SEEDED_SECTIONS:
+        part = config.setdefault(section, {})
+        if part.get("seed") is None:
+            part["seed"] = config.get("seed", 0)
+    return config
+
+
 def check(config: dict) -> None:
     """Cross-key checks after schema validation (which has filled the defaults)."""
     models = config["models"]

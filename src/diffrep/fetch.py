@@ -439,9 +439,10 @@ def fetch_url(src: dict, dest: Path, pins: dict[str, str], partial_dir: Path, **
 
 
 def fetch_build(src: dict, dest: Path, seed: int) -> None:
-    """Make the model locally with a registered diffrep builder."""
+    """Make the model locally with a registered diffrep builder (the source's own ``seed`` wins)."""
     from diffrep.builders import model_builder
 
+    seed = int(src.get("seed", seed))
     options = dict(src.get("options") or {})
     log.info("build: builder %s, seed %d, options %s", src["builder"], seed, options)
     model_builder(src["builder"])(dest, seed=seed, **options)

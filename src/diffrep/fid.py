@@ -14,7 +14,9 @@ Training images whose size differs from the study ``resolution`` are first resiz
 and centre-cropped to it, the framing the finetuning saw; images already at that size are untouched.
 
 Activations are float64 (as pytorch-fid); ``mu`` and ``sigma`` (``np.cov``, rowvar False) are
-float64; the distance is pytorch-fid's ``calculate_frechet_distance``. FID is biased upwards for
+float64; the distance is pytorch-fid's ``calculate_frechet_distance``, or, for at most 2048
+generations, the same formula with tr sqrt(sigma1 sigma2) computed exactly from an n × n
+eigenproblem (:func:`frechet_distance`; the JSON's ``method`` says which). FID is biased upwards for
 small samples (and ``sigma`` is rank-deficient below 2049 images), so every score records how many
 images it used and values are comparable only at equal n.
 """
@@ -229,22 +231,52 @@ def statistics(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.mean(acts, axis=0), np.cov(acts, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """pytorch-fid's Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2)."""
+LOW_RANK_METHOD = (
+    "exact low-rank trace: tr sqrt(sigma1 sigma2) as the sum of square roots of the eigenvalues of "
+    "X sigma2 X^T, X the n x 2048 centred activations / sqrt(n - 1) of the n <= 2048 generations "
+    "(the non-zero eigenvalues of sigma1 sigma2); agrees with pytorch-fid to about 1e-7 relative"
+)
+PYTORCH_FID_METHOD = "pytorch-fid calculate_frechet_distance (scipy sqrtm)"
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, acts1=None) -> float:
+    """The Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), as pytorch-fid computes it.
+
+    With ``acts1`` (the activations sigma1 was computed from) and no more of them than dimensions,
+    sigma1 = XᵀX has rank < n, and tr sqrt(sigma1·sigma2) is computed exactly from the n × n matrix
+    X·sigma2·Xᵀ, whose eigenvalues are the non-zero eigenvalues of sigma1·sigma2: milliseconds
+    instead of the 10–30 s of a 2048² ``scipy.linalg.sqrtm``, which on such a singular product is
+    also the less accurate of the two (:func:`frechet_method` names the path taken).
+    Otherwise pytorch-fid's ``calculate_frechet_distance``.
+    """
     import warnings
 
     from pytorch_fid.fid_score import calculate_frechet_distance
 
+    if acts1 is not None and frechet_method(len(acts1), len(mu1)) == LOW_RANK_METHOD:
+        acts1 = np.asarray(acts1, dtype=np.float64)
+        x = (acts1 - mu1) / np.sqrt(acts1.shape[0] - 1)
+        small = x @ np.asarray(sigma2, dtype=np.float64) @ x.T
+        eig = np.linalg.eigvalsh((small + small.T) / 2)
+        tr_covmean = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+        diff = np.asarray(mu1) - np.asarray(mu2)
+        return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # scipy sqrtm(disp=False)
         return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
-def folder_statistics(paths, model, batch_size=50, device="cpu", resolution=None, num_workers=0):
-    """``(mu, sigma, n)`` of a list of image files."""
+def frechet_method(n1: int, dims: int = DIMS) -> str:
+    """Which computation :func:`frechet_distance` uses for ``n1`` generated images."""
+    return LOW_RANK_METHOD if n1 <= dims else PYTORCH_FID_METHOD
+
+
+def folder_statistics(paths, model, batch_size=50, device="cpu", resolution=None, num_workers=0,
+                      return_activations=False):
+    """``(mu, sigma, n)`` of a list of image files (``+ activations`` if asked)."""
     acts = activations(paths, model, batch_size, device, resolution, num_workers)
     mu, sigma = statistics(acts)
-    return mu, sigma, acts.shape[0]
+    return (mu, sigma, acts.shape[0], acts) if return_activations else (mu, sigma, acts.shape[0])
 
 
 # ---------------------------------------------------------------- files
@@ -292,9 +324,11 @@ def fid_of_generations(gen_dir, reference, model, out, resolution, batch_size=50
         )
     _, paths = generation_images(gen_dir)
     net = load_inception(model, device)
-    mu, sigma, n = folder_statistics(paths, net, batch_size, device, resolution, num_workers)
+    mu, sigma, n, acts = folder_statistics(paths, net, batch_size, device, resolution, num_workers,
+                                           return_activations=True)
     result = {
-        "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
+        "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"], acts1=acts),
+        "method": frechet_method(n, len(mu)),
         "n_generated": int(n),
         "n_reference": ref["n"],
         "resolution": resolution,

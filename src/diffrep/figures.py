@@ -39,7 +39,7 @@ CONDITIONING_ORDER = ["nolevel", "classlevel", "instancelevel_blip", "instancele
 
 def study_title(title: str, study: str) -> str:
     """``title — {study} study`` (+ a reminder that the numbers are not the paper's)."""
-    note = "" if study == "paper" else " (toy scale: not the paper's numbers)"
+    note = "" if study.split("-")[0] == "paper" else " (toy scale: not the paper's numbers)"
     return f"{title} — {study} study{note}"
 
 

@@ -32,7 +32,7 @@ SKIPPED = "skipped"
 STATS = ("n", "mean", "std", "p75", "p90", "p95", "frac_above", "source_match_rate")
 SPLITS = ("duplicated", "not_duplicated")
 SETTING_COLUMNS = [
-    "study", "dataset", "run", "preset", "embedder", "duplication", "conditioning", "train_mitigation",
+    "study", "seed", "dataset", "run", "preset", "embedder", "duplication", "conditioning", "train_mitigation",
     "inference_mitigation", "scheduler", "guidance_scale", "steps", "negative_prompt",
 ]
 
@@ -141,6 +141,7 @@ def summary_table(
     base_model: str = "",
     fid_enabled: bool = True,
     clipscore_enabled: bool = True,
+    seed: int | None = None,
 ) -> pd.DataFrame:
     """One row per dataset × run × preset × embedder (see the module docstring for the columns).
 
@@ -159,7 +160,7 @@ def summary_table(
     for path in similarity:
         ds, emb, run, gen = parse_similarity_path(path)
         stats = _read_json(path)
-        row = {"study": study, "dataset": ds, "run": run, "preset": gen, "embedder": emb, **settings(run)}
+        row = {"study": study, "seed": seed, "dataset": ds, "run": run, "preset": gen, "embedder": emb, **settings(run)}
         if gen not in presets:
             log.warning("preset %r of %s not among the configured presets; its settings use the defaults", gen, path)
         row.update(preset_settings(presets.get(gen, {})))
@@ -260,13 +261,13 @@ def write_csv(df: pd.DataFrame, path) -> None:
 
 def write_tables(inputs, outputs, params) -> dict[str, pd.DataFrame]:
     """The tables rule: ``inputs`` with similarity, baselines, fid, clipscore, weightdiff, manifests;
-    ``outputs`` with summary, weightdiff, baselines; ``params`` with study, presets, base_model,
-    fid (enabled), clipscore (enabled)."""
+    ``outputs`` with summary, weightdiff, baselines; ``params`` with study, seed, presets,
+    base_model, fid (enabled), clipscore (enabled)."""
     study = params["study"]
     summary = summary_table(
         inputs["similarity"], inputs.get("fid", []), inputs.get("clipscore", []), inputs["baselines"],
         inputs.get("manifests", []), params.get("presets", {}), study, params.get("base_model", ""),
-        bool(params.get("fid", True)), bool(params.get("clipscore", True)),
+        bool(params.get("fid", True)), bool(params.get("clipscore", True)), params.get("seed"),
     )
     tables = {
         "summary": summary,
