@@ -21,7 +21,7 @@ def test_same_seed_same_plan_and_file(tmp_path):
 
 def test_fraction_weights_and_columns():
     plan = make_plan(IDS, "dup_image", weight_pc=0.05, dup_weight=5, seed=0)
-    assert list(plan.columns) == ["id", "duplicated", "weight"]
+    assert list(plan.columns) == ["id", "duplicated", "weight", "dup_set"]
     assert list(plan["id"]) == IDS  # metadata order
     assert plan["duplicated"].sum() == 10  # int(0.05 * 200), as upstream
     assert set(plan["weight"][plan["duplicated"]]) == {5.0}
@@ -35,6 +35,8 @@ def test_dup_both_and_dup_image_share_the_set_nodup_is_uniform():
     pd.testing.assert_frame_equal(both, image)
     nodup = make_plan(IDS, "nodup", 0.1, 5, seed=0)
     assert not nodup["duplicated"].any() and (nodup["weight"] == 1.0).all()
+    # nodup marks the same set, not duplicated: the control for the duplicated runs
+    assert nodup["dup_set"].tolist() == both["duplicated"].tolist() == both["dup_set"].tolist()
 
 
 def test_rounding_and_errors():

@@ -90,6 +90,9 @@ def test_replication_counts_use_the_plan():
     plan = pd.DataFrame({"id": ["x", "y", "z"], "duplicated": [True, False, False]})
     rc = F.replication_counts(matches, plan).set_index("train_id")
     assert rc.loc["x", "count"] == 2 and rc.loc["z", "count"] == 0 and bool(rc.loc["x", "duplicated"])
+    # a nodup plan: nothing duplicated, the study's duplicated set still marks x (the control)
+    nodup = plan.assign(duplicated=False, dup_set=[True, False, False])
+    assert F.replication_counts(matches, nodup).set_index("train_id")["duplicated"].tolist() == [True, False, False]
 
 
 def test_gallery_orders_by_similarity_and_shows_values(tmp_path):

@@ -46,7 +46,7 @@ def test_same_seed_same_images_twice_and_across_batch_sizes(inputs):
 def test_prompts_table(inputs):
     out = run(inputs, "words", preset={**PRESET, "mitigation": "rand_word_repeat"}, n=20)
     t = pd.read_parquet(out / "prompts.parquet")
-    assert list(t.columns) == ["index", "file", "source_id", "duplicated", "prompt", "prompt_used", "seed"]
+    assert list(t.columns) == ["index", "file", "source_id", "duplicated", "dup_set", "prompt", "prompt_used", "seed"]
     caps, plan = inputs["captions"], pd.read_parquet(inputs["root"] / "dup_both.parquet")
     chosen = np.random.default_rng(11).choice(len(plan), 20, replace=True)  # upstream's draw, seeded
     assert t["source_id"].tolist() == [plan["id"][j] for j in chosen]

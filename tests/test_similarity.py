@@ -64,6 +64,10 @@ def test_statistics_split_by_prompt_duplication_and_source_match():
     assert s["not_duplicated"]["source_match_rate"] == pytest.approx(0.5)
     counts = S.replication_counts(matches)
     assert counts.to_dict("list") == {"train_id": ["a", "b", "c"], "count": [2, 1, 1]}
+    # a nodup run: nothing duplicated, but the split follows the study's duplicated set (the control)
+    control = S.similarity_statistics(matches.assign(dup_set=matches["duplicated"], duplicated=False), 0.5)
+    assert control["duplicated"]["n"] == 2 and control["duplicated"]["mean"] == pytest.approx(0.8)
+    assert control["not_duplicated"]["mean"] == pytest.approx(0.475)
 
 
 def test_train_baseline_excludes_self_and_keeps_true_duplicates():
@@ -154,7 +158,7 @@ def test_planted_copies_are_found_as_top1(tmp_path, embedder):
                              tmp_path / "s.json", {"top_k": 3, "threshold": 0.5, "index": "exact"})
     m = pd.read_parquet(tmp_path / "m.parquet")
     assert list(m.columns) == ["generation", "rank", "train_id", "similarity", "source_id", "duplicated",
-                               "is_source"]
+                               "dup_set", "is_source"]
     assert len(m) == 4 * 3 and list(m["rank"][:3]) == [0, 1, 2]
     top1 = m[m["rank"] == 0].set_index("generation")
     assert top1.loc["00000.png", "train_id"] == "img007"

@@ -30,9 +30,12 @@ def n_duplicated(n_images: int, weight_pc: float) -> int:
 def make_plan(ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weight: float = 5, seed: int = 0) -> pd.DataFrame:
     """The plan of one duplication style for the images `ids` (in metadata order).
 
-    Returns a DataFrame with columns ``id`` (str), ``duplicated`` (bool), ``weight`` (float64).
-    The duplicated set is ``numpy.random.default_rng(seed).choice(N, n_duplicated, replace=False)``:
-    the same ids and seed always give the same plan.
+    Returns a DataFrame with columns ``id`` (str), ``duplicated`` (bool), ``weight`` (float64),
+    ``dup_set`` (bool). The duplicated set is ``numpy.random.default_rng(seed).choice(N,
+    n_duplicated, replace=False)``: the same ids and seed always give the same plan. ``dup_set``
+    marks that set in every style, nodup included (where nothing is duplicated), so that a nodup
+    run's generations from those images are the control for the duplicated runs' (same images,
+    same prompts, no duplication).
     """
     if style not in DUPLICATIONS:
         raise ValueError(f"duplication style {style!r}; allowed: {', '.join(DUPLICATIONS)}")
@@ -44,13 +47,13 @@ def make_plan(ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weigh
     if len(set(ids)) != len(ids):
         raise ValueError("duplication plan: image ids are not unique")
     n = len(ids)
-    duplicated = np.zeros(n, dtype=bool)
-    if style != "nodup" and n:
-        k = n_duplicated(n, weight_pc)
-        chosen = np.random.default_rng(seed).choice(n, size=k, replace=False)
-        duplicated[chosen] = True
+    dup_set = np.zeros(n, dtype=bool)
+    if n:
+        chosen = np.random.default_rng(seed).choice(n, size=n_duplicated(n, weight_pc), replace=False)
+        dup_set[chosen] = True
+    duplicated = dup_set & (style != "nodup")
     weight = np.where(duplicated, float(dup_weight), 1.0)
-    return pd.DataFrame({"id": ids, "duplicated": duplicated, "weight": weight})
+    return pd.DataFrame({"id": ids, "duplicated": duplicated, "weight": weight, "dup_set": dup_set})
 
 
 def write_plan(plan: pd.DataFrame, path) -> None:

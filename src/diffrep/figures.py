@@ -149,7 +149,8 @@ def sim95_by_dup_cond(summary: pd.DataFrame, baselines: pd.DataFrame, style: Map
                          fontsize=9)
             ax.set_xlabel("conditioning")
             ax.set_ylabel("95th percentile of top-1 similarity (cosine)")
-            ax.legend(fontsize=7, title="duplication", title_fontsize=7, loc="lower right")
+            # outside the axes: inside, it hid the bars of the last conditioning
+            ax.legend(fontsize=7, title="duplication", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.suptitle(study_title(style.get("title", "Replication by duplication × conditioning"), study))
         fig.tight_layout()
     return fig
@@ -241,18 +242,25 @@ def similarity_distributions(matches: Mapping[tuple, pd.DataFrame], baseline_mat
     return fig
 
 
+def _in_dup_set(top1: pd.DataFrame) -> pd.Series:
+    """Whether each generation's prompt came from the study's duplicated set (bool)."""
+    return top1["dup_set" if "dup_set" in top1 else "duplicated"].astype(bool)
+
+
 def replication_counts(matches: pd.DataFrame, plan: pd.DataFrame | None) -> pd.DataFrame:
     """Per training image of the plan: ``train_id``, ``count`` (times it is the top-1 match),
-    ``duplicated`` (bool, from the duplication plan). Images never matched count 0."""
+    ``duplicated`` (bool: in the study's duplicated set, the plan's ``dup_set``, which nodup plans
+    mark too; plans without it use ``duplicated``). Images never matched count 0."""
     top1 = matches[matches["rank"] == 0]
     counts = top1.groupby("train_id").size().rename("count")
     if plan is None:
         ids = pd.Index(sorted(set(counts.index)), name="train_id")
-        dup = set(top1.loc[top1["duplicated"].astype(bool), "source_id"].dropna())
+        dup = set(top1.loc[_in_dup_set(top1), "source_id"].dropna())
         out = pd.DataFrame({"train_id": ids})
         out["duplicated"] = out["train_id"].isin(dup)
     else:
-        out = plan[["id", "duplicated"]].rename(columns={"id": "train_id"}).copy()
+        col = "dup_set" if "dup_set" in plan else "duplicated"
+        out = plan[["id", col]].rename(columns={"id": "train_id", col: "duplicated"}).copy()
     out["count"] = out["train_id"].map(counts).fillna(0).astype(int)
     return out
 
@@ -263,7 +271,9 @@ def duplicated_vs_not(summary: pd.DataFrame, matches: Mapping[tuple, pd.DataFram
     (a) top-1 similarity of generations whose prompt came from a duplicated / non-duplicated image;
     (b) the rate at which the top-1 match is the prompt's own source image; (c) replication counts,
     the mean number of generations whose top-1 match is a given training image, for duplicated and
-    non-duplicated training images (from the run's duplication plan).
+    non-duplicated training images (from the run's duplication plan). "Duplicated" is the study's
+    duplicated set, the same images in every run: in nodup runs and the base model they are not
+    duplicated, which makes those rows the control.
 
     ``plans``: ``{(dataset, duplication plan name): plan table}``; the base model uses nodup.
     """
@@ -272,7 +282,7 @@ def duplicated_vs_not(summary: pd.DataFrame, matches: Mapping[tuple, pd.DataFram
     for (ds, emb, run, gen), m in sorted(matches.items()):
         label = f"{run} · {gen}" + ("" if len({k[:2] for k in matches}) == 1 else f" ({ds}/{emb})")
         top1 = m[m["rank"] == 0]
-        split = np.where(top1["duplicated"].astype(bool), "duplicated", "not duplicated")
+        split = np.where(_in_dup_set(top1), "duplicated", "not duplicated")
         sims.append(pd.DataFrame({"set": label, "prompt source": split, "similarity": top1["similarity"].astype(float)}))
         for name, part in top1.groupby(split):
             rates.append({"set": label, "prompt source": name, "rate": float(part["is_source"].astype(bool).mean())})
@@ -313,7 +323,9 @@ def duplicated_vs_not(summary: pd.DataFrame, matches: Mapping[tuple, pd.DataFram
             for ax in axes[1:]:
                 ax.set_yticklabels([])
         fig.suptitle(study_title(style.get("title", "Duplicated vs non-duplicated images"), study))
-        fig.tight_layout()
+        fig.text(0.5, 0.005, "duplicated = the study's duplicated set (same images in every run); in nodup runs "
+                 "and the base model these images are not duplicated: the control", ha="center", fontsize=7)
+        fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
 

@@ -53,7 +53,10 @@ def image_seed(seed: int, index: int) -> int:
 
 
 def draw_prompts(captions: dict[str, list[str]], plan: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """n prompts: caption [0] of images drawn with replacement; columns index, source_id, duplicated, prompt, seed.
+    """n prompts: caption [0] of images drawn with replacement.
+
+    Columns index, source_id, duplicated (in this run's plan), dup_set (in the study's duplicated
+    set, for nodup and the base model too), prompt, seed.
 
     `plan` is the run's duplication plan (id, duplicated, weight in metadata order); its order is
     the order images are drawn from.
@@ -64,10 +67,12 @@ def draw_prompts(captions: dict[str, list[str]], plan: pd.DataFrame, n: int, see
         raise ValueError(f"captions: no caption for {len(missing)} image(s) of the plan, e.g. {missing[:3]}")
     chosen = np.random.default_rng(seed).choice(len(ids), size=n, replace=True)
     dup = plan["duplicated"].to_numpy(dtype=bool)
+    dup_set = plan["dup_set"].to_numpy(dtype=bool) if "dup_set" in plan else dup
     return pd.DataFrame({
         "index": np.arange(n, dtype=np.int64),
         "source_id": [ids[j] for j in chosen],
         "duplicated": dup[chosen],
+        "dup_set": dup_set[chosen],
         "prompt": [str(captions[ids[j]][0]) for j in chosen],
         "seed": [image_seed(seed, i) for i in range(n)],
     })
@@ -219,7 +224,7 @@ def generate(
             os.replace(tmp, staging / f"{i:05d}.png")
         bar.update(len(idx))
     bar.close()
-    cols = ["index", "file", "source_id", "duplicated", "prompt", "prompt_used", "seed"]
+    cols = ["index", "file", "source_id", "duplicated", "dup_set", "prompt", "prompt_used", "seed"]
     prompts[cols].to_parquet(staging / "prompts.parquet", index=False)
     info["duration_s"] = time.time() - t0
     (staging / "generation_info.json").write_text(json.dumps(info, indent=1, default=str))

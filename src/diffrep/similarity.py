@@ -9,8 +9,10 @@ Statistics of the top-1 similarity of each generation, exactly as upstream repor
 ``mean``, ``std`` (numpy, population: ddof 0), ``p75``/``p90``/``p95`` (numpy.percentile, linear
 interpolation) and ``frac_above`` = fraction strictly above the threshold (upstream 0.5,
 ``sim_gt_05pc``). Upstream also splits the similarities by whether the *top-1 training match* is a
-duplicated image; diffrep splits by whether the generation's *prompt* came from a duplicated image
-(the question the study asks: are duplicated prompts copied more?), and reports
+duplicated image; diffrep splits by whether the generation's *prompt* came from an image of the
+study's duplicated set (the question the study asks: are duplicated prompts copied more?). The set
+is the same for every duplication style (same seed), so in nodup runs and the base model the
+``duplicated`` split holds the same images, not duplicated: the control. diffrep reports
 ``source_match_rate``, the fraction of generations whose top-1 match is the prompt's own source
 image. The train-vs-train baseline is upstream's ``bg_*``: every training image's best match among
 the other training images (top-2, self excluded).
@@ -110,14 +112,16 @@ def similarity_statistics(matches, threshold: float = 0.5) -> dict:
     """Statistics of a matches table (docs/formats.md: generation, rank, similarity, duplicated, is_source).
 
     Top-1 rows (rank 0) only. Returns the overall statistics, the same under ``duplicated`` and
-    ``not_duplicated`` (by the generation's prompt source), ``source_match_rate`` overall and per
-    split, and ``threshold``.
+    ``not_duplicated`` (by whether the generation's prompt source is in the study's duplicated set,
+    column ``dup_set``; tables without it use ``duplicated``), ``source_match_rate`` overall and
+    per split, and ``threshold``.
     """
     top1 = matches[matches["rank"] == 0]
     stats = top1_statistics(top1["similarity"], threshold)
     stats["threshold"] = float(threshold)
     stats["source_match_rate"] = _source_match_rate(top1)
-    for name, mask in (("duplicated", top1["duplicated"]), ("not_duplicated", ~top1["duplicated"])):
+    in_set = top1["dup_set" if "dup_set" in top1 else "duplicated"].astype(bool)
+    for name, mask in (("duplicated", in_set), ("not_duplicated", ~in_set)):
         part = top1[mask.astype(bool)]
         stats[name] = {
             **top1_statistics(part["similarity"], threshold),
@@ -150,9 +154,10 @@ def retrieve(
     """Top-k training matches of every generation, one row per (generation, rank).
 
     Columns: ``generation`` (file), ``rank`` (0 = top-1), ``train_id``, ``similarity`` (float32
-    inner product = cosine), and, from ``prompts`` (prompts.parquet: file, source_id, duplicated),
-    ``source_id``, ``duplicated`` and ``is_source`` (train_id == source_id). Without prompts the
-    last three are null / False.
+    inner product = cosine), and, from ``prompts`` (prompts.parquet: file, source_id, duplicated,
+    dup_set), ``source_id``, ``duplicated``, ``dup_set`` and ``is_source`` (train_id == source_id).
+    Without prompts the last four are null / False; prompts without ``dup_set`` (older files)
+    take it from ``duplicated``.
     """
     import pandas as pd
 
@@ -175,15 +180,18 @@ def retrieve(
     )
     df = df[valid.ravel()].reset_index(drop=True)
     if prompts is not None:
-        p = prompts[["file", "source_id", "duplicated"]].rename(columns={"file": "generation"})
+        p = prompts.assign(dup_set=prompts["dup_set"] if "dup_set" in prompts else prompts["duplicated"])
+        p = p[["file", "source_id", "duplicated", "dup_set"]].rename(columns={"file": "generation"})
         if set(df["generation"]) - set(p["generation"]):
             missing = sorted(set(df["generation"]) - set(p["generation"]))
             raise SimilarityError(f"prompts.parquet has no row for generation(s) {missing[:5]}")
         df = df.merge(p, on="generation", how="left", validate="many_to_one")
         df["duplicated"] = df["duplicated"].astype(bool)
+        df["dup_set"] = df["dup_set"].astype(bool)
     else:
         df["source_id"] = pd.Series([None] * len(df), dtype=object)
         df["duplicated"] = False
+        df["dup_set"] = False
     df["is_source"] = (df["train_id"] == df["source_id"]).fillna(False).astype(bool)
     return df
 
