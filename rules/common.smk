@@ -207,11 +207,16 @@ def get_training_params(wildcards):
     }
 
 
+def get_run_plan(wildcards):
+    """The duplication plan of a run (nodup for the base model)."""
+    return f"{R}/{wildcards.dataset}/duplication/{plan_for(wildcards.run)}.parquet"
+
+
 def get_generate_inputs(wildcards):
     inputs = {
         "model": run_model_dir(wildcards.dataset, wildcards.run),
         "captions": f"{R}/{wildcards.dataset}/captions/{prompt_conditioning(wildcards.run)}.json",
-        "plan": f"{R}/{wildcards.dataset}/duplication/{plan_for(wildcards.run)}.parquet",
+        "plan": get_run_plan(wildcards),
     }
     if wildcards.run == dconf.BASE_RUN:
         inputs["manifest"] = model_files(config["base_model"])["manifest"]

@@ -76,6 +76,7 @@ rule retrieve:
         train=f"{R}/{{dataset}}/embeddings/{{embedder}}/train.npz",
         generations=f"{R}/{{dataset}}/embeddings/{{embedder}}/{{run}}/{{gen}}.npz",
         images=get_generations,
+        plan=get_run_plan,
     output:
         matches=f"{R}/{{dataset}}/similarity/{{embedder}}/{{run}}/{{gen}}.parquet",
         stats=f"{R}/{{dataset}}/similarity/{{embedder}}/{{run}}/{{gen}}.json",

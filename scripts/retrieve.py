@@ -18,4 +18,5 @@ retrieve_files(
     snakemake.output.matches,
     snakemake.output.stats,
     snakemake.params.similarity,
+    plan=snakemake.input.plan,
 )

@@ -258,3 +258,16 @@ def test_metric_rules_run_on_planted_inputs(tmp_path):
     assert ref["n"] == 12 and ref["resolution"] == 32
     wd = pd.read_parquet(wf / f"{R}/weightdiff/dup_both.instancelevel_blip.none.parquet")
     assert list(wd.loc[wd["l2"] > 0, "tensor"]) == ["conv_in.weight"]
+
+
+def test_top1_in_the_duplicated_set_counts_matches_not_prompts():
+    matches = pd.DataFrame({
+        "generation": ["g0", "g0", "g1", "g2", "g3"], "rank": [0, 1, 0, 0, 0],
+        "train_id": ["a", "b", "b", "a", "c"], "similarity": [0.9, 0.5, 0.8, 0.7, 0.6],
+    })
+    nodup_plan = pd.DataFrame({"id": ["a", "b", "c", "d"], "duplicated": False, "weight": 1.0,
+                               "dup_set": [True, False, False, False]})
+    s = S.dup_set_statistics(matches, nodup_plan)
+    assert s == {"top1_in_dup_set": 0.5, "dup_set_share": 0.25}  # g0 and g2 of 4 matched a
+    old_plan = nodup_plan.drop(columns="dup_set").assign(duplicated=[False, True, True, False])
+    assert S.dup_set_statistics(matches, old_plan)["top1_in_dup_set"] == 0.5  # b and c

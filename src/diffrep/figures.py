@@ -136,8 +136,8 @@ def sim95_by_dup_cond(summary: pd.DataFrame, baselines: pd.DataFrame, style: Map
             hue_order = [d for d in DUPLICATION_ORDER if d in set(runs["duplication"])]
             sns.barplot(data=runs.assign(p95=numeric(runs["p95"])), x="conditioning", y="p95", hue="duplication",
                         order=order, hue_order=hue_order, palette=style.get("palette", "deep"), ax=ax)
-            for container in ax.containers:
-                ax.bar_label(container, fmt="%.3f", fontsize=7, padding=1)
+            for container in ax.containers:  # inside the bars: above them they collide with the reference lines
+                ax.bar_label(container, fmt="%.3f", fontsize=7, label_type="center", color="white")
             base = part[part["run"] == "base"]
             if not base.empty:
                 ax.axhline(float(numeric(base["p95"]).iloc[0]), ls="--", c="k", lw=1, label="base model")

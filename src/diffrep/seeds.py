@@ -22,7 +22,7 @@ import pandas as pd
 
 KEYS = ["dataset", "run", "preset", "embedder"]
 DEFAULT_METRICS = [
-    "p95", "mean", "frac_above", "source_match_rate",
+    "p95", "mean", "frac_above", "source_match_rate", "top1_in_dup_set",
     "duplicated_source_match_rate", "not_duplicated_source_match_rate",
     "duplicated_p95", "not_duplicated_p95", "fid",
 ]

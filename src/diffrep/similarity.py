@@ -276,8 +276,27 @@ def write_parquet(path, df) -> None:
         df.to_parquet(tmp, index=False)
 
 
-def retrieve_files(train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dict) -> dict:
-    """The retrieve rule: matches parquet and statistics JSON of one generation set."""
+def dup_set_statistics(matches, plan) -> dict:
+    """How often the top-1 match is an image of the study's duplicated set.
+
+    ``top1_in_dup_set``: the fraction of generations whose top-1 training match is in the set (the
+    plan's ``dup_set``; ``duplicated`` for plans without it), whatever the prompt; ``dup_set_share``:
+    the set's share of the training images, what that fraction would be if matches fell evenly.
+    In duplicated runs a fraction above the nodup run's says the duplicated images are reproduced
+    more often; the nodup run and the base model are the control.
+    """
+    col = "dup_set" if "dup_set" in plan else "duplicated"
+    in_set = set(plan.loc[plan[col].astype(bool), "id"].astype(str))
+    top1 = matches[matches["rank"] == 0]
+    return {
+        "top1_in_dup_set": float(top1["train_id"].astype(str).isin(in_set).mean()) if len(top1) else None,
+        "dup_set_share": len(in_set) / len(plan) if len(plan) else None,
+    }
+
+
+def retrieve_files(train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dict, plan=None) -> dict:
+    """The retrieve rule: matches parquet and statistics JSON of one generation set (``plan``: the
+    run's duplication plan, for :func:`dup_set_statistics`)."""
     import pandas as pd
 
     from diffrep.embeddings import read_embeddings
@@ -298,6 +317,8 @@ def retrieve_files(train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dic
     if prompts is None:
         stats["source_match_rate"] = None
         stats["duplicated"]["source_match_rate"] = stats["not_duplicated"]["source_match_rate"] = None
+    if plan is not None:
+        stats.update(dup_set_statistics(matches, pd.read_parquet(plan)))
     stats.update(top_k=int(matches["rank"].max()) + 1, n_train=len(train["ids"]), **provenance(train, cfg))
     write_parquet(matches_out, matches)
     write_json(stats_out, stats)

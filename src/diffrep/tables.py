@@ -103,6 +103,8 @@ def _flat_stats(stats: dict, path) -> dict:
             raise TableError(f"{path}: key {key!r} missing (docs/formats.md, similarity statistics)")
         out[key] = stats[key]
     out["threshold"] = stats.get("threshold")
+    for key in ("top1_in_dup_set", "dup_set_share"):  # optional: written since the duplicated-set control
+        out[key] = stats.get(key)
     for split in SPLITS:
         part = stats.get(split) or {}
         for key in STATS:
