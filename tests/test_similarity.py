@@ -239,6 +239,11 @@ def test_metric_rules_run_on_planted_inputs(tmp_path):
                       "prompt": ["p"] * 4, "prompt_used": ["p"] * 4, "seed": range(4)}).to_parquet(
             gen / "prompts.parquet")
     R = "results/micro/micro_shapes"
+    (wf / R / "duplication").mkdir(parents=True)
+    for style in ("nodup", "dup_both"):  # img003 and img007 form the duplicated set
+        pd.DataFrame({"id": meta["id"], "duplicated": meta["id"].isin(["img003", "img007"]) & (style != "nodup"),
+                      "weight": 1.0, "dup_set": meta["id"].isin(["img003", "img007"])}).to_parquet(
+            wf / R / f"duplication/{style}.parquet")
     targets = [f"{R}/similarity/pixel/{run}/default.json" for run in runs] + [
         f"{R}/similarity/pixel/train_baseline.json", f"{R}/fid/reference.npz",
         f"{R}/weightdiff/dup_both.instancelevel_blip.none.parquet"]
@@ -254,6 +259,7 @@ def test_metric_rules_run_on_planted_inputs(tmp_path):
         top1 = m[(m["generation"] == "00001.png") & (m["rank"] == 0)].iloc[0]
         assert top1["train_id"] == "img003" and top1["similarity"] == pytest.approx(1.0, abs=1e-5)
         assert top1["is_source"] and top1["duplicated"]
+        assert stats["dup_set_share"] == pytest.approx(2 / 12) and stats["top1_in_dup_set"] >= 0.25
     ref = F.read_reference(wf / f"{R}/fid/reference.npz")
     assert ref["n"] == 12 and ref["resolution"] == 32
     wd = pd.read_parquet(wf / f"{R}/weightdiff/dup_both.instancelevel_blip.none.parquet")

@@ -135,3 +135,17 @@ def test_placeholder_rules_fail_loudly_and_write_nothing(tmp_path):
     logs = "".join(p.read_text() for p in (wf / "logs").rglob("*.log"))
     assert "not implemented: issue" in logs + proc.stderr
     assert not (wf / "results/micro").exists() or not list((wf / "results/micro").rglob("*.parquet"))
+
+
+def test_atomic_outputs_are_readable_by_the_group_and_left_whole(tmp_path):
+    from diffrep.workflow import atomic_path
+
+    target = tmp_path / "sub" / "table.csv"
+    with atomic_path(target, suffix=".csv") as tmp:
+        tmp.write_text("a\n1\n")
+    assert target.read_text() == "a\n1\n" and (target.stat().st_mode & 0o777) == 0o644
+    with pytest.raises(RuntimeError):
+        with atomic_path(target, suffix=".csv") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "a\n1\n" and [p.name for p in target.parent.iterdir()] == ["table.csv"]

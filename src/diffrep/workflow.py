@@ -58,6 +58,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = ""):
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            tmp.chmod(0o644)  # mkstemp makes 0600: results would be unreadable by the rest of a group
         os.replace(tmp, target)
     finally:
         if tmp.exists():
