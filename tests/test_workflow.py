@@ -119,24 +119,6 @@ def test_snakefmt_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_placeholder_rules_fail_loudly_and_write_nothing(tmp_path):
-    """Until a step lands, its rule fails naming the issue; it never writes a fake artifact."""
-    from conftest import copy_workflow
-
-    wf = copy_workflow(tmp_path)
-    cfg = load_yaml(wf / "tests/micro/config.yaml")
-    proc = snakemake(
-        ["--cores", "1", "--configfile", "tests/micro/config.yaml", "--replace-workflow-config",
-         f"results/micro/{next(iter(cfg['datasets']))}/duplication/nodup.parquet"],
-        cwd=wf,
-    )
-    if proc.returncode == 0:
-        pytest.skip("the duplication step is implemented")
-    logs = "".join(p.read_text() for p in (wf / "logs").rglob("*.log"))
-    assert "not implemented: issue" in logs + proc.stderr
-    assert not (wf / "results/micro").exists() or not list((wf / "results/micro").rglob("*.parquet"))
-
-
 def test_atomic_outputs_are_readable_by_the_group_and_left_whole(tmp_path):
     from diffrep.workflow import atomic_path
 

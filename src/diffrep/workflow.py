@@ -34,17 +34,6 @@ def setup_logging(snakemake) -> logging.Logger:
     return log
 
 
-class NotImplementedStep(NotImplementedError):
-    """A rule whose step lands in a later issue: it fails loudly and writes nothing."""
-
-
-def not_implemented(snakemake, issue: int, what: str) -> None:
-    """Fail a placeholder rule with a message naming the issue that implements it."""
-    msg = f"not implemented: issue {issue} ({what}); rule {snakemake.rule} wrote no output"
-    log.error(msg)
-    raise NotImplementedStep(msg)
-
-
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path next to `target`; rename it onto `target` only on success.
