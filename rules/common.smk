@@ -124,10 +124,6 @@ def get_dataset(wildcards):
     return dataset_files(wildcards.dataset)
 
 
-def get_blip_model(wildcards):
-    return model_files(config["captions"]["blip"]["model"])
-
-
 def get_dataset_env(wildcards):
     """prepare_dataset's conda env: img2dataset gets its own (it pins pandas<3)."""
     src = DATASETS[wildcards.dataset]["source"]

@@ -38,6 +38,8 @@ from slurm_cluster import N_CPUS, PARTITION, SlurmCluster, missing_programs
 # implemented yet fail alike in both runs (`not implemented: issue N`); the test then compares the
 # part that runs and checks that the rest failed for that reason only.
 MICRO_RUN = "results/micro/micro_shapes/{kind}/nodup.instancelevel_blip.none/default"
+# rules that ask for a GPU in the paper study (resources gpu > 0)
+GPU_RULES = {"finetune", "generate", "embed_train", "embed_generations", "blip_captions", "fid", "clipscore"}
 MICRO_TARGETS = [
     MICRO_RUN.format(kind="fid") + ".json",
     MICRO_RUN.format(kind="similarity/pixel") + ".parquet",
@@ -102,15 +104,7 @@ def test_profile_covers_every_gpu_job_of_the_paper_study(workflow_copy):
         gpu = re.search(r"^\s+resources: .*\bgpu=(\d+)", line)
         if gpu and int(gpu.group(1)) > 0:
             gpu_jobs.setdefault(rule, set()).add(int(gpu.group(1)))
-    assert {
-        "finetune",
-        "generate",
-        "embed_train",
-        "embed_generations",
-        "blip_captions",
-        "fid",
-        "clipscore",
-    } <= set(gpu_jobs)
+    assert GPU_RULES <= set(gpu_jobs)
     for rule in gpu_jobs:
         assert (
             rule in sized
@@ -331,15 +325,7 @@ def test_profile_requests_reach_slurm(cluster, tmp_path):
     (work / "profiles/slurm/config.yaml").write_text(shipped.read_text())
     profile = ci_profile(work)
     gpu_rules = list(profile["set-resources"])
-    assert {
-        "finetune",
-        "generate",
-        "embed_train",
-        "embed_generations",
-        "blip_captions",
-        "fid",
-        "clipscore",
-    } <= set(gpu_rules)
+    assert GPU_RULES <= set(gpu_rules)
     rules_text = "".join(PROBE_RULE.format(name=name) for name in gpu_rules)
     (work / "Snakefile").write_text(PROBE_SNAKEFILE.format(rules=gpu_rules, gpu_rules=rules_text))
 

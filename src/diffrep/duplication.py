@@ -56,6 +56,15 @@ def make_plan(ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weigh
     return pd.DataFrame({"id": ids, "duplicated": duplicated, "weight": weight, "dup_set": dup_set})
 
 
+def in_dup_set(table: pd.DataFrame) -> pd.Series:
+    """Whether each row's image is in the study's duplicated set (bool Series).
+
+    Plans, prompt tables and match tables carry ``dup_set``; files written before it existed only
+    ``duplicated``, which equals ``dup_set`` in the duplicated styles (nodup then has no set).
+    """
+    return table["dup_set" if "dup_set" in table else "duplicated"].astype(bool)
+
+
 def write_plan(plan: pd.DataFrame, path) -> None:
     """Write a plan as parquet, atomically."""
     from diffrep.workflow import atomic_path

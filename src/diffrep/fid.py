@@ -253,7 +253,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, acts1=None) -> float:
 
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    if acts1 is not None and frechet_method(len(acts1), len(mu1)) == LOW_RANK_METHOD:
+    if acts1 is not None and len(acts1) <= len(mu1):  # frechet_method's LOW_RANK_METHOD
         acts1 = np.asarray(acts1, dtype=np.float64)
         x = (acts1 - mu1) / np.sqrt(acts1.shape[0] - 1)
         small = x @ np.asarray(sigma2, dtype=np.float64) @ x.T

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from diffrep.duplication import in_dup_set  # noqa: E402
 from diffrep.workflow import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,6 @@ def _mitigation_label(row) -> str:
     if row["inference_mitigation"] != "none":
         return f"inference: {row['inference_mitigation']}"
     return "no mitigation"
-
-
-def _run_label(row) -> str:
-    return f"{row['run']} · {row['preset']}"
 
 
 # ---------------------------------------------------------------- summary figures
@@ -242,11 +239,6 @@ def similarity_distributions(matches: Mapping[tuple, pd.DataFrame], baseline_mat
     return fig
 
 
-def _in_dup_set(top1: pd.DataFrame) -> pd.Series:
-    """Whether each generation's prompt came from the study's duplicated set (bool)."""
-    return top1["dup_set" if "dup_set" in top1 else "duplicated"].astype(bool)
-
-
 def replication_counts(matches: pd.DataFrame, plan: pd.DataFrame | None) -> pd.DataFrame:
     """Per training image of the plan: ``train_id``, ``count`` (times it is the top-1 match),
     ``duplicated`` (bool: in the study's duplicated set, the plan's ``dup_set``, which nodup plans
@@ -255,12 +247,11 @@ def replication_counts(matches: pd.DataFrame, plan: pd.DataFrame | None) -> pd.D
     counts = top1.groupby("train_id").size().rename("count")
     if plan is None:
         ids = pd.Index(sorted(set(counts.index)), name="train_id")
-        dup = set(top1.loc[_in_dup_set(top1), "source_id"].dropna())
+        dup = set(top1.loc[in_dup_set(top1), "source_id"].dropna())
         out = pd.DataFrame({"train_id": ids})
         out["duplicated"] = out["train_id"].isin(dup)
     else:
-        col = "dup_set" if "dup_set" in plan else "duplicated"
-        out = plan[["id", col]].rename(columns={"id": "train_id", col: "duplicated"}).copy()
+        out = pd.DataFrame({"train_id": plan["id"], "duplicated": in_dup_set(plan)})
     out["count"] = out["train_id"].map(counts).fillna(0).astype(int)
     return out
 
@@ -282,7 +273,7 @@ def duplicated_vs_not(summary: pd.DataFrame, matches: Mapping[tuple, pd.DataFram
     for (ds, emb, run, gen), m in sorted(matches.items()):
         label = f"{run} · {gen}" + ("" if len({k[:2] for k in matches}) == 1 else f" ({ds}/{emb})")
         top1 = m[m["rank"] == 0]
-        split = np.where(_in_dup_set(top1), "duplicated", "not duplicated")
+        split = np.where(in_dup_set(top1), "duplicated", "not duplicated")
         sims.append(pd.DataFrame({"set": label, "prompt source": split, "similarity": top1["similarity"].astype(float)}))
         for name, part in top1.groupby(split):
             rates.append({"set": label, "prompt source": name, "rate": float(part["is_source"].astype(bool).mean())})

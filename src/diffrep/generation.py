@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from diffrep.config import derive_seed
+from diffrep.duplication import in_dup_set
 from diffrep.mitigations import INFERENCE_MITIGATIONS, add_embedding_noise, augment_prompt
 
 log = logging.getLogger("diffrep.generation")
@@ -67,7 +68,7 @@ def draw_prompts(captions: dict[str, list[str]], plan: pd.DataFrame, n: int, see
         raise ValueError(f"captions: no caption for {len(missing)} image(s) of the plan, e.g. {missing[:3]}")
     chosen = np.random.default_rng(seed).choice(len(ids), size=n, replace=True)
     dup = plan["duplicated"].to_numpy(dtype=bool)
-    dup_set = plan["dup_set"].to_numpy(dtype=bool) if "dup_set" in plan else dup
+    dup_set = in_dup_set(plan).to_numpy()
     return pd.DataFrame({
         "index": np.arange(n, dtype=np.int64),
         "source_id": [ids[j] for j in chosen],

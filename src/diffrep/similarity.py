@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from diffrep.duplication import in_dup_set
 from diffrep.workflow import atomic_path
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def similarity_statistics(matches, threshold: float = 0.5) -> dict:
     stats = top1_statistics(top1["similarity"], threshold)
     stats["threshold"] = float(threshold)
     stats["source_match_rate"] = _source_match_rate(top1)
-    in_set = top1["dup_set" if "dup_set" in top1 else "duplicated"].astype(bool)
+    in_set = in_dup_set(top1)
     for name, mask in (("duplicated", in_set), ("not_duplicated", ~in_set)):
         part = top1[mask.astype(bool)]
         stats[name] = {
@@ -180,7 +181,7 @@ def retrieve(
     )
     df = df[valid.ravel()].reset_index(drop=True)
     if prompts is not None:
-        p = prompts.assign(dup_set=prompts["dup_set"] if "dup_set" in prompts else prompts["duplicated"])
+        p = prompts.assign(dup_set=in_dup_set(prompts))
         p = p[["file", "source_id", "duplicated", "dup_set"]].rename(columns={"file": "generation"})
         if set(df["generation"]) - set(p["generation"]):
             missing = sorted(set(df["generation"]) - set(p["generation"]))
@@ -285,8 +286,7 @@ def dup_set_statistics(matches, plan) -> dict:
     In duplicated runs a fraction above the nodup run's says the duplicated images are reproduced
     more often; the nodup run and the base model are the control.
     """
-    col = "dup_set" if "dup_set" in plan else "duplicated"
-    in_set = set(plan.loc[plan[col].astype(bool), "id"].astype(str))
+    in_set = set(plan.loc[in_dup_set(plan), "id"].astype(str))
     top1 = matches[matches["rank"] == 0]
     return {
         "top1_in_dup_set": float(top1["train_id"].astype(str).isin(in_set).mean()) if len(top1) else None,
