@@ -8,7 +8,8 @@ import torch
 
 from diffrep.blip import caption_dataset
 from diffrep.datasets import read_metadata
-from diffrep.workflow import atomic_path, setup_logging
+from diffrep.fileio import atomic_path
+from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
 torch.set_num_threads(snakemake.threads)

@@ -120,7 +120,7 @@ def test_snakefmt_clean():
 
 
 def test_atomic_outputs_are_readable_by_the_group_and_left_whole(tmp_path):
-    from diffrep.workflow import atomic_path
+    from diffrep.fileio import atomic_path
 
     target = tmp_path / "sub" / "table.csv"
     with atomic_path(target, suffix=".csv") as tmp:

@@ -123,7 +123,7 @@ def read_blip(path: str | Path) -> dict[str, list[str]]:
 
 
 def write_captions(data: dict, path: str | Path) -> None:
-    from diffrep.workflow import atomic_path
+    from diffrep.fileio import atomic_path
 
     with atomic_path(path, suffix=".json") as tmp:
         Path(tmp).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")

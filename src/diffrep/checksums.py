@@ -61,7 +61,7 @@ def format_manifest(hashes: dict[str, str], prefix: str = "") -> str:
 
 def write_manifest(path: str | os.PathLike, hashes: dict[str, str], prefix: str = "") -> Path:
     """Write a manifest atomically (temporary name, then rename) and return its path."""
-    from diffrep.workflow import atomic_path
+    from diffrep.fileio import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -67,7 +67,7 @@ def in_dup_set(table: pd.DataFrame) -> pd.Series:
 
 def write_plan(plan: pd.DataFrame, path) -> None:
     """Write a plan as parquet, atomically."""
-    from diffrep.workflow import atomic_path
+    from diffrep.fileio import atomic_path
 
     with atomic_path(path, suffix=".parquet") as tmp:
         plan.to_parquet(tmp, index=False)

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from diffrep.workflow import atomic_path
+from diffrep.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -155,7 +155,7 @@ def build_fid_inception_from_wheel(
     import torch
     from safetensors.torch import save_file
 
-    from diffrep.tinysd import staged_dir
+    from diffrep.fileio import staged_dir
 
     src = wheel_torchscript_path()
     ts = load_torchscript(src)

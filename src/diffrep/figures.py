@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from diffrep.duplication import in_dup_set  # noqa: E402
-from diffrep.workflow import atomic_path  # noqa: E402
+from diffrep.fileio import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -290,7 +290,7 @@ def build_mini_dataset(
     picture; the config's ``datasets.*.n_captions`` must equal it); ``classes.json`` maps each
     file to its class (the shape's name). Returns the folder.
     """
-    from diffrep.tinysd import staged_dir
+    from diffrep.fileio import staged_dir
 
     if micro:
         n_per_class, size = 2, 32

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from diffrep.checksums import ChecksumError, read_manifest, verify_manifest
-from diffrep.workflow import atomic_path
+from diffrep.fileio import atomic_path
 
 
 class PinError(RuntimeError):

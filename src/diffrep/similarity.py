@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from diffrep.duplication import in_dup_set
-from diffrep.workflow import atomic_path
+from diffrep.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 

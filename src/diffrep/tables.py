@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from diffrep.config import BASE_RUN, PRESET_DEFAULTS, Run
-from diffrep.workflow import atomic_path
+from diffrep.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 

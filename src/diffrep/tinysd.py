@@ -29,11 +29,11 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from diffrep.fileio import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -242,29 +242,6 @@ def assemble_pipeline(components: dict):
     return StableDiffusionPipeline(
         **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
-
-
-@contextlib.contextmanager
-def staged_dir(out_dir: str | os.PathLike):
-    """Yield a temporary folder next to `out_dir`; move it to `out_dir` only on success.
-
-    `out_dir` may exist if it is empty (a caller's fresh folder); a non-empty one is an error.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir}: output folder exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        yield tmp
-        for p in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700; published files are world-readable
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def save_pipeline(components: dict, out_dir: Path) -> None:

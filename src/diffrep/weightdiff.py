@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffrep.workflow import atomic_path
+from diffrep.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,9 @@
-"""Glue between a Snakemake `script:` job and the library: logging, errors, atomic writes."""
+"""Glue between a Snakemake `script:` job and the library: the job's log file."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 log = logging.getLogger("diffrep")
@@ -32,24 +29,3 @@ def setup_logging(snakemake) -> logging.Logger:
     logging.captureWarnings(True)
     log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards))
     return log
-
-
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path next to `target`; rename it onto `target` only on success.
-
-    A killed or failing job therefore never leaves a half-written file under the final name.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix or ".part")
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        if tmp.exists():
-            tmp.chmod(0o644)  # mkstemp makes 0600: results would be unreadable by the rest of a group
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
