@@ -1,7 +1,7 @@
 # diffrep: training-data replication in text-to-image diffusion models, end to end.
 #   paper study:  snakemake --profile profiles/slurm          (config.yaml)
 #   mini study:   snakemake --profile profiles/mini           (profiles/mini/study.yaml)
-# See README.md; the data flow is in docs/ and ../shared/DESIGN.md.
+# See README.md; the data flow, layout and conventions are in docs/design.md.
 
 from snakemake.utils import min_version
 

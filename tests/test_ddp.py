@@ -1,6 +1,6 @@
 """Data-parallel finetuning on CPU (gloo): 2 processes x batch 8 = 1 process x batch 16.
 
-The processes are launched as FACTS.md found real CPU DDP to work:
+The processes are launched as real CPU DDP was found to work (docs/design.md):
 ``ACCELERATE_USE_CPU=true OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2``
 (``accelerate launch --cpu --num_processes 2`` starts independent copies instead).
 Each run computes the first step's gradients with the training code (batch split, DDP gradient

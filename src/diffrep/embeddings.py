@@ -1,4 +1,4 @@
-"""Copy-detection embeddings: one L2-normalised descriptor per image (DESIGN.md §4, retrieval).
+"""Copy-detection embeddings: one L2-normalised descriptor per image (docs/upstream.md, retrieval).
 
 Two embedders, chosen per config entry of ``embedders`` (``type``):
 
@@ -195,7 +195,7 @@ class PixelEmbedder:
     the Pearson correlation of the pixels, so images do not look alike merely because they are
     equally bright; L2-normalising makes the inner-product ranking identical to the ranking by
     Euclidean distance of the normalised vectors (‖a − b‖² = 2 − 2 a·b), so the faiss code path is
-    the same as for SSCD. Caveat (FACTS.md): on homogeneous data pixel similarities are high even
+    the same as for SSCD. Caveat (docs/design.md): on homogeneous data pixel similarities are high even
     between unrelated real images, so read them against the train-vs-train baseline.
     """
 
