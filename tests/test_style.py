@@ -171,14 +171,14 @@ def test_outside_references_names_file_and_line(tmp_path, monkeypatch):
 
 def test_ruff_format_clean():
     proc = _ruff("format", "--check", *LINTED)
-    assert proc.returncode == 0, (
-        "ruff format would reformat (run `ruff format`):\n" + proc.stdout + proc.stderr
-    )
+    clean = proc.returncode == 0
+    assert clean, "ruff format would reformat (run `ruff format`):\n" + proc.stdout + proc.stderr
 
 
 def test_ruff_check_clean():
     proc = _ruff("check", "--output-format", "concise", *LINTED)
-    assert proc.returncode == 0, "ruff check findings:\n" + proc.stdout + proc.stderr
+    clean = proc.returncode == 0
+    assert clean, "ruff check findings:\n" + proc.stdout + proc.stderr
 
 
 def test_no_function_in_the_package_is_longer_than_80_lines():
