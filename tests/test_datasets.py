@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 import diffrep.builders
-from diffrep.datasets import DatasetError, prepare_dataset, read_manifest, read_metadata, sha256_file
+from diffrep.checksums import read_manifest, sha256_file
+from diffrep.datasets import DatasetError, prepare_dataset, read_metadata
 from diffrep.images import BadImageError
 
 
@@ -111,7 +112,8 @@ def test_build_source_uses_the_registered_builder(tmp_path, monkeypatch):
     meta = read_metadata(out["metadata"])
     assert list(meta["class"]) == ["even", "odd", "even"]
     assert meta["captions"][1] == ["toy 1", "a toy"] and meta["source"][0] == "build:toy/toy_0.png"
-    assert not list((tmp_path / "resources/data").glob(".ds.prepare.*"))  # staging removed
+    data = tmp_path / "resources/data"
+    assert not list(data.glob(".*")) and not list((data / "ds").glob(".*"))  # no temporary left behind
 
 
 def test_bad_image_fail_names_the_file_and_writes_nothing(tmp_path):
@@ -121,6 +123,7 @@ def test_bad_image_fail_names_the_file_and_writes_nothing(tmp_path):
     with pytest.raises(BadImageError, match=r"laion_10k/train/00002\.jpg: corrupt"):
         prepare_dataset("ds", laion_cfg(folder), **out)
     assert not any(p.exists() for p in out.values())
+    assert not list((tmp_path / "resources/data").rglob(".*"))  # temporaries removed too
 
 
 def test_bad_images_drop_lists_every_one(tmp_path):
@@ -149,7 +152,8 @@ def test_config_pin_detects_a_changed_image(tmp_path):
     pin = read_manifest(out["manifest"])
     prepare_dataset("ds", laion_cfg(folder, sha256=pin), **out)  # same data: passes
     picture(folder / "train/00003.jpg", 99)
-    with pytest.raises(DatasetError, match=r"(?s)1 changed.*images/00003\.jpg: pinned [0-9a-f]{64}, got"):
+    with pytest.raises(DatasetError, match=r"(?s)differs from its pin \(config datasets.ds.sha256\).*"
+                       r"images/00003\.jpg: sha256 mismatch: expected [0-9a-f]{64}, actual [0-9a-f]{64}"):
         prepare_dataset("ds", laion_cfg(folder, sha256=pin), **out)
 
 
@@ -228,7 +232,7 @@ def test_url_list_with_dead_links(tmp_path, server, monkeypatch):
     assert (tmp_path / "resources/data/web.pinned.sha256").exists()
     (cache / "000001").unlink()
     picture(root / "1.jpg", 42, fmt="JPEG")
-    with pytest.raises(DatasetError, match=r"images/000001\.jpg: pinned"):
+    with pytest.raises(DatasetError, match=r"(?s)web.pinned.sha256; delete it.*images/000001\.jpg: sha256 mismatch"):
         prepare_dataset("web", cfg, threads=4, **out)
 
 
@@ -239,7 +243,6 @@ def _short(fn):
     return wrapped
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("diffrep.minidata"), reason="diffrep.minidata (mini dataset builder) not landed yet")
 def test_mini_dataset_builder_prepares(tmp_path):
     out = outputs(tmp_path, "micro")
     cfg = {"source": {"type": "build", "builder": "mini_dataset", "options": {"micro": True}}, "has_classes": True, "min_size": 16}
@@ -260,7 +263,6 @@ DATA_TARGETS = [
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("diffrep.minidata"), reason="diffrep.minidata (mini dataset builder) not landed yet")
 def test_micro_data_rules_run_and_plans_repeat(tmp_path):
     from conftest import MICRO, copy_workflow, snakemake
 

@@ -109,7 +109,7 @@ def fetch_into(tmp_path, name, spec, **kw):
 def assert_no_output(root, name):
     assert not (root / name).exists()
     assert not (root / f"{name}.sha256").exists()
-    assert not list(root.glob(f".{name}.staging.*"))
+    assert not list(root.glob(f".{name}.*"))  # no staging folder left behind
 
 
 # ---------------------------------------------------------------- url source
@@ -374,7 +374,7 @@ def fake_builder(out_dir, seed, width=1):
 
 
 def broken_builder(out_dir, seed):
-    Path(out_dir).mkdir(parents=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "model_index.json").write_text("{}")
     raise RuntimeError("training diverged")
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from diffrep import fid as F
+from diffrep.images import list_images
 
 torch.set_num_threads(1)
 
@@ -36,15 +37,11 @@ def folders(tmp_path_factory):
 
 
 def _converted_weights(tmp_path):
-    """The mini study's converted FID weights (diffrep.fid_weights), or None until that module exists."""
-    try:
-        from diffrep.builders import model_builder
+    """The mini study's converted FID weights (diffrep.fid_weights)."""
+    from diffrep.builders import model_builder
 
-        build = model_builder("fid_inception_from_wheel")
-    except ImportError:
-        return None
     out = tmp_path / "fid_inception_converted"
-    build(out, 0)
+    model_builder("fid_inception_from_wheel")(out, 0)
     return F.load_state_dict(F.find_weights(out))
 
 
@@ -56,8 +53,6 @@ def _model_folder(tmp_path, weights):
         state = F.random_inception_state_dict(0)
     else:
         state = _converted_weights(tmp_path)
-        if state is None:
-            pytest.skip("diffrep.fid_weights (the converted FID weights) has not landed yet")
     model = tmp_path / "fid_model"
     model.mkdir()
     save_file({k: v.contiguous() for k, v in state.items()}, str(model / "inception.safetensors"))
@@ -81,7 +76,7 @@ def test_statistics_equal_pytorch_fid_save_stats(tmp_path, folders, weights):
     model, home = _model_folder(tmp_path, weights)
     _pytorch_fid(["--save-stats", str(folders[0]), str(tmp_path / "theirs.npz")], home)
     theirs = np.load(tmp_path / "theirs.npz")
-    mu, sigma, n = F.folder_statistics(F.list_images(folders[0]), F.load_inception(model), batch_size=50)
+    mu, sigma, n = F.folder_statistics(list_images(folders[0]), F.load_inception(model), batch_size=50)
     assert n == 4 and mu.dtype == np.float64 and sigma.shape == (2048, 2048)
     assert np.abs(mu).max() > 1e-3  # the network is not dead: a test that could fail
     np.testing.assert_allclose(mu, theirs["mu"], rtol=1e-5, atol=1e-6)
@@ -91,21 +86,18 @@ def test_statistics_equal_pytorch_fid_save_stats(tmp_path, folders, weights):
 @pytest.mark.slow
 def test_fid_equals_pytorch_fid_command_line(tmp_path, folders):
     """`python -m pytorch_fid A B` and diffrep's reference + fid rules agree to 1e-3 (two 2048² sqrtm:
-    about a minute on 2 cores). Converted weights when they exist, random ones until then."""
-    try:
-        model, home = _model_folder(tmp_path, "converted")
-    except pytest.skip.Exception:
-        model, home = _model_folder(tmp_path, "random")
+    about a minute on 2 cores), with the mini study's converted weights."""
+    model, home = _model_folder(tmp_path, "converted")
     a, b = folders
     out = _pytorch_fid([str(a), str(b)], home)
     theirs = float(re.search(r"FID:\s+([-\d.e+]+)", out).group(1))
-    meta = pd.DataFrame({"id": [p.stem for p in F.list_images(a)], "file": [p.name for p in F.list_images(a)]})
+    meta = pd.DataFrame({"id": [p.stem for p in list_images(a)], "file": [p.name for p in list_images(a)]})
     meta.to_parquet(tmp_path / "metadata.parquet")
     gen = tmp_path / "gen"
     gen.mkdir()
-    for p in F.list_images(b):
+    for p in list_images(b):
         (gen / p.name).write_bytes(p.read_bytes())
-    pd.DataFrame({"index": range(4), "file": [p.name for p in F.list_images(b)]}).to_parquet(gen / "prompts.parquet")
+    pd.DataFrame({"index": range(4), "file": [p.name for p in list_images(b)]}).to_parquet(gen / "prompts.parquet")
     n = F.reference_statistics(a, tmp_path / "metadata.parquet", model, tmp_path / "reference.npz", 32,
                                device="cpu")
     result = F.fid_of_generations(gen, tmp_path / "reference.npz", model, tmp_path / "fid.json", 32, device="cpu")

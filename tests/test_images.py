@@ -3,10 +3,21 @@
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from diffrep.images import BadImageError, ImageInfo, apply_policy, check_image
+from diffrep.images import (
+    BadImageError,
+    ImageInfo,
+    MissingImageError,
+    apply_policy,
+    check_image,
+    generation_images,
+    list_images,
+    load_rgb,
+    train_images,
+)
 
 
 def rgb(path, size=(80, 70), fmt="PNG"):
@@ -69,3 +80,55 @@ def test_policies(tmp_path):
     with pytest.raises(BadImageError, match=r"bad image .*gray\.png: non-RGB"):
         apply_policy(tmp_path / "gray.png", "non-RGB: mode L (grayscale)", "fail")
     assert apply_policy("x.jpg", "zero-byte file", "drop") == {"source": "x.jpg", "reason": "zero-byte file"}
+
+
+# ---------------------------------------------------------------- listing and loading
+
+
+def test_one_definition_of_an_image_file(tmp_path):
+    """Known suffixes in any case; hidden files (temporaries) and other files are not images."""
+    for name in ("b.PNG", "a.jpg", "c.jpeg", "d.webp", "e.tif", ".00007.png.x1y2.png", "notes.txt", "f.png.part"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/g.png").write_bytes(b"x")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden/h.png").write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.jpeg", "d.webp", "e.tif"]
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)] == [
+        "a.jpg", "b.PNG", "c.jpeg", "d.webp", "e.tif", "sub/g.png"]
+
+
+def test_load_rgb_converts_to_8bit_rgb(tmp_path):
+    Image.new("RGBA", (4, 3), (10, 20, 30, 0)).save(tmp_path / "a.png")
+    im = load_rgb(tmp_path / "a.png")
+    assert im.mode == "RGB" and im.size == (4, 3) and im.getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_generation_ids_follow_prompts_table_and_missing_files_are_named(tmp_path):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for i in (1, 0):
+        rgb(gen / f"{i:05d}.png")
+    (gen / ".00002.png.tmp.png").write_bytes(b"")  # an interrupted write: not a generation
+    ids, paths = generation_images(gen)  # no prompts table: the folder's images, sorted
+    assert ids == ["00000.png", "00001.png"] and paths[1] == gen / "00001.png"
+    pd.DataFrame({"index": [0, 1], "file": ["00001.png", "00000.png"]}).to_parquet(gen / "prompts.parquet")
+    assert generation_images(gen)[0] == ["00001.png", "00000.png"]  # the table's order
+    pd.DataFrame({"index": [0, 1, 2], "file": ["00000.png", "00001.png", "00002.png"]}).to_parquet(
+        gen / "prompts.parquet")
+    with pytest.raises(MissingImageError, match=r"prompts\.parquet: 1 listed image.*00002\.png"):
+        generation_images(gen)
+    with pytest.raises(MissingImageError, match="no generated images"):
+        generation_images(tmp_path)
+
+
+def test_train_images_follow_metadata_and_missing_files_are_named(tmp_path):
+    (tmp_path / "images").mkdir()
+    rgb(tmp_path / "images/b.png")
+    rgb(tmp_path / "images/a.jpg", fmt="JPEG")
+    pd.DataFrame({"id": ["b", "a"], "file": ["b.png", "a.jpg"]}).to_parquet(tmp_path / "metadata.parquet")
+    ids, paths = train_images(tmp_path / "images", tmp_path / "metadata.parquet")
+    assert ids == ["b", "a"] and paths == [tmp_path / "images/b.png", tmp_path / "images/a.jpg"]
+    (tmp_path / "images/a.jpg").unlink()
+    with pytest.raises(MissingImageError, match=r"metadata\.parquet: 1 listed image.*a\.jpg"):
+        train_images(tmp_path / "images", tmp_path / "metadata.parquet")

@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from diffrep.config import derive_seed
+from diffrep.devices import resolve_device
+from diffrep.images import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def caption_images(
     device = next(model.parameters()).device
     out: dict[str, list[str]] = {}
     for start in tqdm(range(0, len(images), batch_size), desc="BLIP captions", mininterval=10):
-        batch = [im if isinstance(im, Image.Image) else Image.open(im).convert("RGB") for im in images[start : start + batch_size]]
+        batch = [im if isinstance(im, Image.Image) else load_rgb(im) for im in images[start : start + batch_size]]
         pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
         with torch.no_grad():
             for j, image_id in enumerate(ids[start : start + batch_size]):
@@ -81,9 +83,7 @@ def caption_dataset(images_dir: str | Path, metadata: pd.DataFrame, model_dir: s
 
     `settings`: the config's ``captions.blip`` (n, top_p, min_length, max_length, image_size).
     """
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     processor, model = load_blip(model_dir, device)
     size = processor.image_processor.size
     if settings.get("image_size") and settings["image_size"] not in (size.get("height"), size.get("shortest_edge")):

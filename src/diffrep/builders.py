@@ -4,7 +4,7 @@ A config names a builder (`{type: build, builder: mini_sd, options: {...}}`); th
 the name to a function, imported lazily so that a dry run never imports torch.
 
 Model builders are called as ``fn(out_dir: Path, seed: int, **options)`` and write a model folder
-(docs/formats.md). Dataset builders are called as ``fn(staging_dir: Path, seed: int, **options)``
+(docs/formats.md) into `out_dir`, an empty folder (:func:`diffrep.fetch.fetch_source` stages it). Dataset builders are called as ``fn(staging_dir: Path, seed: int, **options)``
 and write a folder in the laion layout with classes (images, captions.json, classes.json).
 """
 

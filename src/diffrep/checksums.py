@@ -16,6 +16,8 @@ import os
 import re
 from pathlib import Path
 
+from diffrep.fileio import atomic_path
+
 CHUNK = 1 << 20  # bytes read at a time while hashing
 _LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 
@@ -61,12 +63,9 @@ def format_manifest(hashes: dict[str, str], prefix: str = "") -> str:
 
 def write_manifest(path: str | os.PathLike, hashes: dict[str, str], prefix: str = "") -> Path:
     """Write a manifest atomically (temporary name, then rename) and return its path."""
-    from diffrep.fileio import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(format_manifest(hashes, prefix))
-        tmp.chmod(0o644)  # mkstemp makes 0600; a manifest is as readable as the model
     return path
 
 

@@ -93,7 +93,8 @@ def clipscore_of_generations(gen_dir, model_dir, out, model_name: str, batch_siz
     """The clipscore rule: score a generation folder against its prompts.parquet; write the JSON."""
     import pandas as pd
 
-    from diffrep.embeddings import load_rgb, resolve_device
+    from diffrep.devices import resolve_device
+    from diffrep.images import load_rgb
 
     device = resolve_device(device)
     prompts_path = Path(gen_dir) / "prompts.parquet"

@@ -34,10 +34,9 @@ later re-fetch that differs fails naming the differences; delete that file to ac
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -48,7 +47,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from diffrep.images import EXTENSIONS, IMAGE_SUFFIXES, ImageInfo, apply_policy, check_image, to_rgb8
+from diffrep.checksums import ChecksumError, compare, format_manifest, read_manifest, sha256_file
+from diffrep.fileio import atomic_path, staged_dir
+from diffrep.images import EXTENSIONS, IMAGE_SUFFIXES, ImageInfo, apply_policy, check_image, list_images, to_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,6 @@ class Candidate:
 # ------------------------------------------------------------------------------------- helpers
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _as_captions(value, where: str) -> list[str]:
     """A caption entry as a list of non-empty strings (a bare string is one caption)."""
     if isinstance(value, str):
@@ -160,17 +153,6 @@ class _KeyIndex:
         return [k for k in self.mapping if k not in self.used]
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` (by suffix, any depth), sorted; hidden files skipped."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
-
 # ------------------------------------------------------------------------------------- layouts
 
 
@@ -183,7 +165,7 @@ def collect_laion(folder: Path, captions_file: str | None, policy: str, classes_
     captions = _KeyIndex(_load_json(cap_path, "caption file"))
     classes = _KeyIndex(_load_json(folder / classes_file, "class file")) if (folder / classes_file).exists() else None
     out, dropped = [], []
-    for path in _image_files(folder):
+    for path in list_images(folder, recursive=True):
         rel = path.relative_to(folder).as_posix()
         caps = captions.find(rel)
         if caps is None:
@@ -216,7 +198,7 @@ def collect_imagefolder(folder: Path, captions_file: str | None, policy: str):
         log.info("Imagenette class folders: named as upstream (%s)", ", ".join(f"{k}={v}" for k, v in names.items()))
     captions = _KeyIndex(_load_json(folder / captions_file, "caption file")) if captions_file else None
     out, dropped = [], []
-    for path in _image_files(folder):
+    for path in list_images(folder, recursive=True):
         rel = path.relative_to(folder).as_posix()
         if "/" not in rel:
             dropped.append(apply_policy(path, "not inside a class sub-folder", policy))
@@ -324,6 +306,55 @@ def collect_urls(table_path: Path, cache: Path, threads: int = 4, timeout: float
     return out, failed
 
 
+# ------------------------------------------------------------------------------------- sources
+
+
+def _from_folder(name: str, src: dict, policy: str, **_) -> tuple[list[Candidate], list[dict], list[dict]]:
+    if src.get("layout", "laion") == "laion":
+        cands, dropped = collect_laion(Path(src["path"]), src.get("captions_file"), policy)
+    else:
+        cands, dropped = collect_imagefolder(Path(src["path"]), src.get("captions_file"), policy)
+    return cands, dropped, []
+
+
+def _from_build(name: str, src: dict, policy: str, *, scratch: Path, seed: int, **_):
+    from diffrep.builders import dataset_builder
+
+    staging = scratch / "staging"
+    dataset_builder(src["builder"])(staging, seed=seed, **src.get("options", {}))
+    cands, dropped = collect_laion(staging, "captions.json", policy)
+    for c in cands:
+        c.source = f"build:{src['builder']}/{c.rel}"
+    return cands, dropped, []
+
+
+def _from_urls(name: str, src: dict, policy: str, *, cache: Path, threads: int, **_):
+    cands, failed = collect_urls(Path(src["path"]), cache, threads=threads, engine=src.get("engine", "diffrep"))
+    return cands, [], failed
+
+
+# Every source type and its collector: collector(name, src, policy, scratch=, cache=, seed=, threads=)
+# returns (candidates, dropped images, failed downloads).
+SOURCE_COLLECTORS = {"folder": _from_folder, "build": _from_build, "urls": _from_urls}
+
+
+def collect(name: str, src: dict, policy: str, **where) -> tuple[list[Candidate], list[dict], list[dict]]:
+    """The candidate images of dataset `name`'s source; (candidates, dropped, failed downloads).
+
+    `where`: ``scratch`` (a temporary folder for built datasets), ``cache`` (downloads kept across
+    re-runs), ``seed`` (of a builder) and ``threads`` (for downloads).
+    """
+    if src["type"] not in SOURCE_COLLECTORS:
+        raise DatasetError(f"datasets.{name}.source.type {src['type']!r}; allowed: {', '.join(SOURCE_COLLECTORS)}")
+    if src["type"] in ("folder", "urls") and not Path(src["path"]).exists():
+        what = {"folder": f"a folder in the {src.get('layout', 'laion')} layout", "urls": "a URL table"}[src["type"]]
+        raise DatasetError(
+            f"dataset {name}: {src['path']} does not exist; put {what} there or set "
+            f"datasets.{name}.source.path (docs: diffrep.datasets)"
+        )
+    return SOURCE_COLLECTORS[src["type"]](name, src, policy, **where)
+
+
 # ------------------------------------------------------------------------------------- ingest
 
 
@@ -343,15 +374,14 @@ def assign_ids(cands: list[Candidate]) -> None:
         c.id = s
 
 
-def ingest(cands: list[Candidate], root: Path, policy: str, min_size: int, max_pixels: int, non_rgb: str = "bad"):
-    """Check every candidate, copy the usable ones to ``root/images``; return (rows, dropped, converted).
+def ingest(cands: list[Candidate], images: Path, policy: str, min_size: int, max_pixels: int, non_rgb: str = "bad"):
+    """Check every candidate, copy the usable ones into the folder `images`; return (rows, dropped, converted).
 
     ``non_rgb: convert`` re-encodes decodable non-RGB images as RGB 8-bit PNG (listed in `converted`).
     """
     from tqdm import tqdm
 
     assign_ids(cands)
-    images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows, dropped, converted = [], [], []
     for c in tqdm(cands, desc="checking images", mininterval=5):
@@ -383,31 +413,44 @@ def ingest(cands: list[Candidate], root: Path, policy: str, min_size: int, max_p
     return rows, dropped, converted
 
 
-def read_manifest(path: str | Path) -> dict[str, str]:
-    """A ``sha256sum -c`` file as {path: sha256}."""
-    out = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip():
-            digest, sep, name = line.partition("  ")
-            if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest):
-                raise DatasetError(f"{path}:{n}: not a sha256sum line: {line!r:.100}")
-            out[name] = digest
-    return out
+def check_pin(name: str, ds: dict, root: Path, actual: dict[str, str]) -> str | None:
+    """Compare the prepared images' {images/file: sha256} with the dataset's pin, if it has one.
+
+    The pin is the config's ``datasets.<name>.sha256``, else, for a ``urls`` dataset, the manifest
+    of its first preparation (``{name}.pinned.sha256`` next to the dataset folder). Returns where
+    the pin lives (``config``, the lock file's path, or None); raises DatasetError naming every
+    changed, missing and new file.
+    """
+    if ds.get("sha256"):
+        pinned, where, pin = ds["sha256"], f"config datasets.{name}.sha256", "config"
+    elif ds["source"]["type"] == "urls":
+        lock = root.parent / f"{root.name}.pinned.sha256"
+        pin = str(lock)
+        if not lock.exists():
+            return pin
+        pinned, where = read_manifest(lock), f"{lock}; delete it to accept the new data"
+    else:
+        return None
+    try:
+        compare(actual, pinned, where=str(root))
+    except ChecksumError as err:
+        raise DatasetError(f"dataset {name} differs from its pin ({where}): {err}") from None
+    return pin
 
 
-def compare_manifest(actual: dict[str, str], pinned: dict[str, str], where: str) -> None:
-    """Raise naming every difference (missing, extra, changed files) between two manifests."""
-    missing = sorted(set(pinned) - set(actual))
-    extra = sorted(set(actual) - set(pinned))
-    changed = sorted(f for f in set(actual) & set(pinned) if actual[f] != pinned[f])
-    if missing or extra or changed:
-        lines = [f"{f}: pinned {pinned[f]}, got {actual[f]}" for f in changed[:10]]
-        lines += [f"{f}: pinned but missing" for f in missing[:10]]
-        lines += [f"{f}: not in the pin" for f in extra[:10]]
-        raise DatasetError(
-            f"dataset differs from its pin ({where}): {len(changed)} changed, {len(missing)} missing, "
-            f"{len(extra)} new file(s):\n  " + "\n  ".join(lines)
-        )
+def check_kept(name: str, ds: dict, rows: list[dict], dropped: list[dict], failed: list[dict], converted: list[dict]) -> None:
+    """Fail unless some image was kept (with a class each when ``has_classes``); log what was not."""
+    if not rows:
+        raise DatasetError(f"dataset {name}: no usable image ({len(dropped)} dropped, {len(failed)} not fetched); see the log")
+    if ds.get("has_classes") and any(r["class"] is None for r in rows):
+        missing = [r["file"] for r in rows if r["class"] is None]
+        raise DatasetError(f"dataset {name} has has_classes: true, but {len(missing)} image(s) have no class, e.g. {missing[0]}")
+    for d in dropped:
+        log.warning("dropped %s: %s", d["source"], d["reason"])
+    for f in failed:
+        log.warning("not fetched %s: %s", f["url"], f["reason"])
+    for f in converted:
+        log.info("converted to RGB 8-bit PNG %s: %s", f["source"], f["reason"])
 
 
 def prepare_dataset(
@@ -422,68 +465,28 @@ def prepare_dataset(
 ) -> dict:
     """Prepare dataset `name` (its config `ds`, defaults filled) into the four outputs.
 
-    Everything is written into a temporary folder next to the outputs and moved into place at the
-    end (the manifest last), so a failed job leaves nothing. Returns the report dict.
+    Collect the source's images (:func:`collect`), check and copy them (:func:`ingest`), check the
+    pin (:func:`check_pin`). Every output is written under a temporary name and renamed into place
+    only when all are complete (the images first, the manifest last), so a failed job leaves
+    nothing. Returns the report dict.
     """
     images_dir, metadata, manifest, report = map(Path, (images_dir, metadata, manifest, report))
-    root = images_dir.parent
-    root.mkdir(parents=True, exist_ok=True)
-    src = ds["source"]
-    policy = ds.get("bad_images", "fail")
-    min_size, max_pixels = ds.get("min_size", 64), ds.get("max_pixels", 100_000_000)
-    failed: list[dict] = []
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.prepare.") as tmp:
-        tmp = Path(tmp)
-        if src["type"] in ("folder", "urls") and not Path(src["path"]).exists():
-            what = {"folder": f"a folder in the {src.get('layout', 'laion')} layout", "urls": "a URL table"}[src["type"]]
-            raise DatasetError(
-                f"dataset {name}: {src['path']} does not exist; put {what} there or set "
-                f"datasets.{name}.source.path (docs: diffrep.datasets)"
-            )
-        if src["type"] == "folder":
-            if src.get("layout", "laion") == "laion":
-                cands, dropped = collect_laion(Path(src["path"]), src.get("captions_file"), policy)
-            else:
-                cands, dropped = collect_imagefolder(Path(src["path"]), src.get("captions_file"), policy)
-        elif src["type"] == "build":
-            from diffrep.builders import dataset_builder
-
-            staging = tmp / "staging"
-            dataset_builder(src["builder"])(staging, seed=seed, **src.get("options", {}))
-            cands, dropped = collect_laion(staging, "captions.json", policy)
-            for c in cands:
-                c.source = f"build:{src['builder']}/{c.rel}"
-        elif src["type"] == "urls":
-            cache = root.parent / f".{root.name}.download"
-            cands, failed = collect_urls(Path(src["path"]), cache, threads=threads, engine=src.get("engine", "diffrep"))
-            dropped = []
-        else:
-            raise DatasetError(f"datasets.{name}.source.type {src['type']!r}; allowed: folder, urls, build")
+    root, src, policy = images_dir.parent, ds["source"], ds.get("bad_images", "fail")
+    with contextlib.ExitStack() as stack:  # exits in reverse: images, metadata, report, manifest
+        tmp_manifest = stack.enter_context(atomic_path(manifest))
+        tmp_report = stack.enter_context(atomic_path(report, suffix=".json"))
+        tmp_metadata = stack.enter_context(atomic_path(metadata, suffix=".parquet"))
+        tmp_images = stack.enter_context(staged_dir(images_dir, replace=True))
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.prepare."))
+        cache = root.parent / f".{root.name}.download"
+        cands, dropped, failed = collect(name, src, policy, scratch=Path(scratch), cache=cache, seed=seed, threads=threads)
         n_input = len(cands) + len(dropped) + len(failed)
-        out = tmp / "out"
-        rows, bad, converted = ingest(cands, out, policy, min_size, max_pixels, ds.get("non_rgb", "bad"))
+        rows, bad, converted = ingest(
+            cands, tmp_images, policy, ds.get("min_size", 64), ds.get("max_pixels", 100_000_000), ds.get("non_rgb", "bad")
+        )
         dropped += bad
-        if not rows:
-            raise DatasetError(f"dataset {name}: no usable image ({len(dropped)} dropped, {len(failed)} not fetched); see the log")
-        if ds.get("has_classes") and any(r["class"] is None for r in rows):
-            missing = [r["file"] for r in rows if r["class"] is None]
-            raise DatasetError(f"dataset {name} has has_classes: true, but {len(missing)} image(s) have no class, e.g. {missing[0]}")
-        for d in dropped:
-            log.warning("dropped %s: %s", d["source"], d["reason"])
-        for f in failed:
-            log.warning("not fetched %s: %s", f["url"], f["reason"])
-        for f in converted:
-            log.info("converted to RGB 8-bit PNG %s: %s", f["source"], f["reason"])
+        check_kept(name, ds, rows, dropped, failed, converted)
         actual = {f"images/{r['file']}": r["sha256"] for r in rows}
-        pin = None
-        if ds.get("sha256"):
-            compare_manifest(actual, ds["sha256"], f"config datasets.{name}.sha256")
-            pin = "config"
-        elif src["type"] == "urls":
-            lock = root.parent / f"{root.name}.pinned.sha256"
-            if lock.exists():
-                compare_manifest(actual, read_manifest(lock), f"{lock}; delete it to accept the new data")
-            pin = str(lock)
         rep = {
             "n_input": n_input,
             "n_kept": len(rows),
@@ -491,24 +494,14 @@ def prepare_dataset(
             "failed_downloads": failed,
             "bad_images": policy,
             "converted": converted,
-            "pin": pin,
+            "pin": check_pin(name, ds, root, actual),
         }
-        table = pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
-        pq.write_table(table, out / "metadata.parquet")
-        (out / "report.json").write_text(json.dumps(rep, indent=1) + "\n")
-        text = "".join(f"{d}  {f}\n" for f, d in actual.items())
-        (out / "images.sha256").write_text(text)
-        for p in [out, *out.rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        if images_dir.exists():
-            shutil.rmtree(images_dir)
-        os.replace(out / "images", images_dir)
-        os.replace(out / "metadata.parquet", metadata)
-        os.replace(out / "report.json", report)
-        os.replace(out / "images.sha256", manifest)
-        if pin and pin != "config" and not Path(pin).exists():
-            shutil.copyfile(manifest, pin)
-            log.info("pinned the fetched dataset: %s (a re-fetch that differs will fail)", pin)
+        pq.write_table(pa.Table.from_pylist(rows, schema=METADATA_SCHEMA), tmp_metadata)
+        tmp_report.write_text(json.dumps(rep, indent=1) + "\n")
+        tmp_manifest.write_text(format_manifest(actual))
+    if rep["pin"] not in (None, "config") and not Path(rep["pin"]).exists():
+        shutil.copyfile(manifest, rep["pin"])
+        log.info("pinned the fetched dataset: %s (a re-fetch that differs will fail)", rep["pin"])
     log.info("dataset %s: %d of %d images kept, %d dropped, %d not fetched", name, len(rows), n_input, len(dropped), len(failed))
     return rep
 

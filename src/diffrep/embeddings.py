@@ -19,11 +19,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from diffrep.batching import run_batched
+from diffrep.devices import resolve_device
+from diffrep.fetch import model_file
 from diffrep.fileio import atomic_path
+from diffrep.images import generation_images, train_images
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,6 @@ PREPROCESS = {
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def describe_preprocess(name: str) -> str:
@@ -50,64 +53,7 @@ class EmbeddingError(RuntimeError):
     """An embedding input or model that cannot be used; the message names the file or key."""
 
 
-# ---------------------------------------------------------------- image lists
-
-
-def train_images(images_dir: str | os.PathLike, metadata: str | os.PathLike) -> tuple[list[str], list[Path]]:
-    """Training image ids and paths, in ``metadata.parquet`` order (columns ``id``, ``file``)."""
-    import pandas as pd
-
-    meta = pd.read_parquet(metadata, columns=["id", "file"])
-    images_dir = Path(images_dir)
-    paths = [images_dir / f for f in meta["file"]]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise EmbeddingError(
-            f"{metadata}: {len(missing)} image file(s) listed but missing, e.g. {missing[0]}"
-        )
-    return [str(i) for i in meta["id"]], paths
-
-
-def generation_images(gen_dir: str | os.PathLike) -> tuple[list[str], list[Path]]:
-    """Generation file names (the ids) and paths, in ``prompts.parquet`` order when it exists.
-
-    Without a prompts table (a plain folder of images) the sorted image files are used.
-    """
-    import pandas as pd
-
-    gen_dir = Path(gen_dir)
-    prompts = gen_dir / "prompts.parquet"
-    if prompts.is_file():
-        files = [str(f) for f in pd.read_parquet(prompts, columns=["file"])["file"]]
-    else:
-        files = sorted(p.name for p in gen_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise EmbeddingError(f"{gen_dir}: no generated images found")
-    paths = [gen_dir / f for f in files]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise EmbeddingError(f"{prompts}: {len(missing)} listed image(s) missing, e.g. {missing[0]}")
-    return files, paths
-
-
-def load_rgb(path: str | os.PathLike):
-    """An image file as an RGB PIL image (8-bit)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
 # ---------------------------------------------------------------- helpers
-
-
-def resolve_device(device: str | None = None) -> str:
-    """``device`` if given, else ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -118,64 +64,6 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     if zero.any():
         log.warning("%d descriptor(s) are all zero (constant images?) and stay zero", int(zero.sum()))
     return (x / np.where(norms == 0, 1.0, norms)).astype(np.float32)
-
-
-class _Images:
-    """A torch Dataset of ``(index, tensor)`` from image paths and a PIL → tensor transform."""
-
-    def __init__(self, paths: Sequence[Path], transform: Callable):
-        self.paths, self.transform = list(paths), transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        return i, self.transform(load_rgb(self.paths[i]))
-
-
-def _collate(items):
-    return items
-
-
-def run_batched(
-    paths: Sequence[Path],
-    transform: Callable,
-    forward: Callable,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    desc: str = "embed",
-) -> np.ndarray:
-    """Apply ``forward`` (a batch tensor B×C×H×W → B×d) to every image; rows in ``paths`` order.
-
-    Images whose transformed sizes differ (SSCD's own Resize 288 keeps the aspect ratio) are
-    grouped by shape inside a batch, so any mix of sizes works. Progress goes to stderr (the log).
-    """
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    if not paths:
-        raise EmbeddingError("no images to embed")
-    loader = DataLoader(
-        _Images(paths, transform),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        shuffle=False,
-    )
-    out: list[np.ndarray | None] = [None] * len(paths)
-    with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", mininterval=5) as bar:
-        for items in loader:
-            groups: dict[tuple, list] = {}
-            for i, t in items:
-                groups.setdefault(tuple(t.shape), []).append((i, t))
-            for group in groups.values():
-                feats = forward(torch.stack([t for _, t in group]))
-                feats = feats.detach().float().cpu().numpy().reshape(len(group), -1)
-                for (i, _), f in zip(group, feats):
-                    out[i] = f
-            bar.update(len(items))
-    return np.stack(out)
 
 
 # ---------------------------------------------------------------- embedders
@@ -227,18 +115,7 @@ class PixelEmbedder:
 
 def find_torchscript(model_dir: str | os.PathLike) -> Path:
     """The single ``*.torchscript.pt`` (or ``*.pt``) file of an SSCD model folder (or the file itself)."""
-    model_dir = Path(model_dir)
-    if model_dir.is_file():
-        return model_dir
-    if not model_dir.is_dir():
-        raise EmbeddingError(f"SSCD model {model_dir} does not exist; fetch it with the fetch_model rule")
-    found = sorted(model_dir.glob("*.torchscript.pt")) or sorted(model_dir.glob("*.pt"))
-    if len(found) != 1:
-        raise EmbeddingError(
-            f"SSCD model folder {model_dir}: expected exactly one *.torchscript.pt file, found "
-            f"{[p.name for p in found] or 'none'}"
-        )
-    return found[0]
+    return model_file(model_dir, ["*.torchscript.pt", "*.pt"], "SSCD model", EmbeddingError)
 
 
 class SSCDEmbedder:

@@ -32,15 +32,24 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
-from diffrep.checksums import ChecksumError, compare, hash_folder, sha256_file, write_manifest
+from diffrep.checksums import (
+    ChecksumError,
+    compare,
+    folder_files,
+    hash_folder,
+    sha256_file,
+    write_manifest,
+)
+from diffrep.fileio import staged_dir
 
 log = logging.getLogger("diffrep.fetch")
 
@@ -62,6 +71,19 @@ class FetchError(RuntimeError):
 
 class IncompleteDownload(OSError):
     """A url download ended before the announced size (the partial file is kept for resuming)."""
+
+
+@dataclass(frozen=True)
+class FetchJob:
+    """What a source fetcher needs to know about the model besides its source entry."""
+
+    name: str  # the model's name in the config (its folder under resources/models/)
+    kind: str  # diffusers | blip | clip | sscd | fid_inception
+    variant: str | None = None  # hub weight variant (``fp16``); None = full precision
+    pins: dict[str, str] = field(default_factory=dict)  # {path in the model folder: sha256}
+    partial_dir: Path | None = None  # resumable url downloads, kept across failed jobs
+    seed: int = 0  # default seed of build sources
+    download_options: dict = field(default_factory=dict)  # download_url's attempts, backoff, timeout
 
 
 # ---------------------------------------------------------------- what to download
@@ -178,6 +200,29 @@ def check_complete(kind: str, folder: Path, variant: str | None = None, where: s
         raise ValueError(f"unknown model kind {kind!r}")
 
 
+def model_file(model: str | os.PathLike, patterns: list[str], what: str, error: type[Exception] = FetchError) -> Path:
+    """The one file of a model folder matching `patterns` (tried in order), or `model` itself if a file.
+
+    Raises `error` naming the folder when it does not exist, or when the first pattern that
+    matches anything matches more than one file, or none matches.
+    """
+    model = Path(model)
+    if model.is_file():
+        return model
+    if not model.is_dir():
+        raise error(f"{what} {model} does not exist; fetch or build it with the fetch_model rule")
+    found = []
+    for pattern in patterns:
+        found = sorted(model.glob(pattern))
+        if found:
+            break
+    if len(found) != 1:
+        raise error(
+            f"{what} folder {model}: expected one {' or '.join(patterns)}, found {[p.name for p in found] or 'none'}"
+        )
+    return found[0]
+
+
 def log_files(folder: Path, what: str) -> int:
     """Log every file under `folder` with its size and the total; return the total in bytes."""
     total = 0
@@ -232,8 +277,6 @@ def copy_selected(snapshot: Path, dest: Path, allow: list[str], ignore: list[str
     Hub caches may hold more files than this fetch asked for (earlier downloads); only the
     selected ones are copied. Hidden bookkeeping folders are skipped.
     """
-    from diffrep.checksums import folder_files
-
     snapshot = Path(snapshot)
     files = [rel for rel in folder_files(snapshot) if selected(rel, allow, ignore)]
     if not files:
@@ -244,9 +287,9 @@ def copy_selected(snapshot: Path, dest: Path, allow: list[str], ignore: list[str
     return files
 
 
-def fetch_huggingface(src: dict, dest: Path, kind: str, variant: str | None) -> None:
+def fetch_huggingface(src: dict, dest: Path, job: FetchJob) -> None:
     """Download the needed files of a Hugging Face repo at `revision` and copy them to `dest`."""
-    allow, ignore = allow_patterns(kind, variant), ignore_patterns(kind)
+    allow, ignore = allow_patterns(job.kind, job.variant), ignore_patterns(job.kind)
     token = os.environ.get(HF_TOKEN_ENV) or False  # False: never fall back to a stored login
     log.info(
         "huggingface: repo %s, revision %s, token %s, allow_patterns %s",
@@ -277,9 +320,9 @@ def fetch_huggingface(src: dict, dest: Path, kind: str, variant: str | None) -> 
     copy_selected(Path(snapshot), dest, allow, ignore)
 
 
-def fetch_modelscope(src: dict, dest: Path, kind: str, variant: str | None) -> None:
+def fetch_modelscope(src: dict, dest: Path, job: FetchJob) -> None:
     """Download the needed files of a ModelScope repo at `revision` and copy them to `dest`."""
-    allow, ignore = allow_patterns(kind, variant), ignore_patterns(kind)
+    allow, ignore = allow_patterns(job.kind, job.variant), ignore_patterns(job.kind)
     token = os.environ.get(MODELSCOPE_TOKEN_ENV) or None
     log.info(
         "modelscope: repo %s, revision %s, token %s, allow_patterns %s",
@@ -421,28 +464,28 @@ def url_filename(src: dict) -> str:
     return name
 
 
-def fetch_url(src: dict, dest: Path, pins: dict[str, str], partial_dir: Path, **download_options) -> None:
-    """One file from a URL into `dest/{filename}` (resumable under `partial_dir`)."""
+def fetch_url(src: dict, dest: Path, job: FetchJob) -> None:
+    """One file from a URL into `dest/{filename}` (resumable under ``job.partial_dir``)."""
     name = url_filename(src)
     dest.mkdir(parents=True, exist_ok=True)
     download_url(
         src["url"],
         dest / name,
-        sha256=pins.get(name),
+        sha256=job.pins.get(name),
         hash_prefix=src.get("hash_prefix"),
-        part=partial_dir / f"{name}.part",
-        **download_options,
+        part=job.partial_dir / f"{name}.part",
+        **job.download_options,
     )
 
 
 # ---------------------------------------------------------------- build source
 
 
-def fetch_build(src: dict, dest: Path, seed: int) -> None:
+def fetch_build(src: dict, dest: Path, job: FetchJob) -> None:
     """Make the model locally with a registered diffrep builder (the source's own ``seed`` wins)."""
     from diffrep.builders import model_builder
 
-    seed = int(src.get("seed", seed))
+    seed = int(src.get("seed", job.seed))
     options = dict(src.get("options") or {})
     log.info("build: builder %s, seed %d, options %s", src["builder"], seed, options)
     model_builder(src["builder"])(dest, seed=seed, **options)
@@ -468,6 +511,51 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+# Every source type and its fetcher: fetcher(src, dest, job) writes the model's files into the
+# (existing, empty) folder `dest` or raises.
+SOURCE_FETCHERS: dict[str, Callable[[dict, Path, FetchJob], None]] = {
+    "modelscope": fetch_modelscope,
+    "huggingface": fetch_huggingface,
+    "url": fetch_url,
+    "build": fetch_build,
+}
+
+
+def fetch_source(src: dict, job: FetchJob, out_dir: Path, label: str) -> dict[str, str]:
+    """Fetch one source into a staging folder, check it, and only then move it to `out_dir`.
+
+    Checks: completeness for the kind (:func:`check_complete`; a build's own variant naming is
+    not checked) and, when pinned, every file's sha256. Returns {path: sha256}; raises on any
+    failure, leaving nothing at `out_dir`.
+    """
+    fetcher = SOURCE_FETCHERS.get(src["type"])
+    if fetcher is None:
+        raise FetchError(f"unknown source type {src['type']!r}; known: {', '.join(SOURCE_FETCHERS)}")
+    with staged_dir(out_dir) as dest:
+        fetcher(src, dest, job)
+        variant = job.variant if src["type"] != "build" else None
+        check_complete(job.kind, dest, variant, where=f"{job.name} ({label})")
+        hashes = hash_folder(dest)
+        if job.pins:
+            compare(hashes, job.pins, where=job.name)
+        log_files(dest, f"model {job.name}")
+    return hashes
+
+
+def _log_served(job: FetchJob, i: int, n: int, label: str, failed: list[tuple[str, str]]) -> None:
+    log.info(
+        "model %s: served by source %d/%d (%s)%s", job.name, i, n, label,
+        "".join(f"; earlier source {lab} failed: {why.splitlines()[0]}" for lab, why in failed),
+    )
+    if job.pins:
+        log.info("model %s: all %d files match their pinned sha256", job.name, len(job.pins))
+    else:
+        log.warning(
+            "model %s: no sha256 pinned; the manifest records what was received. Pin it with: "
+            "python -m diffrep.pin_hashes --config <config.yaml> --model %s", job.name, job.name,
+        )
+
+
 def fetch_model(
     name: str,
     spec: dict,
@@ -478,76 +566,46 @@ def fetch_model(
 ) -> dict:
     """Obtain model `name` (a ``models`` entry of the config) into `out_dir`; write `manifest` last.
 
-    Sources are tried in order; each candidate is fetched into a staging folder next to
-    `out_dir`, checked for completeness (:func:`check_complete`) and against the pinned hashes
-    (``spec["sha256"]``: {path relative to the model folder: sha256}). The first that passes is
-    renamed to `out_dir` and its manifest (paths prefixed with `name`/) written. Returns
-    ``{"source": label, "index": i, "files": {path: sha256}, "failed": [(label, reason), ...]}``.
-    Raises FetchError listing every source's reason when none passes; then neither `out_dir` nor
-    `manifest` exists.
+    Sources are tried in order (:func:`fetch_source`: a staging folder next to `out_dir`, checked
+    for completeness and against the pinned hashes ``spec["sha256"]``, {path relative to the model
+    folder: sha256}). The first that passes becomes `out_dir` and its manifest (paths prefixed with
+    `name`/) is written. Returns ``{"source": label, "index": i, "files": {path: sha256},
+    "failed": [(label, reason), ...]}``. Raises FetchError listing every source's reason when none
+    passes; then neither `out_dir` nor `manifest` exists.
     """
     out_dir, manifest = Path(out_dir), Path(manifest)
-    kind, variant = spec["kind"], spec.get("variant")
-    pins = {k: v.lower() for k, v in (spec.get("sha256") or {}).items()}
     sources = spec["sources"]
-    root = out_dir.parent
-    root.mkdir(parents=True, exist_ok=True)
+    job = FetchJob(
+        name=name,
+        kind=spec["kind"],
+        variant=spec.get("variant"),
+        pins={k: v.lower() for k, v in (spec.get("sha256") or {}).items()},
+        partial_dir=out_dir.parent / PARTIAL_DIR / name,
+        seed=seed,
+        download_options=download_options or {},
+    )
     _remove(manifest)
     _remove(out_dir)
-    partial_dir = root / PARTIAL_DIR / name
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.staging."))
-    failed: list[tuple[str, str]] = []
     log.info(
         "model %s (kind %s%s): %d source(s): %s; %s",
-        name, kind, f", variant {variant}" if variant else "", len(sources),
+        name, job.kind, f", variant {job.variant}" if job.variant else "", len(sources),
         "; ".join(describe(s) for s in sources),
-        f"{len(pins)} pinned sha256" if pins else "no sha256 pinned",
+        f"{len(job.pins)} pinned sha256" if job.pins else "no sha256 pinned",
     )
-    try:
-        for i, src in enumerate(sources, start=1):
-            label = describe(src)
-            dest = staging / name
-            _remove(dest)
-            log.info("model %s: trying source %d/%d: %s", name, i, len(sources), label)
-            try:
-                if src["type"] == "huggingface":
-                    fetch_huggingface(src, dest, kind, variant)
-                elif src["type"] == "modelscope":
-                    fetch_modelscope(src, dest, kind, variant)
-                elif src["type"] == "url":
-                    fetch_url(src, dest, pins, partial_dir, **(download_options or {}))
-                elif src["type"] == "build":
-                    fetch_build(src, dest, seed)
-                else:
-                    raise FetchError(f"unknown source type {src['type']!r}")
-                check_complete(kind, dest, variant if src["type"] != "build" else None, where=f"{name} ({label})")
-                hashes = hash_folder(dest)
-                if pins:
-                    compare(hashes, pins, where=name)
-            except Exception as err:  # noqa: BLE001 - every failure is reported, the next source tried
-                reason = scrub(f"{type(err).__name__}: {err}")
-                failed.append((label, reason))
-                log.warning("model %s: source %d/%d (%s) failed: %s", name, i, len(sources), label, reason)
-                continue
-            log.info(
-                "model %s: served by source %d/%d (%s)%s", name, i, len(sources), label,
-                "".join(f"; earlier source {lab} failed: {why.splitlines()[0]}" for lab, why in failed),
-            )
-            log_files(dest, f"model {name}")
-            if pins:
-                log.info("model %s: all %d files match their pinned sha256", name, len(hashes))
-            else:
-                log.warning(
-                    "model %s: no sha256 pinned; the manifest records what was received. Pin it with: "
-                    "python -m diffrep.pin_hashes --config <config.yaml> --model %s", name, name,
-                )
-            os.replace(dest, out_dir)
-            write_manifest(manifest, hashes, prefix=name)
-            if partial_dir.exists():
-                shutil.rmtree(partial_dir, ignore_errors=True)
-            return {"source": label, "index": i, "files": hashes, "failed": failed}
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    failed: list[tuple[str, str]] = []
+    for i, src in enumerate(sources, start=1):
+        label = describe(src)
+        log.info("model %s: trying source %d/%d: %s", name, i, len(sources), label)
+        try:
+            hashes = fetch_source(src, job, out_dir, label)
+        except Exception as err:  # noqa: BLE001 - every failure is reported, the next source tried
+            failed.append((label, scrub(f"{type(err).__name__}: {err}")))
+            log.warning("model %s: source %d/%d (%s) failed: %s", name, i, len(sources), label, failed[-1][1])
+            continue
+        _log_served(job, i, len(sources), label, failed)
+        write_manifest(manifest, hashes, prefix=name)
+        shutil.rmtree(job.partial_dir, ignore_errors=True)
+        return {"source": label, "index": i, "files": hashes, "failed": failed}
     msg = f"model {name}: no source provided a complete, verified model:\n" + "\n".join(
         f"  [{i}] {label}: {reason}" for i, (label, reason) in enumerate(failed, start=1)
     )

@@ -43,7 +43,6 @@ NORMALISATION = (
     "(upstream DCR normalised twice, so its FIDs are not comparable)"
 )
 SMALL_N = 2048
-IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}
 
 
 class FIDError(RuntimeError):
@@ -55,18 +54,9 @@ class FIDError(RuntimeError):
 
 def find_weights(model: str | os.PathLike) -> Path:
     """The weights file of an fid_inception model folder (or the file itself)."""
-    model = Path(model)
-    if model.is_file():
-        return model
-    if not model.is_dir():
-        raise FIDError(f"FID model {model} does not exist; fetch or build it first")
-    found = sorted(model.glob("*.safetensors")) or sorted(model.glob("pt_inception-2015-12-05-*.pth"))
-    if len(found) != 1:
-        raise FIDError(
-            f"FID model folder {model}: expected one *.safetensors or pt_inception-2015-12-05-*.pth, "
-            f"found {[p.name for p in found] or 'none'}"
-        )
-    return found[0]
+    from diffrep.fetch import model_file
+
+    return model_file(model, ["*.safetensors", "pt_inception-2015-12-05-*.pth"], "FID model", FIDError)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
@@ -158,15 +148,6 @@ def random_inception_state_dict(seed: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------- images and statistics
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files of a folder, sorted (pytorch-fid's extensions)."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
-    if not files:
-        raise FIDError(f"{folder}: no images")
-    return files
 
 
 def image_tensor(path: str | os.PathLike, resolution: int | None = None):
@@ -301,7 +282,8 @@ def read_reference(path) -> dict:
 
 def reference_statistics(images_dir, metadata, model, out, resolution, batch_size=50, device=None, num_workers=0):
     """The fid_reference rule: statistics of the training images listed in ``metadata``."""
-    from diffrep.embeddings import resolve_device, train_images
+    from diffrep.devices import resolve_device
+    from diffrep.images import train_images
 
     device = resolve_device(device)
     _, paths = train_images(images_dir, metadata)
@@ -314,7 +296,8 @@ def reference_statistics(images_dir, metadata, model, out, resolution, batch_siz
 
 def fid_of_generations(gen_dir, reference, model, out, resolution, batch_size=50, device=None, num_workers=0) -> dict:
     """The fid rule: FID of a generation folder against the reference statistics; writes the JSON."""
-    from diffrep.embeddings import generation_images, resolve_device
+    from diffrep.devices import resolve_device
+    from diffrep.images import generation_images
 
     device = resolve_device(device)
     ref = read_reference(reference)

@@ -12,8 +12,9 @@ embedding from a generator seeded by (seed, "embedding", i). Images therefore de
 index, never on the batch size or on which images were made before.
 
 Prompt embeddings are computed once per batch (``pipe.encode_prompt``) and passed to the pipeline.
-A killed job leaves its finished images in ``.{name}.partial/`` next to the output folder; the
-next run with the same settings keeps them and makes the rest, then renames the folder.
+A killed job leaves its finished images in ``.{name}.partial/`` next to the output folder
+(:func:`diffrep.fileio.resumable_dir`); the next run with the same settings keeps them and makes
+the rest, then renames the folder.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -30,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from diffrep.config import derive_seed
+from diffrep.devices import resolve_device
 from diffrep.duplication import in_dup_set
+from diffrep.fileio import atomic_path, resumable_dir
 from diffrep.mitigations import INFERENCE_MITIGATIONS, add_embedding_noise, augment_prompt
 
 log = logging.getLogger("diffrep.generation")
@@ -172,11 +173,10 @@ def generate(
     run: str | None = None,
 ) -> Path:
     """Write ``{index:05d}.png``, prompts.parquet and generation_info.json into `out_dir` (docs/formats.md)."""
-    import torch
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     with open(captions_file) as f:
         caps = json.load(f)
@@ -199,39 +199,27 @@ def generate(
     }
     key = fingerprint({**info, "model": Path(model_dir).resolve().as_posix()})
     out_dir = Path(out_dir)
-    staging = out_dir.parent / f".{out_dir.name}.partial"
-    if staging.exists():
-        old = staging / ".fingerprint"
-        if not old.exists() or old.read_text() != key:
-            log.info("%s holds images of other settings: removed", staging)
-            shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / ".fingerprint").write_text(key)
-    todo = [i for i in range(n_images) if not (staging / f"{i:05d}.png").exists()]
-    if len(todo) < n_images:
-        log.info("resuming: %d of %d images already made", n_images - len(todo), n_images)
-    log.info("%d images, batch %d, %s %s, scheduler %s, preset %s", len(todo), batch_size, device,
-             info["dtype"], info["scheduler"], preset)
-    bar = tqdm(total=n_images, initial=n_images - len(todo), desc="generate", mininterval=5)
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start:start + batch_size]
-        images = generate_batch(
-            pipe, [prompts["prompt_used"][i] for i in idx], [int(prompts["seed"][i]) for i in idx],
-            preset, resolution, device,
-        )
-        for i, im in zip(idx, images):
-            tmp = staging / f".{i:05d}.png.part"
-            im.save(tmp, format="PNG")
-            os.replace(tmp, staging / f"{i:05d}.png")
-        bar.update(len(idx))
-    bar.close()
-    cols = ["index", "file", "source_id", "duplicated", "dup_set", "prompt", "prompt_used", "seed"]
-    prompts[cols].to_parquet(staging / "prompts.parquet", index=False)
-    info["duration_s"] = time.time() - t0
-    (staging / "generation_info.json").write_text(json.dumps(info, indent=1, default=str))
-    (staging / ".fingerprint").unlink()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    with resumable_dir(out_dir, key) as staging:
+        todo = [i for i in range(n_images) if not (staging / f"{i:05d}.png").exists()]
+        if len(todo) < n_images:
+            log.info("resuming: %d of %d images already made", n_images - len(todo), n_images)
+        log.info("%d images, batch %d, %s %s, scheduler %s, preset %s", len(todo), batch_size, device,
+                 info["dtype"], info["scheduler"], preset)
+        bar = tqdm(total=n_images, initial=n_images - len(todo), desc="generate", mininterval=5)
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start:start + batch_size]
+            images = generate_batch(
+                pipe, [prompts["prompt_used"][i] for i in idx], [int(prompts["seed"][i]) for i in idx],
+                preset, resolution, device,
+            )
+            for i, im in zip(idx, images):
+                with atomic_path(staging / f"{i:05d}.png", suffix=".png") as tmp:
+                    im.save(tmp, format="PNG")
+            bar.update(len(idx))
+        bar.close()
+        cols = ["index", "file", "source_id", "duplicated", "dup_set", "prompt", "prompt_used", "seed"]
+        prompts[cols].to_parquet(staging / "prompts.parquet", index=False)
+        info["duration_s"] = time.time() - t0
+        (staging / "generation_info.json").write_text(json.dumps(info, indent=1, default=str))
     log.info("wrote %d images to %s", n_images, out_dir)
     return out_dir

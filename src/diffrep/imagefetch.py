@@ -2,8 +2,8 @@
 
 This is diffrep's default engine for ``urls`` datasets (img2dataset, the field's tool, pins
 pandas<3 and pulls wandb and opencv, so it is kept out of the main environment). Each image is
-written to ``{cache}/{id}`` through a ``.part`` file renamed on success, so a re-run (a retried
-job) fetches only what is not there yet. Dead links are the common case with LAION-style lists:
+written to ``{cache}/{id}`` through a temporary file renamed on success
+(:func:`diffrep.fileio.atomic_path`), so a re-run (a retried job) fetches only what is not there yet. Dead links are the common case with LAION-style lists:
 HTTP errors, refused connections, timeouts and bytes that are not an image are returned as reasons
 (strings), never raised, and end up in ``report.json`` under ``failed_downloads``.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import socket
 import time
 import urllib.error
@@ -21,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
+
+from diffrep.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 USER_AGENT = "diffrep-imagefetch/0.1 (+https://github.com/somepago/DCR replication study)"
@@ -59,9 +60,8 @@ def fetch_one(url: str, dest: Path, timeout: float = 10.0, retries: int = 1, bac
                 return "empty response"
             if not _is_image(data):
                 return f"not an image (Content-Type {ctype}, {len(data)} bytes)"
-            part = dest.with_name(dest.name + ".part")
-            part.write_bytes(data)
-            os.replace(part, dest)
+            with atomic_path(dest) as tmp:
+                tmp.write_bytes(data)
             return dest
         except urllib.error.HTTPError as err:
             reason = f"HTTP {err.code} {err.reason}"

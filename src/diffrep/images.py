@@ -1,4 +1,9 @@
-"""Image checks: is a file a usable training image (RGB, 8-bit, decodable, sensible size)?
+"""Image files: what counts as one, listing and loading them, and checking that one is usable.
+
+An image file is a file whose suffix is one of :data:`IMAGE_SUFFIXES` and whose name does not start
+with ``.`` (hidden files are temporaries and bookkeeping). :func:`list_images` lists a folder's;
+:func:`train_images` and :func:`generation_images` list a prepared dataset's and a generation
+folder's in the order of their tables; :func:`load_rgb` loads one as 8-bit RGB.
 
 A training image is *usable* when it decodes completely, is 8-bit RGB, is at least `min_size` px on
 either side and has at most `max_pixels` pixels. Everything else is a *bad image*, with a reason a
@@ -17,6 +22,7 @@ bomb is rejected without being decoded.
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -45,8 +51,17 @@ MODE_NAMES = {
 }
 
 
+# The one definition of an image file's suffix (lower case): what datasets, generation folders and
+# metric inputs may hold (pytorch-fid's list plus GIF, which upstream's LAION folders may contain).
+IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
+
+
 class BadImageError(ValueError):
     """A bad image under the ``fail`` policy; the message names the file and the reason."""
+
+
+class MissingImageError(FileNotFoundError):
+    """Images that a table lists but a folder lacks, or a folder without images; the message names them."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,6 @@ def apply_policy(path: str | Path, reason: str, policy: str) -> dict:
 
 # PIL format name -> file extension of the kept original bytes
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tif"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def to_rgb8(path: str | Path) -> Image.Image:
@@ -129,3 +143,63 @@ def to_rgb8(path: str | Path) -> Image.Image:
             arr = np.asarray(im, dtype=np.float32)
             im = Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode="L")
         return im.convert("RGB")
+
+
+# ---------------------------------------------------------------- listing and loading
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether `path` names an image file: a known suffix (any case) and not a hidden name."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files of `folder` (with `recursive`, at any depth), sorted; hidden files and folders skipped."""
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in found
+        if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """An image file as an 8-bit RGB PIL image (PIL's ``convert("RGB")``, as upstream loads images)."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _existing(paths: list[Path], where: str | os.PathLike) -> list[Path]:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise MissingImageError(f"{where}: {len(missing)} listed image(s) missing, e.g. {missing[0]}")
+    return paths
+
+
+def train_images(images_dir: str | os.PathLike, metadata: str | os.PathLike) -> tuple[list[str], list[Path]]:
+    """Ids and paths of a prepared dataset's images, in ``metadata.parquet`` order (columns id, file)."""
+    import pandas as pd
+
+    meta = pd.read_parquet(metadata, columns=["id", "file"])
+    paths = _existing([Path(images_dir) / f for f in meta["file"]], metadata)
+    return [str(i) for i in meta["id"]], paths
+
+
+def generation_images(gen_dir: str | os.PathLike) -> tuple[list[str], list[Path]]:
+    """File names (the ids) and paths of a generation folder's images, in ``prompts.parquet`` order.
+
+    Without a prompts table (a plain folder of images) its sorted image files are used.
+    """
+    import pandas as pd
+
+    gen_dir = Path(gen_dir)
+    prompts = gen_dir / "prompts.parquet"
+    if prompts.is_file():
+        files = [str(f) for f in pd.read_parquet(prompts, columns=["file"])["file"]]
+    else:
+        files = [p.name for p in list_images(gen_dir)]
+    if not files:
+        raise MissingImageError(f"{gen_dir}: no generated images found")
+    return files, _existing([gen_dir / f for f in files], prompts)

@@ -46,7 +46,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -392,23 +391,21 @@ def save_checkpoint(ckpt_dir: Path, step: int, unet, optimizer, lr_scheduler, st
     import torch
     from safetensors.torch import save_file
 
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".checkpoint-{step}."))
-    sd = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
-    save_file(sd, tmp / "unet.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    write_metrics(metrics, tmp / "train_metrics.csv")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
-    final = ckpt_dir / f"checkpoint-{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for p in ckpt_dir.glob("checkpoint-*"):
+    from diffrep.fileio import staged_dir
+
+    final = Path(ckpt_dir) / f"checkpoint-{step}"
+    with staged_dir(final, replace=True) as tmp:
+        sd = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
+        save_file(sd, tmp / "unet.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        write_metrics(metrics, tmp / "train_metrics.csv")
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+    for p in final.parent.glob("checkpoint-*"):
         if p != final:
             shutil.rmtree(p, ignore_errors=True)
     return final
@@ -460,10 +457,9 @@ def save_model(base: str, unet, output_dir: Path, metrics: list[dict], info: dic
     """The base pipeline with the trained UNet, train_metrics.csv and train_info.json, written atomically."""
     from diffusers import StableDiffusionPipeline
 
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
-    try:
+    from diffrep.fileio import staged_dir
+
+    with staged_dir(output_dir, replace=True) as tmp:
         pipe = StableDiffusionPipeline.from_pretrained(
             base, unet=unet, safety_checker=None, requires_safety_checker=False, local_files_only=True,
             use_safetensors=True,
@@ -471,14 +467,6 @@ def save_model(base: str, unet, output_dir: Path, metrics: list[dict], info: dic
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_metrics(metrics, tmp / "train_metrics.csv")
         (tmp / "train_info.json").write_text(json.dumps(info, indent=1))
-        for p in [tmp, *tmp.rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 # --------------------------------------------------------------------------------------------
