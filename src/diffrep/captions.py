@@ -8,8 +8,8 @@
   asked for. Where no BLIP captions are used the file says so (``"variants": "dataset"``): in the
   mini study the dataset's own caption variants stand in for BLIP captions, visibly;
 - ``instancelevel_random``: ``random_per_image`` captions per image, each the decoding of
-  ``random_tokens`` uniformly random token ids in ``[0, min(vocab_limit, len(tokenizer)))``, with
-  the base model's own tokenizer (upstream stores the id lists and decodes them with the same
+  ``random_tokens`` uniformly random token ids in ``[0, min(vocab_limit, len(tokenizer)))``, special
+  ids left out (:func:`diffrep.mitigations.random_token_ids`), with the base model's own tokenizer (upstream stores the id lists and decodes them with the same
   tokenizer at training time; the text is the same). Seeded: same seed, same captions.
 
 The training loop picks among an image's captions (caption [0], or a random one under
@@ -129,6 +129,14 @@ def write_captions(data: dict, path: str | Path) -> None:
         Path(tmp).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
+def read_caption_file(path: str | Path) -> dict:
+    """A caption file (docs/formats.md) as a dict: ``conditioning``, ``dataset``, ``captions`` ({id: [caption, ...]}), ..."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("captions"), dict):
+        raise CaptionError(f"{path}: not a caption file (expected a JSON object whose 'captions' maps image ids to caption lists)")
+    return data
+
+
 def read_captions(path: str | Path) -> dict[str, list[str]]:
     """{id: captions} of a caption file."""
-    return json.loads(Path(path).read_text())["captions"]
+    return read_caption_file(path)["captions"]

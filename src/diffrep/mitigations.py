@@ -38,10 +38,9 @@ from typing import Sequence
 
 import numpy as np
 
-TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise")
-CAPTION_MITIGATIONS = ("allcaps", "randrepl", "randwordadd", "wordrepeat")
-INFERENCE_MITIGATIONS = ("none", "gaussnoise", "rand_numb_add", "rand_word_add", "rand_word_repeat")
-PROMPT_MITIGATIONS = ("rand_numb_add", "rand_word_add", "rand_word_repeat")
+from diffrep.config import DUPLICATIONS, INFERENCE_MITIGATIONS, TRAIN_MITIGATIONS
+
+CAPTION_MITIGATIONS = ("allcaps", "randrepl", "randwordadd", "wordrepeat")  # the train-time ones that edit the caption
 VOCAB_LIMIT = 49400
 RANDREPL_TOKENS = 4
 ADDED_WORDS = 2
@@ -103,8 +102,8 @@ def train_caption(
         return caption
     if duplication == "dup_image" and duplicated:
         return str(captions[int(rng.integers(0, len(captions)))])
-    if duplication not in ("nodup", "dup_both", "dup_image"):
-        raise ValueError(f"unknown duplication {duplication!r}; allowed: nodup, dup_both, dup_image")
+    if duplication not in DUPLICATIONS:
+        raise ValueError(f"unknown duplication {duplication!r}; allowed: {', '.join(DUPLICATIONS)}")
     return str(captions[0])
 
 
