@@ -232,7 +232,7 @@ class DrawDataset:
         caption = train_caption(
             self.data.captions[i],
             duplication=self.duplication,
-            duplicated=bool(self.data.duplicated[i]),
+            weight=float(self.data.weights[i]),
             mitigation=self.mitigation,
             p=self.p,
             tokenizer=self.tokenizer,
