@@ -69,3 +69,12 @@ def test_rounding_and_errors():
         make_plan(IDS, "dup")
     with pytest.raises(ValueError, match="not unique"):
         make_plan(["a", "a"], "nodup")
+
+
+def test_dup_weight_up_to_1_is_allowed_with_a_warning(caplog):
+    """dup_weight 1 is upstream's no-op duplication (weights 1, no random captions): a warning, no error."""
+    with caplog.at_level("WARNING", logger="diffrep.duplication"):
+        plan = make_plan(IDS, "dup_image", weight_pc=0.05, dup_weight=1, seed=0)
+    assert plan["dup_set"].sum() == 10 and (plan["weight"] == 1.0).all()
+    assert "dup_weight = 1: dup_image samples the duplicated images no more often" in caplog.text
+    assert "no random captions" in caplog.text

@@ -48,8 +48,8 @@ def make_plan(ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weigh
     if dup_weight <= 0:
         raise ValueError(f"duplication.dup_weight = {dup_weight}: must be > 0")
     if style != "nodup" and dup_weight <= 1:
-        log.warning("duplication.dup_weight = %s: %s samples the duplicated images no more often than the "
-                    "others (and dup_image gives them no random captions, as upstream)", dup_weight, style)
+        log.warning("duplication.dup_weight = %s: %s samples the duplicated images no more often than the others%s",
+                    dup_weight, style, " and gives them no random captions (as upstream)" if style == "dup_image" else "")
     ids = [str(i) for i in ids]
     if len(set(ids)) != len(ids):
         raise ValueError("duplication plan: image ids are not unique")
