@@ -9,19 +9,19 @@ from diffrep.datasets import read_metadata
 from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-p = snakemake.params.captions
-inp = snakemake.input
-tokenizer = load_tokenizer(p["tokenizer_dir"]) if "tokenizer" in inp.keys() else None
+params = snakemake.params.captions
+inputs = snakemake.input
+tokenizer = load_tokenizer(params["tokenizer_dir"]) if "tokenizer" in inputs.keys() else None
 data = make_captions(
-    read_metadata(inp.metadata),
-    p["conditioning"],
+    read_metadata(inputs.metadata),
+    params["conditioning"],
     dataset=snakemake.params.dataset,
-    n_captions=p["n_captions"],
-    blip=read_blip(inp.blip) if "blip" in inp.keys() else None,
+    n_captions=params["n_captions"],
+    blip=read_blip(inputs.blip) if "blip" in inputs.keys() else None,
     tokenizer=tokenizer,
-    random_per_image=p["random_per_image"],
-    random_tokens=p["random_tokens"],
-    vocab_limit=p["vocab_limit"],
-    seed=p["seed"],
+    random_per_image=params["random_per_image"],
+    random_tokens=params["random_tokens"],
+    vocab_limit=params["vocab_limit"],
+    seed=params["seed"],
 )
 write_captions(data, snakemake.output.captions)

@@ -10,8 +10,9 @@ from diffrep.duplication import make_plan, write_plan
 from diffrep.workflow import setup_logging
 
 log = setup_logging(snakemake)
-d = snakemake.params.duplication
+settings = snakemake.params.duplication
+style = snakemake.params.style
 ids = pd.read_parquet(snakemake.input.metadata, columns=["id"])["id"]
-plan = make_plan(ids, snakemake.params.style, weight_pc=d["weight_pc"], dup_weight=d["dup_weight"], seed=d["seed"])
-log.info("%s: %d of %d images duplicated (weight %s)", snakemake.params.style, plan["duplicated"].sum(), len(plan), d["dup_weight"])
+plan = make_plan(ids, style, weight_pc=settings["weight_pc"], dup_weight=settings["dup_weight"], seed=settings["seed"])
+log.info("%s: %d of %d images duplicated (weight %s)", style, plan["duplicated"].sum(), len(plan), settings["dup_weight"])
 write_plan(plan, snakemake.output.plan)

@@ -4,7 +4,7 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.training import launch_command, run_launch, training_argv
+from diffrep.launch import launch_command, run_launch, training_argv
 from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)

@@ -151,3 +151,20 @@ def test_sections_take_the_master_seed_unless_they_set_their_own(paper_config):
     cfg = validated({**paper_config, "seed": 7, "training": {**paper_config["training"], "seed": 3}})
     dconf.fill_seeds(cfg)
     assert (cfg["duplication"]["seed"], cfg["training"]["seed"], cfg["generation"]["seed"]) == (7, 3, 7)
+
+
+def test_schema_enums_are_the_python_name_sets():
+    """Each setting name set is defined once, in diffrep.config; the schema's enums repeat it exactly
+    (order included), and the scheduler table of the generation code covers the same names."""
+    from conftest import REPO
+
+    from diffrep.generation import SCHEDULERS as SCHEDULER_CLASSES
+
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    defs, preset = schema["$defs"], schema["$defs"]["preset"]["properties"]
+    assert defs["duplication"]["enum"] == list(dconf.DUPLICATIONS)
+    assert defs["conditioning"]["enum"] == list(dconf.CONDITIONINGS)
+    assert defs["train_mitigation"]["enum"] == list(dconf.TRAIN_MITIGATIONS)
+    assert preset["mitigation"]["enum"] == list(dconf.INFERENCE_MITIGATIONS)
+    assert preset["scheduler"]["enum"] == list(dconf.SCHEDULERS)
+    assert ["default", *SCHEDULER_CLASSES] == list(dconf.SCHEDULERS)

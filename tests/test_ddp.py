@@ -1,6 +1,6 @@
 """Data-parallel finetuning on CPU (gloo): 2 processes x batch 8 = 1 process x batch 16.
 
-The processes are launched as real CPU DDP was found to work (docs/design.md):
+The processes are launched the way real CPU DDP works (diffrep.launch does the same):
 ``ACCELERATE_USE_CPU=true OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2``
 (``accelerate launch --cpu --num_processes 2`` starts independent copies instead).
 Each run computes the first step's gradients with the training code (batch split, DDP gradient
@@ -25,29 +25,32 @@ WORKER = textwrap.dedent('''
     out, argv = sys.argv[1], sys.argv[2:]
     args = T.parse_args(argv)
     torch.manual_seed(1234)  # must not matter: every random choice is seeded by the draw number
-    acc = Accelerator(cpu=True)
-    P, rank = acc.num_processes, acc.process_index
-    c = T.load_components(args.pretrained_model_name_or_path)
-    c["vae"].requires_grad_(False)
-    c["text_encoder"].requires_grad_(False)
+    accelerator = Accelerator(cpu=True)
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    components = T.load_components(args.pretrained_model_name_or_path)
+    components["vae"].requires_grad_(False)
+    components["text_encoder"].requires_grad_(False)
     data = T.load_train_data(args.train_data_dir, args.metadata, args.captions, args.plan)
-    ds = T.DrawDataset(data, T.DrawStream(data.weights, False, args.seed), c["tokenizer"], args)
-    unet = acc.prepare(c["unet"])
+    dataset = T.DrawDataset(data, T.DrawStream(data.weights, False, args.seed), components["tokenizer"], args)
+    unet = accelerator.prepare(components["unet"])
     unet.train()
-    A = args.gradient_accumulation_steps
-    micro = T.micro_batch_size(args.train_batch_size, P, A)
+    accumulation = args.gradient_accumulation_steps
+    micro = T.micro_batch_size(args.train_batch_size, processes, accumulation)
     losses = []
-    for a, draws in enumerate(T.step_draws(0, args.train_batch_size, A, P, rank, micro)):
-        batch = T.collate([ds[d] for d in draws])
-        losses.append(T.backward_micro_batch(acc, unet, c["vae"], c["text_encoder"], c["noise_scheduler"], batch,
-                      last=a == A - 1, accumulation=A, seed=args.seed, rand_noise_lam=args.rand_noise_lam))
-    loss = acc.reduce(torch.stack(losses).mean(), "mean")
-    if acc.is_main_process:
-        grads = {n: p.grad.detach().clone() for n, p in acc.unwrap_model(unet).named_parameters()}
+    for micro_step, draws in enumerate(T.step_draws(0, args.train_batch_size, accumulation, processes, rank, micro)):
+        batch = T.collate([dataset[d] for d in draws])
+        losses.append(T.backward_micro_batch(
+            accelerator, unet, components["vae"], components["text_encoder"], components["noise_scheduler"], batch,
+            last=micro_step == accumulation - 1, accumulation=accumulation, seed=args.seed,
+            rand_noise_lam=args.rand_noise_lam,
+        ))
+    loss = accelerator.reduce(torch.stack(losses).mean(), "mean")
+    if accelerator.is_main_process:
+        grads = {n: p.grad.detach().clone() for n, p in accelerator.unwrap_model(unet).named_parameters()}
         grads["__loss__"] = loss.reshape(1)
-        grads["__processes__"] = torch.tensor([float(P)])
+        grads["__processes__"] = torch.tensor([float(processes)])
         save_file(grads, out)
-    acc.wait_for_everyone()
+    accelerator.wait_for_everyone()
 ''')
 
 

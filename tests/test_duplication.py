@@ -39,10 +39,42 @@ def test_dup_both_and_dup_image_share_the_set_nodup_is_uniform():
     assert nodup["dup_set"].tolist() == both["duplicated"].tolist() == both["dup_set"].tolist()
 
 
+def upstream_sampling_weights(n: int, weight_pc: float, dup_weight: int, chosen) -> list:
+    """Transcription of upstream datasets.py (dup_both / dup_image), with the random choice passed in:
+
+        samplingweights = [1]*len(self.samples)
+        ow_samples = np.random.choice(len(self.samples), int(args.weight_pc*len(self.samples)), replace=False)
+        for i in ow_samples: samplingweights[i] = samplingweights[i]*args.dup_weight//1
+    """
+    samplingweights = [1] * n
+    ow_samples = list(chosen)[: int(weight_pc * n)]
+    for i in ow_samples:
+        samplingweights[i] = samplingweights[i] * dup_weight // 1
+    return samplingweights
+
+
+@pytest.mark.parametrize("n", [7, 99, 100, 200, 1000])
+@pytest.mark.parametrize("weight_pc", [0.01, 0.05, 0.1, 0.2, 0.29, 0.57, 0.7, 1.0])
+def test_count_and_weights_equal_upstreams(n, weight_pc):
+    plan = make_plan([f"i{k}" for k in range(n)], "dup_image", weight_pc=weight_pc, dup_weight=5, seed=1)
+    chosen = [k for k in range(n) if plan["dup_set"][k]]
+    assert n_duplicated(n, weight_pc) == len(chosen) == int(weight_pc * n)
+    assert plan["weight"].tolist() == upstream_sampling_weights(n, weight_pc, 5, chosen)
+
+
 def test_rounding_and_errors():
-    assert n_duplicated(100, 0.29) == 29  # 0.29 * 100 = 28.999... in floating point
+    assert n_duplicated(100, 0.29) == 28 and n_duplicated(100, 0.57) == 56  # 28.999..., 56.999... as upstream
     assert n_duplicated(99, 0.05) == 4  # floor, as upstream's int()
     with pytest.raises(ValueError, match="duplication style 'dup'"):
         make_plan(IDS, "dup")
     with pytest.raises(ValueError, match="not unique"):
         make_plan(["a", "a"], "nodup")
+
+
+def test_dup_weight_up_to_1_is_allowed_with_a_warning(caplog):
+    """dup_weight 1 is upstream's no-op duplication (weights 1, no random captions): a warning, no error."""
+    with caplog.at_level("WARNING", logger="diffrep.duplication"):
+        plan = make_plan(IDS, "dup_image", weight_pc=0.05, dup_weight=1, seed=0)
+    assert plan["dup_set"].sum() == 10 and (plan["weight"] == 1.0).all()
+    assert "dup_weight = 1: dup_image samples the duplicated images no more often" in caplog.text
+    assert "no random captions" in caplog.text

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from diffrep.duplication import make_plan
 from diffrep.mitigations import (
+    VOCAB_LIMIT,
     add_embedding_noise,
     augment_prompt,
     insert_word,
+    random_token_ids,
     random_tokens,
     train_caption,
 )
@@ -23,10 +26,11 @@ N = 4000
 
 
 class FakeTokenizer:
-    """decode(ids) -> 'tok{id}' words; len() = vocabulary size."""
+    """decode(ids) -> 'tok{id}' words; len() = vocabulary size; `special`: its all_special_ids."""
 
-    def __init__(self, size=1000):
+    def __init__(self, size=1000, special=()):
         self.size = size
+        self.all_special_ids = list(special)
         self.seen = []
 
     def __len__(self):
@@ -45,7 +49,7 @@ def draws(n=N, seed=0, **kw):
     rng = np.random.default_rng(seed)
     kw.setdefault("tokenizer", FakeTokenizer())
     kw.setdefault("p", 0.1)
-    kw.setdefault("duplicated", False)
+    kw.setdefault("weight", 1.0)
     kw.setdefault("duplication", "nodup")
     return [train_caption(CAPS, rng=rng, **kw) for _ in range(n)]
 
@@ -67,12 +71,43 @@ def test_insert_word_position_uniform_over_len_plus_one():
 
 def test_no_mitigation_uses_caption0_except_duplicated_under_dup_image():
     for dup in ("nodup", "dup_both"):
-        assert set(draws(mitigation="none", duplication=dup, duplicated=True)) == {CAPS[0]}
-    assert set(draws(mitigation="none", duplication="dup_image", duplicated=False)) == {CAPS[0]}
-    c = Counter(draws(mitigation="none", duplication="dup_image", duplicated=True))
+        assert set(draws(mitigation="none", duplication=dup, weight=5.0)) == {CAPS[0]}
+    assert set(draws(mitigation="none", duplication="dup_image", weight=1.0)) == {CAPS[0]}
+    c = Counter(draws(mitigation="none", duplication="dup_image", weight=5.0))
     assert set(c) == set(CAPS) and all(close(c[x] / N, 1 / 3) for x in CAPS)
     # gaussnoise acts on the embedding, not the caption
-    assert set(draws(mitigation="gaussnoise", duplication="dup_both", duplicated=True)) == {CAPS[0]}
+    assert set(draws(mitigation="gaussnoise", duplication="dup_both", weight=5.0)) == {CAPS[0]}
+
+
+def upstream_caption_choices(prompts, duplication, samplingweight):
+    """Transcription of upstream datasets.py ``__getitem__`` without --trainspecial (instance captions):
+    the captions it can return; ``np.random.choice(prompts, 1)`` picks uniformly among them.
+
+        if self.duplication in ['nodup','dup_both']: instance_prompt = self.prompts[path_img][0]
+        elif self.duplication == 'dup_image':
+            if self.samplingweights[index] > 1: instance_prompt = np.random.choice(self.prompts[path_img], 1)[0]
+            else: instance_prompt = self.prompts[path_img][0]
+    """
+    if duplication in ("nodup", "dup_both"):
+        return {prompts[0]}
+    if duplication == "dup_image":
+        return set(prompts) if samplingweight > 1 else {prompts[0]}
+    raise AssertionError(duplication)
+
+
+@pytest.mark.parametrize("dup_weight", [1, 2, 5])
+@pytest.mark.parametrize("style", ["dup_both", "dup_image"])
+def test_dup_image_random_captions_follow_upstreams_weight_test(style, dup_weight):
+    """A plan's weights decide the caption as upstream's samplingweights do: with dup_weight 1 the
+    duplicated set is marked but sampled like the rest, and no image gets random captions."""
+    plan = make_plan([f"img{i}" for i in range(100)], style, weight_pc=0.1, dup_weight=dup_weight, seed=0)
+    assert plan["duplicated"].sum() == 10
+    rng = np.random.default_rng(0)
+    for weight in plan["weight"]:
+        expected = upstream_caption_choices(CAPS, style, weight)
+        got = Counter(train_caption(CAPS, duplication=style, weight=weight, mitigation="none", p=0.1,
+                                    tokenizer=None, rng=rng) for _ in range(60))
+        assert set(got) == expected
 
 
 def test_allcaps_uniform_over_all_captions():
@@ -88,7 +123,7 @@ def test_randrepl_replaces_with_four_random_tokens_with_probability_p():
     assert all(len(x.split(" ")) == 4 and all(w.startswith("tok") for w in x.split(" ")) for x in replaced)
     assert max(tok.seen) < 50  # ids drawn below min(49400, len(tokenizer))
     # upstream ignores the duplication style under a caption mitigation: caption [0] otherwise
-    out = draws(mitigation="randrepl", p=0.0, duplication="dup_image", duplicated=True)
+    out = draws(mitigation="randrepl", p=0.0, duplication="dup_image", weight=5.0)
     assert set(out) == {CAPS[0]}
 
 
@@ -119,6 +154,48 @@ def test_probability_bounds_and_seeding():
     assert draws(mitigation="randwordadd", p=0.5, seed=3) != draws(mitigation="randwordadd", p=0.5, seed=4)
     with pytest.raises(ValueError, match="unknown train-time mitigation 'bogus'"):
         draws(mitigation="bogus", n=1)
+
+
+def upstream_token_ids(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Transcription of upstream's ``np.random.randint(49400, size=n)`` (datasets.py, sd_mitigation.py),
+    with the caller's generator in place of numpy's global state."""
+    return rng.integers(49400, size=n)
+
+
+def test_random_token_ids_equal_upstreams_with_the_sd_tokenizer():
+    """SD's CLIP tokenizer: 49408 ids, the special ones 49406 and 49407 above upstream's 49400 cap."""
+    tok = FakeTokenizer(size=49408, special=(49406, 49407))
+    ours, theirs = np.random.default_rng(5), np.random.default_rng(5)
+    for n in (1, 2, 4) * 200:
+        assert random_token_ids(tok, n, ours) == upstream_token_ids(theirs, n).tolist()
+
+
+@pytest.mark.parametrize("size, special", [(515, (513, 514)), (50, (0, 1)), (50, (3, 17, 49)), (60000, (49406, 7))])
+def test_random_token_ids_never_draw_a_special_id(size, special):
+    """Any tokenizer size: the ids drawn are [0, min(49400, size)) without the special ones, uniformly."""
+    tok = FakeTokenizer(size=size, special=special)
+    rng = np.random.default_rng(0)
+    ids = Counter(i for _ in range(2000) for i in random_token_ids(tok, 4, rng))
+    allowed = set(range(min(VOCAB_LIMIT, size))) - set(special)
+    assert set(ids) <= allowed and not set(ids) & set(special)
+    if len(allowed) < 100:  # small vocabularies: every allowed id is drawn, about equally often
+        assert set(ids) == allowed and all(close(ids[i] / 8000, 1 / len(allowed), 8000) for i in allowed)
+    with pytest.raises(ValueError, match="no token id below 2 that is not special"):
+        random_token_ids(FakeTokenizer(size=2, special=(0, 1)), 1, rng)
+
+
+def test_random_tokens_of_a_small_clip_tokenizer_skip_nothing():
+    """The mini's tokenizer has its 2 special ids inside the cap; they decode to nothing (the issue's
+    empty words) and must not be drawn: no drawn id is dropped by skip_special_tokens."""
+    from diffrep.tinysd import make_tokenizer
+
+    tok = make_tokenizer(["a red circle on a blue background", "picture one two three"], max_length=16)
+    assert set(tok.all_special_ids) < set(range(len(tok))) and len(tok) < VOCAB_LIMIT
+    rng = np.random.default_rng(0)
+    for _ in range(1500):
+        ids = random_token_ids(tok, 2, rng)
+        assert not set(ids) & set(tok.all_special_ids)
+        assert tok.decode(ids, skip_special_tokens=True) == tok.decode(ids)
 
 
 def test_random_tokens_decodes_ids_below_the_cap():

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from diffrep import launch
 from diffrep import training as T
 
 N_IMAGES = 8
@@ -138,13 +139,36 @@ def test_preprocess_crop_flip_range():
 
 
 def test_launch_command_per_device():
-    cmd, env = T.launch_command(["--x"], processes=2, cuda=False)
+    cmd, env = launch.launch_command(["--x"], processes=2, cuda=False)
     assert "torch.distributed.run" in cmd and "--nproc_per_node=2" in cmd and env["ACCELERATE_USE_CPU"] == "true"
-    cmd, env = T.launch_command(["--x"], processes=1, cuda=False)
+    cmd, env = launch.launch_command(["--x"], processes=1, cuda=False)
     assert "accelerate.commands.launch" in cmd and "--cpu" in cmd
-    cmd, _ = T.launch_command(["--x"], processes=4, mixed_precision="bf16", cuda=True)
+    cmd, _ = launch.launch_command(["--x"], processes=4, mixed_precision="bf16", cuda=True)
     assert cmd[cmd.index("--num_processes") + 1] == "4" and "--multi_gpu" in cmd
     assert cmd[cmd.index("--mixed_precision") + 1] == "bf16" and cmd[-2:] == ["diffrep.training", "--x"]
+
+
+def test_training_argv_reaches_every_training_flag(inputs):
+    """Each training config key that diffrep.launch passes is a flag of the training CLI, value intact."""
+    root = inputs["root"]
+    training = {
+        "resolution": 48, "center_crop": False, "random_flip": False, "train_batch_size": 6,
+        "gradient_accumulation_steps": 3, "learning_rate": 2e-4, "lr_scheduler": "cosine", "lr_warmup_steps": 7,
+        "max_train_steps": 11, "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_weight_decay": 0.03,
+        "adam_epsilon": 1e-6, "max_grad_norm": 0.5, "mixed_precision": "bf16", "gradient_checkpointing": True,
+        "checkpointing_steps": 5, "keep_checkpoints": True, "seed": 9,
+    }
+    assert set(training) == set(launch.TRAINING_FLAGS)
+    args = T.parse_args(launch.training_argv(
+        base=root / "base", images=root / "images", metadata=root / "metadata.parquet",
+        captions=root / "captions.json", plan=root / "dup_both.parquet", output_dir=root / "o",
+        checkpoints_dir=root / "c", duplication="dup_image", conditioning="instancelevel_blip",
+        mitigation={"name": "randwordadd", "p": 0.3, "rand_noise_lam": 0.2}, training=training, workers=2,
+    ))
+    assert {k: getattr(args, k) for k in training} == training
+    assert (args.duplication, args.train_mitigation, args.trainspecial_prob, args.rand_noise_lam) == (
+        "dup_image", "randwordadd", 0.3, 0.2)
+    assert args.dataloader_num_workers == 2
 
 
 # ------------------------------------------------------------------ end to end
@@ -154,7 +178,7 @@ def test_launch_command_per_device():
 def test_finetune_few_steps_through_accelerate_launch(inputs):
     """scripts/finetune.py's path: training_argv + launch_command (accelerate launch --cpu)."""
     root = inputs["root"]
-    a = T.training_argv(
+    train_argv = launch.training_argv(
         base=root / "base", images=root / "images", metadata=root / "metadata.parquet",
         captions=root / "captions.json", plan=root / "dup_both.parquet", output_dir=root / "e2e",
         checkpoints_dir=root / "e2e_ckpt", duplication="dup_both", conditioning="instancelevel_blip",
@@ -163,7 +187,7 @@ def test_finetune_few_steps_through_accelerate_launch(inputs):
                   "lr_warmup_steps": 1, "learning_rate": 1e-3, "center_crop": True, "random_flip": True,
                   "mixed_precision": "fp16", "keep_checkpoints": False},
     )
-    cmd, env = T.launch_command(a, processes=1, cuda=False)
+    cmd, env = launch.launch_command(train_argv, processes=1, cuda=False)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = root / "e2e"

@@ -8,9 +8,10 @@
   asked for. Where no BLIP captions are used the file says so (``"variants": "dataset"``): in the
   mini study the dataset's own caption variants stand in for BLIP captions, visibly;
 - ``instancelevel_random``: ``random_per_image`` captions per image, each the decoding of
-  ``random_tokens`` uniformly random token ids in ``[0, min(vocab_limit, len(tokenizer)))``, with
-  the base model's own tokenizer (upstream stores the id lists and decodes them with the same
-  tokenizer at training time; the text is the same). Seeded: same seed, same captions.
+  ``random_tokens`` uniformly random token ids in ``[0, min(vocab_limit, len(tokenizer)))``, special
+  ids left out (:func:`diffrep.mitigations.random_token_ids`), with the base model's own tokenizer
+  (upstream stores the id lists and decodes them with the same tokenizer at training time; the
+  text is the same). Seeded: same seed, same captions.
 
 The training loop picks among an image's captions (caption [0], or a random one under
 ``dup_image`` / ``allcaps``); this module only writes the lists.
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffrep import mitigations
 from diffrep.config import CONDITIONINGS
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,8 @@ def load_tokenizer(model_dir: str | Path):
 
 def random_captions(ids, tokenizer, per_image: int = 10, n_tokens: int = 4, vocab_limit: int = 49400, seed: int = 0) -> dict[str, list[str]]:
     """{id: `per_image` decoded captions of `n_tokens` random token ids}, in the order of `ids`."""
-    from diffrep.mitigations import random_tokens
-
     rng = np.random.default_rng(seed)
-    return {i: [random_tokens(tokenizer, n_tokens, rng, vocab_limit) for _ in range(per_image)] for i in ids}
+    return {i: [mitigations.random_tokens(tokenizer, n_tokens, rng, vocab_limit) for _ in range(per_image)] for i in ids}
 
 
 def make_captions(
@@ -111,7 +111,7 @@ def make_captions(
             raise CaptionError("instancelevel_random needs the base model's tokenizer")
         caps = random_captions(ids, tokenizer, random_per_image, random_tokens, vocab_limit, seed)
         out["random_tokens"] = random_tokens
-        out["vocab_limit"] = min(int(vocab_limit), len(tokenizer))
+        out["vocab_limit"] = mitigations.token_limit(tokenizer, vocab_limit)
     out["captions"] = caps
     return out
 
@@ -129,6 +129,14 @@ def write_captions(data: dict, path: str | Path) -> None:
         Path(tmp).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
+def read_caption_file(path: str | Path) -> dict:
+    """A caption file (docs/formats.md) as a dict: ``conditioning``, ``dataset``, ``captions`` ({id: [caption, ...]}), ..."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("captions"), dict):
+        raise CaptionError(f"{path}: not a caption file (expected a JSON object whose 'captions' maps image ids to caption lists)")
+    return data
+
+
 def read_captions(path: str | Path) -> dict[str, list[str]]:
     """{id: captions} of a caption file."""
-    return json.loads(Path(path).read_text())["captions"]
+    return read_caption_file(path)["captions"]

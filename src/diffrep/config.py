@@ -14,6 +14,9 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 
+# The study's setting names, defined here once: the package, the rules (wildcard constraints) and the
+# training CLI import them; schemas/config.schema.yaml repeats them as enums (tests/test_config.py
+# checks that the two agree).
 DUPLICATIONS = ("nodup", "dup_both", "dup_image")
 CONDITIONINGS = ("nolevel", "classlevel", "instancelevel_blip", "instancelevel_random")
 TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise")

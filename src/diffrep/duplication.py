@@ -7,13 +7,15 @@ as often. The plan is a table (docs/formats.md): ``id``, ``duplicated``, ``weigh
 ``metadata.parquet`` order.
 
 ``nodup``: no image duplicated, all weights 1. ``dup_both`` and ``dup_image`` differ only in the
-captions a duplicated image is shown with (decided at training time); their plans are identical
-(the duplicated set depends on the seed and the ids only), so their metrics compare like with like.
+captions a duplicated image is shown with (decided at training time: under dup_image an image with
+weight > 1 draws a random caption of its own, as upstream); their plans are identical (the
+duplicated set depends on the seed and the ids only), so their metrics compare like with like.
+Unlike upstream (``--dup_weight`` an integer), ``dup_weight`` may be any positive number.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,10 +23,12 @@ import pandas as pd
 
 from diffrep.config import DUPLICATIONS
 
+log = logging.getLogger(__name__)
+
 
 def n_duplicated(n_images: int, weight_pc: float) -> int:
-    """Upstream's ``int(weight_pc * N)``, robust to float round-off (0.29 * 100 is 28.999…)."""
-    return int(math.floor(weight_pc * n_images + 1e-9))
+    """Upstream's ``int(weight_pc * N)``, float round-off included (0.29 * 100 is 28.999…, so 28)."""
+    return int(weight_pc * n_images)
 
 
 def make_plan(ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weight: float = 5, seed: int = 0) -> pd.DataFrame:
@@ -43,6 +47,9 @@ def make_plan(ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weigh
         raise ValueError(f"duplication.weight_pc = {weight_pc}: must be in (0, 1]")
     if dup_weight <= 0:
         raise ValueError(f"duplication.dup_weight = {dup_weight}: must be > 0")
+    if style != "nodup" and dup_weight <= 1:
+        log.warning("duplication.dup_weight = %s: %s samples the duplicated images no more often than the others%s",
+                    dup_weight, style, " and gives them no random captions (as upstream)" if style == "dup_image" else "")
     ids = [str(i) for i in ids]
     if len(set(ids)) != len(ids):
         raise ValueError("duplication plan: image ids are not unique")

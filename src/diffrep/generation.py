@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffrep.captions import read_caption_file
 from diffrep.config import derive_seed
 from diffrep.devices import resolve_device
 from diffrep.duplication import in_dup_set
@@ -178,8 +179,7 @@ def generate(
     t0 = time.time()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    with open(captions_file) as f:
-        caps = json.load(f)
+    caps = read_caption_file(captions_file)
     plan = pd.read_parquet(plan_file)
     prompts = draw_prompts(caps["captions"], plan, n_images, seed)
     pipe = load_pipeline(model_dir, device, torch_dtype)

@@ -14,8 +14,9 @@ Train time (upstream datasets.py ``ObjectAttributeDataset.__getitem__``, ``--tra
 
 With a caption mitigation (the first four) upstream ignores the duplication style when it picks the
 caption; so does :func:`train_caption`. Without one, the caption follows the conditioning and the
-duplication style: caption [0], except that under ``dup_image`` a duplicated image draws a
-uniformly random caption of its own on every draw.
+duplication style: caption [0], except that under ``dup_image`` an image whose sampling weight is
+above 1 draws a uniformly random caption of its own on every draw (upstream tests the weight, not
+membership of the duplicated set: with ``dup_weight: 1`` no image gets random captions).
 
 Inference time (upstream sd_mitigation.py / diff_inference.py ``prompt_augmentation``, applied
 ``repeats`` times, upstream default 4 in sd_mitigation.py):
@@ -26,8 +27,10 @@ Inference time (upstream sd_mitigation.py / diff_inference.py ``prompt_augmentat
 - ``gaussnoise``: λ·N(0, 1) added to the prompt embedding, both classifier-free-guidance halves.
 
 A "word position" is an index into ``sentence.split(" ")`` from 0 to its length inclusive
-(upstream ``insert_rand_word``). Random token ids are drawn from ``[0, min(vocab_limit,
-len(tokenizer)))``; upstream's limit is 49400 (the SD tokenizer has 49408 ids, the last two special).
+(upstream ``insert_rand_word``). Random token ids are drawn uniformly from ``[0, min(vocab_limit,
+len(tokenizer)))`` without the tokenizer's special ids; upstream draws from ``[0, 49400)``, which for
+the SD tokenizer (49408 ids, the last two special) is the same set, drawn identically. With a smaller
+tokenizer the cap alone would include its special ids, which decode to nothing.
 All randomness comes from a ``numpy.random.Generator`` the caller seeds (upstream used the global
 numpy and ``random`` state).
 """
@@ -38,10 +41,9 @@ from typing import Sequence
 
 import numpy as np
 
-TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise")
-CAPTION_MITIGATIONS = ("allcaps", "randrepl", "randwordadd", "wordrepeat")
-INFERENCE_MITIGATIONS = ("none", "gaussnoise", "rand_numb_add", "rand_word_add", "rand_word_repeat")
-PROMPT_MITIGATIONS = ("rand_numb_add", "rand_word_add", "rand_word_repeat")
+from diffrep.config import DUPLICATIONS, INFERENCE_MITIGATIONS, TRAIN_MITIGATIONS
+
+CAPTION_MITIGATIONS = ("allcaps", "randrepl", "randwordadd", "wordrepeat")  # the train-time ones that edit the caption
 VOCAB_LIMIT = 49400
 RANDREPL_TOKENS = 4
 ADDED_WORDS = 2
@@ -56,21 +58,36 @@ def insert_word(sentence: str, word: str, rng: np.random.Generator) -> str:
 
 
 def token_limit(tokenizer, vocab_limit: int = VOCAB_LIMIT) -> int:
-    """Random token ids are drawn from [0, this): upstream's 49400, capped at the tokenizer's size."""
+    """Random token ids are drawn below this: upstream's 49400, capped at the tokenizer's size."""
     return min(int(vocab_limit), len(tokenizer))
 
 
+def random_token_ids(tokenizer, n: int, rng: np.random.Generator, vocab_limit: int = VOCAB_LIMIT) -> list[int]:
+    """`n` token ids drawn uniformly, with replacement, from ``[0, token_limit)`` minus the special ids.
+
+    One ``rng.integers(0, k, size=n)`` call, k the number of allowed ids, mapped to the k-th allowed
+    id; with no special id below the limit (the SD tokenizer) that is upstream's ``randint(49400, n)``.
+    """
+    limit = token_limit(tokenizer, vocab_limit)
+    special = sorted({int(i) for i in getattr(tokenizer, "all_special_ids", ()) if 0 <= int(i) < limit})
+    if limit - len(special) < 1:
+        raise ValueError(f"no token id below {limit} that is not special: cannot draw random tokens")
+    ids = rng.integers(0, limit - len(special), size=n)
+    for special_id in special:  # ascending: shift past each special id at or below the running value
+        ids = ids + (ids >= special_id)
+    return [int(i) for i in ids]
+
+
 def random_tokens(tokenizer, n: int, rng: np.random.Generator, vocab_limit: int = VOCAB_LIMIT) -> str:
-    """The decoding of `n` uniformly random token ids (upstream ``tokenizer.decode(randint(49400, n))``)."""
-    ids = rng.integers(0, token_limit(tokenizer, vocab_limit), size=n)
-    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+    """The decoding of `n` random non-special token ids (upstream ``tokenizer.decode(randint(49400, n))``)."""
+    return tokenizer.decode(random_token_ids(tokenizer, n, rng, vocab_limit), skip_special_tokens=True)
 
 
 def train_caption(
     captions: Sequence[str],
     *,
     duplication: str,
-    duplicated: bool,
+    weight: float,
     mitigation: str,
     p: float,
     tokenizer,
@@ -80,7 +97,7 @@ def train_caption(
     """The caption of one training draw of an image.
 
     `captions` is the image's list from the conditioning's caption file (caption [0] first; one
-    caption for nolevel / classlevel). `duplicated`: the image is duplicated in the run's plan.
+    caption for nolevel / classlevel). `weight`: the image's sampling weight in the run's plan.
     """
     if not captions:
         raise ValueError("train_caption: the image has no captions")
@@ -101,10 +118,10 @@ def train_caption(
                 for _ in range(ADDED_WORDS):
                     caption = insert_word(caption, words[int(rng.integers(0, len(words)))], rng)
         return caption
-    if duplication == "dup_image" and duplicated:
+    if duplication == "dup_image" and weight > 1:  # upstream: samplingweights[index] > 1
         return str(captions[int(rng.integers(0, len(captions)))])
-    if duplication not in ("nodup", "dup_both", "dup_image"):
-        raise ValueError(f"unknown duplication {duplication!r}; allowed: nodup, dup_both, dup_image")
+    if duplication not in DUPLICATIONS:
+        raise ValueError(f"unknown duplication {duplication!r}; allowed: {', '.join(DUPLICATIONS)}")
     return str(captions[0])
 
 

@@ -1,35 +1,15 @@
 """Finetuning a Stable Diffusion UNet on one setting of the study (upstream diff_train.py).
 
 Run as ``accelerate launch [--num_processes N] [--mixed_precision fp16] -m diffrep.training ...``
-(scripts/finetune.py builds the command); the flags are named like those of diffusers'
-examples/text_to_image/train_text_to_image.py. The loop, top to bottom: parse arguments → build the
-Accelerator → load tokenizer, text encoder, VAE, UNet, noise scheduler → freeze VAE and text
-encoder → data (images, captions, duplication plan) → AdamW and the lr schedule → resume from the
-last checkpoint → ``accelerator.prepare`` → steps (forward, MSE on ε or velocity, backward, clip,
-step) with checkpoints every ``checkpointing_steps`` → save the pipeline with the trained UNet.
+(diffrep.launch builds the command); the flags and the shape of :func:`train` follow diffusers'
+examples/text_to_image/train_text_to_image.py. Only the UNet trains; VAE and text encoder are frozen.
 
-Batches and processes. ``train_batch_size`` is the *total* batch of one optimizer step. With P
-processes and A gradient-accumulation steps each process computes A micro-batches of
-``train_batch_size / (P * A)`` images (an error if that does not divide); DDP averages the
-gradients over processes and each micro-batch loss is divided by A, so the gradient is the mean
-over the whole batch and the learning rate needs no scaling: 2 processes x 8 = 1 x 16 = 1 x 8 x 2
-accumulation steps.
-
-Determinism. Every random choice of a training example — which image (a WeightedRandomSampler
-draw: ``torch.multinomial(weights, N, replacement=True)`` per epoch of N draws, or a permutation
-for ``nodup`` like upstream's ``shuffle=True``), its caption and mitigation, crop offsets, flip,
-the VAE posterior sample, the timestep, the noise and the gaussnoise mitigation — comes from
-generators seeded by (seed, draw number), where draw number = step x train_batch_size + position
-in the batch. The examples of a step therefore do not depend on the number of processes, workers or
-accumulation steps, and a run resumed from a checkpoint continues exactly where it stopped: the
-sampler state is just the step count.
-
-Checkpoints (``--checkpoints_dir``, outside the output folder): ``checkpoint-{step}/`` with the UNet
-(safetensors), the AdamW state and the lr-scheduler state (``torch.save``, loaded with
-``weights_only=True``), the torch RNG states, the sampler state and the metrics so far
-(state.json, train_metrics.csv). Only the newest is kept; a checkpoint made with other
-result-changing settings is not resumed from. They are deleted once the model is written unless
-``--keep_checkpoints``.
+Deviation from upstream: determinism. Every random choice of a training example (which image: a
+WeightedRandomSampler draw per epoch, or a permutation for ``nodup`` like upstream's
+``shuffle=True``; its caption and mitigation, crop, flip, VAE posterior sample, timestep, noise,
+gaussnoise) comes from generators seeded by (seed, draw number), draw number = step x
+train_batch_size + position in the batch. A step's examples therefore do not depend on the number
+of processes, workers or accumulation steps, and a run resumed from a checkpoint continues exactly.
 """
 
 from __future__ import annotations
@@ -41,7 +21,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -52,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffrep.config import derive_seed
-from diffrep.mitigations import TRAIN_MITIGATIONS, add_embedding_noise, train_caption
+from diffrep.captions import read_captions
+from diffrep.config import CONDITIONINGS, DUPLICATIONS, TRAIN_MITIGATIONS, derive_seed
+from diffrep.mitigations import add_embedding_noise, train_caption
 
 log = logging.getLogger("diffrep.training")
 
@@ -80,44 +60,44 @@ def _bool(text: str) -> bool:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m diffrep.training", description=__doc__.split("\n")[0])
-    a = p.add_argument
-    a("--pretrained_model_name_or_path", required=True, help="Base diffusers pipeline folder.")
-    a("--train_data_dir", required=True, help="The dataset's images/ folder.")
-    a("--metadata", required=True, help="The dataset's metadata.parquet.")
-    a("--captions", required=True, help="Caption JSON of the conditioning.")
-    a("--plan", required=True, help="Duplication plan parquet.")
-    a("--output_dir", required=True, help="Model folder to write (written atomically at the end).")
-    a("--checkpoints_dir", required=True, help="Checkpoints folder (outside output_dir).")
-    a("--duplication", required=True, choices=("nodup", "dup_both", "dup_image"))
-    a("--conditioning", required=True, choices=("nolevel", "classlevel", "instancelevel_blip", "instancelevel_random"))
-    a("--train_mitigation", default="none", choices=TRAIN_MITIGATIONS)
-    a("--trainspecial_prob", type=float, default=0.1, help="p of randrepl / randwordadd / wordrepeat.")
-    a("--rand_noise_lam", type=float, default=0.1, help="gaussnoise: std of the text-embedding noise.")
-    a("--resolution", type=int, default=256)
-    a("--center_crop", type=_bool, default=True)
-    a("--random_flip", type=_bool, default=True)
-    a("--train_batch_size", type=int, default=16, help="Total batch per optimizer step.")
-    a("--gradient_accumulation_steps", type=int, default=1)
-    a("--learning_rate", type=float, default=5e-6)
-    a("--lr_scheduler", default="constant_with_warmup")
-    a("--lr_warmup_steps", type=int, default=5000)
-    a("--max_train_steps", type=int, default=100000)
-    a("--adam_beta1", type=float, default=0.9)
-    a("--adam_beta2", type=float, default=0.999)
-    a("--adam_weight_decay", type=float, default=1e-2)
-    a("--adam_epsilon", type=float, default=1e-8)
-    a("--max_grad_norm", type=float, default=1.0)
-    a("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
-    a("--gradient_checkpointing", type=_bool, default=False)
-    a("--checkpointing_steps", type=int, default=20000)
-    a("--keep_checkpoints", type=_bool, default=False)
-    a("--seed", type=int, default=0)
-    a("--dataloader_num_workers", type=int, default=0)
-    a("--log_every", type=int, default=0, help="Log a line every this many steps (0: about 200 lines).")
-    args = p.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m diffrep.training", description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--pretrained_model_name_or_path", required=True, help="Base diffusers pipeline folder.")
+    add("--train_data_dir", required=True, help="The dataset's images/ folder.")
+    add("--metadata", required=True, help="The dataset's metadata.parquet.")
+    add("--captions", required=True, help="Caption JSON of the conditioning.")
+    add("--plan", required=True, help="Duplication plan parquet.")
+    add("--output_dir", required=True, help="Model folder to write (written atomically at the end).")
+    add("--checkpoints_dir", required=True, help="Checkpoints folder (outside output_dir).")
+    add("--duplication", required=True, choices=DUPLICATIONS)
+    add("--conditioning", required=True, choices=CONDITIONINGS)
+    add("--train_mitigation", default="none", choices=TRAIN_MITIGATIONS)
+    add("--trainspecial_prob", type=float, default=0.1, help="p of randrepl / randwordadd / wordrepeat.")
+    add("--rand_noise_lam", type=float, default=0.1, help="gaussnoise: std of the text-embedding noise.")
+    add("--resolution", type=int, default=256)
+    add("--center_crop", type=_bool, default=True)
+    add("--random_flip", type=_bool, default=True)
+    add("--train_batch_size", type=int, default=16, help="Total batch per optimizer step.")
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--learning_rate", type=float, default=5e-6)
+    add("--lr_scheduler", default="constant_with_warmup")
+    add("--lr_warmup_steps", type=int, default=5000)
+    add("--max_train_steps", type=int, default=100000)
+    add("--adam_beta1", type=float, default=0.9)
+    add("--adam_beta2", type=float, default=0.999)
+    add("--adam_weight_decay", type=float, default=1e-2)
+    add("--adam_epsilon", type=float, default=1e-8)
+    add("--max_grad_norm", type=float, default=1.0)
+    add("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
+    add("--gradient_checkpointing", type=_bool, default=False)
+    add("--checkpointing_steps", type=int, default=20000)
+    add("--keep_checkpoints", type=_bool, default=False)
+    add("--seed", type=int, default=0)
+    add("--dataloader_num_workers", type=int, default=0)
+    add("--log_every", type=int, default=0, help="Log a line every this many steps (0: about 200 lines).")
+    args = parser.parse_args(argv)
     if not 0 <= args.trainspecial_prob <= 1:
-        p.error(f"--trainspecial_prob {args.trainspecial_prob}: must be in [0, 1]")
+        parser.error(f"--trainspecial_prob {args.trainspecial_prob}: must be in [0, 1]")
     return args
 
 
@@ -128,7 +108,13 @@ def settings_hash(args: argparse.Namespace) -> str:
 
 
 def micro_batch_size(total: int, processes: int, accumulation: int) -> int:
-    """Images per process and micro-step so that one optimizer step sees `total` images."""
+    """Images per process and micro-step so that one optimizer step sees `total` images.
+
+    ``train_batch_size`` is the *total* batch of one optimizer step: each of P processes computes A
+    micro-batches of ``total / (P * A)`` images. DDP averages the gradients over processes and each
+    micro-batch loss is divided by A, so the gradient is the mean over the whole batch and the
+    learning rate needs no scaling: 2 processes x 8 = 1 x 16 = 1 x 8 x 2 accumulation steps.
+    """
     if total % (processes * accumulation):
         raise ValueError(
             f"training.train_batch_size = {total} is not divisible by processes ({processes}) x "
@@ -161,23 +147,22 @@ def load_train_data(images_dir, metadata, captions, plan) -> TrainData:
     import pandas as pd
 
     meta = pd.read_parquet(metadata)
-    with open(captions) as f:
-        caps = json.load(f)["captions"]
-    pl = pd.read_parquet(plan)
+    caps = read_captions(captions)
+    plan_table = pd.read_parquet(plan)
     ids = [str(i) for i in meta["id"]]
-    if [str(i) for i in pl["id"]] != ids:
+    if [str(i) for i in plan_table["id"]] != ids:
         raise ValueError(f"{plan}: ids differ from {metadata} (a plan lists every image, in metadata order)")
     missing = [i for i in ids if not caps.get(i)]
     if missing:
         raise ValueError(f"{captions}: no captions for {len(missing)} image(s), e.g. {missing[:3]}")
-    weights = pl["weight"].to_numpy(dtype=np.float64)
+    weights = plan_table["weight"].to_numpy(dtype=np.float64)
     if not len(ids) or (weights <= 0).any():
         raise ValueError(f"{plan}: needs at least one image and positive weights")
     return TrainData(
         ids=ids,
         paths=[Path(images_dir) / f for f in meta["file"]],
         captions=[list(caps[i]) for i in ids],
-        duplicated=pl["duplicated"].to_numpy(dtype=bool),
+        duplicated=plan_table["duplicated"].to_numpy(dtype=bool),
         weights=weights,
     )
 
@@ -195,18 +180,19 @@ class DrawStream:
         import torch
 
         n = len(self.weights)
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
         if self.uniform:  # upstream nodup: DataLoader(shuffle=True)
-            return torch.randperm(n, generator=g).numpy()
+            return torch.randperm(n, generator=generator).numpy()
         # what WeightedRandomSampler(weights, n, replacement=True) draws
-        return torch.multinomial(torch.tensor(self.weights), n, True, generator=g).numpy()
+        return torch.multinomial(torch.tensor(self.weights), n, True, generator=generator).numpy()
 
     def index(self, draw: int) -> int:
         n = len(self.weights)
         return int(self.epoch(draw // n)[draw % n])
 
 
-def draw_seed(seed: int, draw: int, what: str) -> int:
+def draw_seed(seed: int, what: str, draw: int) -> int:
+    """The seed of one kind (`what`: "example", "noise") of random choice of draw number `draw`."""
     return derive_seed(seed, what, draw)
 
 
@@ -241,11 +227,11 @@ class DrawDataset:
         from PIL import Image
 
         i = self.stream.index(draw)
-        rng = np.random.default_rng(draw_seed(self.seed, draw, "example"))
+        rng = np.random.default_rng(draw_seed(self.seed, "example", draw))
         caption = train_caption(
             self.data.captions[i],
             duplication=self.duplication,
-            duplicated=bool(self.data.duplicated[i]),
+            weight=float(self.data.weights[i]),
             mitigation=self.mitigation,
             p=self.p,
             tokenizer=self.tokenizer,
@@ -277,12 +263,13 @@ def collate(examples: list[dict]) -> dict:
 def step_draws(step: int, total: int, accumulation: int, processes: int, rank: int, micro: int) -> list[list[int]]:
     """The draw numbers of each of this process's micro-batches at an optimizer step.
 
-    Micro-step a of process r takes positions ``(a * processes + r) * micro + [0, micro)`` of the
+    Micro-step m of process r takes positions ``(m * processes + r) * micro + [0, micro)`` of the
     step's ``total`` draws, so the processes and micro-steps of a step cover them exactly once.
     """
-    base = step * total
+    first = step * total
     return [
-        [base + (a * processes + rank) * micro + j for j in range(micro)] for a in range(accumulation)
+        [first + (micro_step * processes + rank) * micro + j for j in range(micro)]
+        for micro_step in range(accumulation)
     ]
 
 
@@ -320,19 +307,19 @@ def diffusion_loss(unet, vae, text_encoder, noise_scheduler, batch: dict, seed: 
 
     device = batch["pixel_values"].device
     weight_dtype = weight_dtype or torch.float32
-    gens = [torch.Generator().manual_seed(draw_seed(seed, d, "noise")) for d in batch["draws"]]
+    generators = [torch.Generator().manual_seed(draw_seed(seed, "noise", draw)) for draw in batch["draws"]]
     with torch.no_grad():
         dist = vae.encode(batch["pixel_values"].to(device, weight_dtype)).latent_dist
         shape = dist.mean.shape[1:]
-        eps = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, dist.mean.dtype)
+        eps = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, dist.mean.dtype)
         latents = (dist.mean + dist.std * eps) * vae.config.scaling_factor
         n_t = noise_scheduler.config.num_train_timesteps
-        timesteps = torch.cat([torch.randint(0, n_t, (1,), generator=g) for g in gens]).to(device).long()
-        noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, latents.dtype)
+        timesteps = torch.cat([torch.randint(0, n_t, (1,), generator=g) for g in generators]).to(device).long()
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, latents.dtype)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         hidden = text_encoder(batch["input_ids"].to(device))[0]
         if rand_noise_lam > 0:
-            hidden = add_embedding_noise(hidden, rand_noise_lam, gens)
+            hidden = add_embedding_noise(hidden, rand_noise_lam, generators)
     pred = unet(noisy, timesteps, hidden).sample
     kind = noise_scheduler.config.prediction_type
     if kind == "epsilon":
@@ -474,155 +461,227 @@ def save_model(base: str, unet, output_dir: Path, metrics: list[dict], info: dic
 # --------------------------------------------------------------------------------------------
 
 
-def train(args: argparse.Namespace) -> Path:
+def make_accelerator(mixed_precision: str):
+    """(Accelerator, mixed precision in use): the GPU when there is one and ACCELERATE_USE_CPU is not
+    set, with `mixed_precision`; otherwise the CPU in full precision."""
     import torch
     from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
 
-    t_start = time.time()
     on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
-    mixed = args.mixed_precision if on_gpu else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
-    P, rank = accelerator.num_processes, accelerator.process_index
-    B, A = args.train_batch_size, args.gradient_accumulation_steps
-    micro = micro_batch_size(B, P, A)
-    ckpt_dir = Path(args.checkpoints_dir)
-    if accelerator.is_main_process:
-        log.info("device %s, %d process(es), mixed precision %s", accelerator.device, P, mixed)
-        log.info("batch: %d per step = %d process(es) x %d accumulation x %d images", B, P, A, micro)
+    mixed = mixed_precision if on_gpu else "no"
+    return Accelerator(mixed_precision=mixed, cpu=not on_gpu), mixed
 
-    c = load_components(args.pretrained_model_name_or_path)
-    tokenizer, text_encoder, vae, unet, noise_scheduler = (
-        c["tokenizer"], c["text_encoder"], c["vae"], c["unet"], c["noise_scheduler"]
-    )
+
+def prepare_models(components: dict, accelerator, mixed_precision: str, gradient_checkpointing: bool):
+    """Freeze the VAE and the text encoder (eval mode, on the device, in the mixed-precision dtype) and
+    put the UNet in train mode; return the frozen models' dtype."""
+    import torch
+
+    vae, text_encoder, unet = components["vae"], components["text_encoder"], components["unet"]
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     for frozen in (vae, text_encoder):
         frozen.to(accelerator.device)
         if weight_dtype != torch.float32:
             frozen.to(dtype=weight_dtype)
         frozen.eval()
-    if args.gradient_checkpointing and on_gpu:
+    if gradient_checkpointing and accelerator.device.type == "cuda":
         unet.enable_gradient_checkpointing()
     unet.train()
+    return weight_dtype
 
-    data = load_train_data(args.train_data_dir, args.metadata, args.captions, args.plan)
-    uniform = not data.duplicated.any() and bool((data.weights == data.weights[0]).all())
-    stream = DrawStream(data.weights, uniform=uniform, seed=args.seed)
-    dataset = DrawDataset(data, stream, tokenizer, args)
+
+def make_optimizer(unet, args: argparse.Namespace):
+    """AdamW over the UNet's parameters and its learning-rate schedule, as (optimizer, lr_scheduler).
+
+    The schedule is stepped once per optimizer step; it does not go through ``accelerator.prepare``,
+    which would step it once per process.
+    """
+    import torch
+    from diffusers.optimization import get_scheduler
 
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
     )
-    # Stepped once per optimizer step (not prepared: accelerate would step it once per process).
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
         num_training_steps=args.max_train_steps,
     )
+    return optimizer, lr_scheduler
 
-    fingerprint = settings_hash(args)
+
+def resume(args: argparse.Namespace, fingerprint: str, unet, optimizer, lr_scheduler, accelerator):
+    """(first step, metrics so far, checkpoint path or None): the state of the newest checkpoint in
+    ``args.checkpoints_dir`` if it was made with the same result-changing settings, else a fresh start.
+
+    Checkpoints live outside the output folder (Snakemake deletes a failed job's outputs):
+    ``checkpoint-{step}/`` holds the UNet (safetensors), the AdamW and lr-scheduler states
+    (``torch.save``, loaded with ``weights_only=True``), the torch RNG states, the sampler state and
+    the metrics so far. Only the newest is kept; all are deleted once the model is written unless
+    ``--keep_checkpoints``.
+    """
     start, metrics, resumed_from = 0, [], None
-    ckpt = last_checkpoint(ckpt_dir)
-    if ckpt is not None:
-        state = json.loads((ckpt / "state.json").read_text())
+    checkpoint = last_checkpoint(Path(args.checkpoints_dir))
+    if checkpoint is not None:
+        state = json.loads((checkpoint / "state.json").read_text())
         if state.get("settings_hash") != fingerprint:
             if accelerator.is_main_process:
                 log.warning("%s was made with other settings (hash %s, now %s): starting over",
-                            ckpt, state.get("settings_hash"), fingerprint)
+                            checkpoint, state.get("settings_hash"), fingerprint)
         else:
-            state, metrics = load_checkpoint(ckpt, unet, optimizer, lr_scheduler)
-            start, resumed_from = state["step"], str(ckpt)
+            state, metrics = load_checkpoint(checkpoint, unet, optimizer, lr_scheduler)
+            start, resumed_from = state["step"], str(checkpoint)
             if accelerator.is_main_process:
-                log.info("resumed from %s (step %d of %d)", ckpt, start, args.max_train_steps)
+                log.info("resumed from %s (step %d of %d)", checkpoint, start, args.max_train_steps)
+    accelerator.wait_for_everyone()
+    return start, metrics, resumed_from
+
+
+def optimizer_step(accelerator, components: dict, optimizer, lr_scheduler, batches, args: argparse.Namespace,
+                   step: int, weight_dtype) -> dict:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches taken from `batches`.
+
+    Returns the metrics row without its speed: step (1-based), loss (mean over the step's images and
+    processes) and the learning rate the step used.
+    """
+    import torch
+
+    accumulation = args.gradient_accumulation_steps
+    lam = args.rand_noise_lam if args.train_mitigation == "gaussnoise" else 0.0
+    unet = components["unet"]
+    step_loss = torch.zeros((), device=accelerator.device)
+    for micro_step in range(accumulation):
+        batch = next(batches)
+        step_loss += backward_micro_batch(
+            accelerator, unet, components["vae"], components["text_encoder"], components["noise_scheduler"],
+            batch, last=micro_step == accumulation - 1, accumulation=accumulation, seed=args.seed,
+            rand_noise_lam=lam, weight_dtype=weight_dtype,
+        ) / accumulation
+    step_loss = accelerator.reduce(step_loss, "mean")
+    if not torch.isfinite(step_loss):
+        raise FloatingPointError(
+            f"training loss is {step_loss.item()} at step {step + 1} "
+            f"(lr {lr_scheduler.get_last_lr()[0]:.3g}); stopped without writing {args.output_dir}. "
+            "Lower training.learning_rate, or use mixed_precision bf16/no."
+        )
+    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+    optimizer.step()
+    lr_now = lr_scheduler.get_last_lr()[0]
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"step": step + 1, "loss": float(step_loss.item()), "lr": float(lr_now)}
+
+
+def checkpoint_step(accelerator, args: argparse.Namespace, step: int, unet, optimizer, lr_scheduler,
+                    fingerprint: str, metrics: list[dict]) -> None:
+    """Write checkpoint-{step} from the main process while the others wait."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"settings_hash": fingerprint, "sampler": {"seed": args.seed, "draws": step * args.train_batch_size}}
+        path = save_checkpoint(Path(args.checkpoints_dir), step, accelerator.unwrap_model(unet), optimizer,
+                               lr_scheduler, state, metrics)
+        log.info("checkpoint %s", path)
     accelerator.wait_for_everyone()
 
-    unet, optimizer = accelerator.prepare(unet, optimizer)
+
+def train_steps(accelerator, components: dict, optimizer, lr_scheduler, loader, args: argparse.Namespace, *,
+                start: int, metrics: list[dict], weight_dtype, fingerprint: str) -> list[dict]:
+    """Optimizer steps ``start .. max_train_steps - 1``, with a log line every ``log_every`` steps and a
+    checkpoint every ``checkpointing_steps``; returns the metrics rows of all steps so far."""
+    from tqdm.auto import tqdm
+
+    log_every = args.log_every or max(1, args.max_train_steps // 200)
+    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    progress = tqdm(total=args.max_train_steps, initial=start, disable=not accelerator.is_main_process,
+                    desc="finetune", mininterval=5, file=sys.stderr)
+    batches = iter(loader)
+    previous = time.time()
+    for step in range(start, args.max_train_steps):
+        row = optimizer_step(accelerator, components, optimizer, lr_scheduler, batches, args, step, weight_dtype)
+        now = time.time()
+        row["steps_per_s"] = 1.0 / max(now - previous, 1e-9)
+        previous = now
+        metrics.append(row)
+        progress.update(1)
+        done = row["step"]
+        if accelerator.is_main_process and (done % log_every == 0 or done == args.max_train_steps):
+            log.info("step %d/%d loss %.5f lr %.3g %.2f steps/s", done, args.max_train_steps,
+                     row["loss"], row["lr"], row["steps_per_s"])
+        if done % args.checkpointing_steps == 0 and done < args.max_train_steps:
+            checkpoint_step(accelerator, args, done, components["unet"], optimizer, lr_scheduler, fingerprint, metrics)
+        if kill_after and done == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    progress.close()
+    return metrics
+
+
+def train_info(args: argparse.Namespace, fingerprint: str, metrics: list[dict], **facts) -> dict:
+    """train_info.json: the settings (paths left out), their hash, `facts` of the run, the final loss."""
+    return {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output_dir", "checkpoints_dir")},
+        "settings_hash": fingerprint,
+        "steps": args.max_train_steps,
+        "seed": args.seed,
+        **facts,
+        "final_loss": metrics[-1]["loss"] if metrics else None,
+    }
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Finetune the UNet of ``args.pretrained_model_name_or_path``; write the pipeline to ``args.output_dir``."""
+    import torch
+
+    started = time.time()
+    accelerator, mixed_precision = make_accelerator(args.mixed_precision)
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    total, accumulation = args.train_batch_size, args.gradient_accumulation_steps
+    micro = micro_batch_size(total, processes, accumulation)
+    if accelerator.is_main_process:
+        log.info("device %s, %d process(es), mixed precision %s", accelerator.device, processes, mixed_precision)
+        log.info("batch: %d per step = %d process(es) x %d accumulation x %d images",
+                 total, processes, accumulation, micro)
+
+    components = load_components(args.pretrained_model_name_or_path)
+    weight_dtype = prepare_models(components, accelerator, mixed_precision, args.gradient_checkpointing)
+    data = load_train_data(args.train_data_dir, args.metadata, args.captions, args.plan)
+    uniform = not data.duplicated.any() and bool((data.weights == data.weights[0]).all())
+    stream = DrawStream(data.weights, uniform=uniform, seed=args.seed)
+    dataset = DrawDataset(data, stream, components["tokenizer"], args)
+    optimizer, lr_scheduler = make_optimizer(components["unet"], args)
+    fingerprint = settings_hash(args)
+    start, metrics, resumed_from = resume(args, fingerprint, components["unet"], optimizer, lr_scheduler, accelerator)
+
+    components["unet"], optimizer = accelerator.prepare(components["unet"], optimizer)
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=StepBatches(start, args.max_train_steps, B, A, P, rank),
+        batch_sampler=StepBatches(start, args.max_train_steps, total, accumulation, processes, rank),
         collate_fn=collate,
         num_workers=args.dataloader_num_workers,
     )
-    log_every = args.log_every or max(1, args.max_train_steps // 200)
-    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     if accelerator.is_main_process:
         log.info("%d images (%d duplicated), %s, %s, mitigation %s; steps %d..%d",
                  len(data), int(data.duplicated.sum()), args.duplication, args.conditioning,
                  args.train_mitigation, start, args.max_train_steps)
-    progress = tqdm(total=args.max_train_steps, initial=start, disable=not accelerator.is_main_process,
-                    desc="finetune", mininterval=5, file=sys.stderr)
-    lam = args.rand_noise_lam if args.train_mitigation == "gaussnoise" else 0.0
-    batches = iter(loader)
-    t_prev = time.time()
-    for step in range(start, args.max_train_steps):
-        step_loss = torch.zeros((), device=accelerator.device)
-        for a in range(A):
-            batch = next(batches)
-            step_loss += backward_micro_batch(
-                accelerator, unet, vae, text_encoder, noise_scheduler, batch, last=a == A - 1,
-                accumulation=A, seed=args.seed, rand_noise_lam=lam, weight_dtype=weight_dtype,
-            ) / A
-        step_loss = accelerator.reduce(step_loss, "mean")
-        if not torch.isfinite(step_loss):
-            raise FloatingPointError(
-                f"training loss is {step_loss.item()} at step {step + 1} "
-                f"(lr {lr_scheduler.get_last_lr()[0]:.3g}); stopped without writing {args.output_dir}. "
-                "Lower training.learning_rate, or use mixed_precision bf16/no."
-            )
-        accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-        optimizer.step()
-        lr_now = lr_scheduler.get_last_lr()[0]
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        now = time.time()
-        row = {"step": step + 1, "loss": float(step_loss.item()), "lr": float(lr_now),
-               "steps_per_s": 1.0 / max(now - t_prev, 1e-9)}
-        t_prev = now
-        metrics.append(row)
-        progress.update(1)
-        if accelerator.is_main_process and ((step + 1) % log_every == 0 or step + 1 == args.max_train_steps):
-            log.info("step %d/%d loss %.5f lr %.3g %.2f steps/s", row["step"], args.max_train_steps,
-                     row["loss"], row["lr"], row["steps_per_s"])
-        done = step + 1
-        if done % args.checkpointing_steps == 0 and done < args.max_train_steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                path = save_checkpoint(
-                    ckpt_dir, done, accelerator.unwrap_model(unet), optimizer, lr_scheduler,
-                    {"settings_hash": fingerprint, "sampler": {"seed": args.seed, "draws": done * B}}, metrics,
-                )
-                log.info("checkpoint %s", path)
-            accelerator.wait_for_everyone()
-        if kill_after and done == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-    progress.close()
+    metrics = train_steps(accelerator, components, optimizer, lr_scheduler, loader, args, start=start,
+                          metrics=metrics, weight_dtype=weight_dtype, fingerprint=fingerprint)
+
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        info = {
-            "settings": {k: v for k, v in vars(args).items() if k not in ("output_dir", "checkpoints_dir")},
-            "settings_hash": fingerprint,
-            "steps": args.max_train_steps,
-            "seed": args.seed,
-            "duration_s": time.time() - t_start,
-            "device": str(accelerator.device),
-            "processes": P,
-            "micro_batch_size": micro,
-            "mixed_precision": mixed,
-            "n_images": len(data),
-            "n_duplicated": int(data.duplicated.sum()),
-            "sampling": "permutation per epoch" if uniform else "weighted with replacement",
-            "prediction_type": noise_scheduler.config.prediction_type,
-            "resumed_from": resumed_from,
-            "final_loss": metrics[-1]["loss"] if metrics else None,
-        }
-        save_model(args.pretrained_model_name_or_path, accelerator.unwrap_model(unet), Path(args.output_dir), metrics, info)
+        info = train_info(
+            args, fingerprint, metrics, duration_s=time.time() - started, device=str(accelerator.device),
+            processes=processes, micro_batch_size=micro, mixed_precision=mixed_precision, n_images=len(data),
+            n_duplicated=int(data.duplicated.sum()),
+            sampling="permutation per epoch" if uniform else "weighted with replacement",
+            prediction_type=components["noise_scheduler"].config.prediction_type, resumed_from=resumed_from,
+        )
+        unet = accelerator.unwrap_model(components["unet"])
+        save_model(args.pretrained_model_name_or_path, unet, Path(args.output_dir), metrics, info)
         log.info("model written to %s", args.output_dir)
-        if not args.keep_checkpoints and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)
-            log.info("checkpoints removed (%s)", ckpt_dir)
+        if not args.keep_checkpoints and Path(args.checkpoints_dir).exists():
+            shutil.rmtree(args.checkpoints_dir)
+            log.info("checkpoints removed (%s)", args.checkpoints_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return Path(args.output_dir)
@@ -637,75 +696,3 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
     main()
 
-
-# --------------------------------------------------------------------------------------------
-# Launching (scripts/finetune.py)
-# --------------------------------------------------------------------------------------------
-
-# training config keys -> CLI flags (same names, as in diffusers' train_text_to_image.py)
-TRAINING_FLAGS = (
-    "resolution", "center_crop", "random_flip", "train_batch_size", "gradient_accumulation_steps",
-    "learning_rate", "lr_scheduler", "lr_warmup_steps", "max_train_steps", "adam_beta1", "adam_beta2",
-    "adam_weight_decay", "adam_epsilon", "max_grad_norm", "mixed_precision", "gradient_checkpointing",
-    "checkpointing_steps", "keep_checkpoints", "seed",
-)
-
-
-def training_argv(*, base, images, metadata, captions, plan, output_dir, checkpoints_dir, duplication,
-                  conditioning, mitigation: dict, training: dict, workers: int = 0) -> list[str]:
-    """The ``python -m diffrep.training`` arguments of one finetune job."""
-    argv = [
-        "--pretrained_model_name_or_path", str(base), "--train_data_dir", str(images),
-        "--metadata", str(metadata), "--captions", str(captions), "--plan", str(plan),
-        "--output_dir", str(output_dir), "--checkpoints_dir", str(checkpoints_dir),
-        "--duplication", duplication, "--conditioning", conditioning,
-        "--train_mitigation", mitigation.get("name", "none"),
-        "--trainspecial_prob", str(mitigation.get("p", 0.1)),
-        "--rand_noise_lam", str(mitigation.get("rand_noise_lam", 0.1)),
-        "--dataloader_num_workers", str(workers),
-    ]
-    for key in TRAINING_FLAGS:
-        if key in training:
-            argv += [f"--{key}", str(training[key]).lower() if isinstance(training[key], bool) else str(training[key])]
-    return argv
-
-
-def launch_command(argv: list[str], processes: int = 1, mixed_precision: str = "no", cuda: bool | None = None,
-                   threads: int = 1) -> tuple[list[str], dict]:
-    """(command, environment) that runs the training on 1..N processes.
-
-    GPU: ``accelerate launch --num_processes N [--multi_gpu] --mixed_precision X -m diffrep.training``.
-    CPU, one process: ``accelerate launch --cpu --num_processes 1``. CPU, N > 1: accelerate launch
-    --cpu starts N independent copies instead of data parallel, so ``torchrun --standalone
-    --nproc_per_node N`` with ACCELERATE_USE_CPU=true (gloo DDP) is used.
-    """
-    import torch
-
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
-    entry = ["-m", "diffrep.training", *argv]
-    if not cuda and processes > 1:
-        env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={processes}", *entry], env
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-           "--num_machines", "1", "--dynamo_backend", "no"]
-    if cuda:
-        cmd += ["--mixed_precision", mixed_precision] + (["--multi_gpu"] if processes > 1 else [])
-    else:
-        env["OMP_NUM_THREADS"] = str(max(1, threads))
-        cmd += ["--cpu", "--mixed_precision", "no"]
-    return cmd + entry, env
-
-
-def run_launch(cmd: list[str], env: dict, stream) -> None:
-    """Run the launch command with its output streamed into `stream` (the job's log); raise on failure."""
-    import subprocess
-
-    log.info("launch: %s", " ".join(cmd))
-    stream.flush()
-    proc = subprocess.run(cmd, env=env, stdout=stream, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training exited with status {proc.returncode}; see the log above")
