@@ -20,7 +20,7 @@ if snakemake.rule == "clipscore_train_baseline":
         inp.dir,
         snakemake.output.score,
         params.model,
-        snakemake.wildcards.dataset,
+        params.dataset,
         batch_size=snakemake.resources.batch_size,
         convention=params.convention,
     )
