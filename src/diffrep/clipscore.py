@@ -152,7 +152,7 @@ def clipscore_of_generations(gen_dir, model_dir, out, model_name: str, batch_siz
     """The clipscore rule: score a generation folder against its prompts.parquet; write the JSON."""
     import pandas as pd
 
-    from diffrep.embeddings import load_rgb, resolve_device
+    from diffrep.embeddings import resolve_device
 
     device = resolve_device(device)
     prompts_path = Path(gen_dir) / "prompts.parquet"
@@ -164,7 +164,7 @@ def clipscore_of_generations(gen_dir, model_dir, out, model_name: str, batch_siz
         if col not in prompts:
             raise ClipScoreError(f"{prompts_path}: no column {col!r}")
     model, processor = load_clip(model_dir, device)
-    images = [load_rgb(Path(gen_dir) / f) for f in prompts["file"]]
+    images = [Path(gen_dir) / f for f in prompts["file"]]  # read batch by batch
     texts = list(prompts[column])
     result = summarise(cosines(model, processor, images, texts, batch_size, device, convention), convention)
     result.update(model=model_name, convention=convention, preprocess=PREPROCESS[convention], prompt_column=column)
