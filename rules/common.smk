@@ -261,6 +261,20 @@ def get_clip_model(wildcards):
     return model_files(config["clipscore"]["model"])
 
 
+def get_clipscore_baseline_inputs(wildcards):
+    """Training images, their caption [0] (the instancelevel_blip captions) and the CLIP model."""
+    data = dataset_files(wildcards.dataset)
+    clip = model_files(config["clipscore"]["model"])
+    return {
+        "images": data["images"],
+        "metadata": data["metadata"],
+        "manifest": data["manifest"],
+        "captions": f"{R}/{wildcards.dataset}/captions/instancelevel_blip.json",
+        "dir": clip["dir"],
+        "model_manifest": clip["manifest"],
+    }
+
+
 def get_generations(wildcards):
     return generation_dir(wildcards.dataset, wildcards.run, wildcards.gen)
 
@@ -344,6 +358,16 @@ def clip_scores():
     )
 
 
+def clip_baselines():
+    """The CLIP-score training-set baseline (upstream's clipscore_bg), once per measured dataset."""
+    if not config["clipscore"]["enabled"]:
+        return []
+    return [
+        f"{R}/{ds}/clipscore/train_baseline.json"
+        for ds in sorted({g[0] for g in MEASURED})
+    ]
+
+
 def weightdiff_tables():
     if not config["weightdiff"]["enabled"]:
         return []
@@ -356,6 +380,7 @@ def get_table_inputs(wildcards):
         "baselines": similarity_baselines(),
         "fid": fid_scores(),
         "clipscore": clip_scores(),
+        "clipscore_bg": clip_baselines(),
         "weightdiff": weightdiff_tables(),
         "manifests": [model_files(config["base_model"])["manifest"]]
         + [dataset_files(ds)["manifest"] for ds in sorted({r[0] for r in RUNS})],

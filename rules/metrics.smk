@@ -1,6 +1,6 @@
 # Measuring replication: copy-detection embeddings, faiss retrieval and similarity statistics,
-# FID, CLIP score and weight differences. Training-set embeddings and FID reference statistics
-# are computed once per dataset and shared by every run.
+# FID, CLIP score and weight differences. Training-set embeddings, FID reference statistics and
+# the CLIP-score training-set baseline are computed once per dataset and shared by every run.
 
 
 rule embed_train:
@@ -112,6 +112,7 @@ rule fid_reference:
         workers=config["resources"]["dataloader_workers"],
     params:
         resolution=config["training"]["resolution"],
+        convention=config["fid"]["convention"],
     script:
         "../scripts/fid.py"
 
@@ -138,6 +139,7 @@ rule fid:
         workers=config["resources"]["dataloader_workers"],
     params:
         resolution=config["training"]["resolution"],
+        convention=config["fid"]["convention"],
     script:
         "../scripts/fid.py"
 
@@ -162,6 +164,32 @@ rule clipscore:
         batch_size=config["resources"]["clip_batch_size"],
     params:
         model=config["clipscore"]["model"],
+        convention=config["clipscore"]["convention"],
+    script:
+        "../scripts/clipscore.py"
+
+
+rule clipscore_train_baseline:
+    input:
+        unpack(get_clipscore_baseline_inputs),
+    output:
+        score=f"{R}/{{dataset}}/clipscore/train_baseline.json",
+    log:
+        f"{LOGS}/clipscore/{{dataset}}/train_baseline.log",
+    benchmark:
+        f"{BENCH}/clipscore/{{dataset}}/train_baseline.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+        batch_size=config["resources"]["clip_batch_size"],
+    params:
+        dataset="{dataset}",
+        model=config["clipscore"]["model"],
+        convention=config["clipscore"]["convention"],
     script:
         "../scripts/clipscore.py"
 

@@ -1,4 +1,4 @@
-"""Rule clipscore: thin entry point; the logic lives in diffrep.clipscore."""
+"""Rules clipscore / clipscore_train_baseline: thin entry point; the logic lives in diffrep.clipscore."""
 
 import sys
 
@@ -6,15 +6,30 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 
 import torch
 
-from diffrep.clipscore import clipscore_of_generations
+from diffrep.clipscore import clipscore_of_generations, clipscore_of_training_set
 from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
 torch.set_num_threads(snakemake.threads)
-clipscore_of_generations(
-    snakemake.input.generations,
-    snakemake.input.dir,
-    snakemake.output.score,
-    snakemake.params.model,
-    batch_size=snakemake.resources.batch_size,
-)
+inp, params = snakemake.input, snakemake.params
+if snakemake.rule == "clipscore_train_baseline":
+    clipscore_of_training_set(
+        inp.images,
+        inp.metadata,
+        inp.captions,
+        inp.dir,
+        snakemake.output.score,
+        params.model,
+        params.dataset,
+        batch_size=snakemake.resources.batch_size,
+        convention=params.convention,
+    )
+else:
+    clipscore_of_generations(
+        inp.generations,
+        inp.dir,
+        snakemake.output.score,
+        params.model,
+        batch_size=snakemake.resources.batch_size,
+        convention=params.convention,
+    )

@@ -21,6 +21,7 @@ if snakemake.rule == "fid_reference":
         snakemake.params.resolution,
         batch_size=snakemake.resources.batch_size,
         num_workers=snakemake.resources.workers,
+        convention=snakemake.params.convention,
     )
 else:
     fid_of_generations(
@@ -31,4 +32,5 @@ else:
         snakemake.params.resolution,
         batch_size=snakemake.resources.batch_size,
         num_workers=snakemake.resources.workers,
+        convention=snakemake.params.convention,
     )

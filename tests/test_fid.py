@@ -1,5 +1,6 @@
 """FID: diffrep's numbers equal pytorch-fid's own command line on the same folders (offline: the
-weights are put where pytorch-fid's loader finds them, under a temporary TORCH_HOME)."""
+weights are put where pytorch-fid's loader finds them, under a temporary TORCH_HOME), and, under
+``convention: upstream``, a transcription of upstream DCR's metrics/fid.py."""
 
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ def test_fid_equals_pytorch_fid_command_line(tmp_path, folders):
     on_disk = json.loads((tmp_path / "fid.json").read_text())
     assert on_disk["n_generated"] == 4 and on_disk["n_reference"] == 4 and on_disk["resolution"] == 32
     assert "twice" in on_disk["normalisation"] and "biased" in on_disk["note"]
+    assert on_disk["convention"] == "pytorch-fid"
     assert on_disk["method"] == F.LOW_RANK_METHOD
 
 
@@ -179,3 +181,91 @@ def test_reference_at_another_resolution_is_refused(tmp_path):
     assert ref["n"] == 10 and ref["resolution"] == 64 and ref["sigma"].dtype == np.float64
     with pytest.raises(F.FIDError, match="computed at resolution 64, this FID asks 32"):
         F.fid_of_generations(tmp_path, tmp_path / "ref.npz", tmp_path, tmp_path / "fid.json", 32)
+
+
+# ---------------------------------------------------------------- convention: upstream
+
+
+def _upstream_dcr_activations(files, model, batch_size=50):
+    """Transcribed from upstream DCR metrics/fid.py ``get_activations`` (its transform, its batching).
+
+    ``model`` is upstream's ``InceptionV3([3])``: DCR's metrics/inception.py is pytorch-fid 0.3.0's
+    inception.py byte for byte, so the network (which resizes to 299 and maps x to 2x - 1 itself)
+    is built from pytorch-fid here.
+    """
+    from torchvision import transforms
+
+    transform = transforms.Compose([
+        transforms.Resize(299),
+        transforms.CenterCrop(299),
+        transforms.ToTensor(),
+        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ])
+    pred_arr = np.empty((len(files), 2048))
+    start_idx = 0
+    for i in range(0, len(files), batch_size):
+        batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in files[i:i + batch_size]])
+        with torch.no_grad():
+            pred = model(batch)[0]
+        pred = pred.squeeze(3).squeeze(2).cpu().numpy()
+        pred_arr[start_idx:start_idx + pred.shape[0]] = pred
+        start_idx = start_idx + pred.shape[0]
+    return pred_arr
+
+
+@pytest.fixture()
+def upstream_network(monkeypatch):
+    """Upstream's InceptionV3([3]) with the random test weights (pytorch-fid's class, defaults kept)."""
+    import pytorch_fid.inception as pfi
+
+    state = F.complete_state_dict(F.random_inception_state_dict(0))
+    monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *args, **kwargs: state)
+    return pfi.InceptionV3([3]).eval()
+
+
+def test_upstream_convention_equals_transcription_of_dcr_fid(tmp_path, folders, upstream_network):
+    """convention upstream: reference statistics and FID equal upstream's get_activations + np.cov on the
+    same files (training images of another size than ``resolution`` included: upstream read them as
+    stored), its inputs reach Inception in [-3, 1], and the number differs from pytorch-fid's."""
+    model, _ = _model_folder(tmp_path, "random")
+    train, gen = tmp_path / "train", folders[1]
+    train.mkdir()
+    for i, p in enumerate(list_images(folders[0])):  # two of them off-size and non-square
+        img = Image.open(p)
+        (img.resize((48, 40)) if i < 2 else img).save(train / p.name)
+    files = list_images(train)
+    pd.DataFrame({"id": [p.stem for p in files], "file": [p.name for p in files]}).to_parquet(tmp_path / "meta.parquet")
+    ref, out = tmp_path / "reference.npz", tmp_path / "fid.json"
+    F.reference_statistics(train, tmp_path / "meta.parquet", model, ref, 32, device="cpu", convention="upstream")
+    theirs_ref = _upstream_dcr_activations(files, upstream_network)
+    ours = F.read_reference(ref)
+    assert ours["convention"] == "upstream"
+    np.testing.assert_allclose(ours["mu"], theirs_ref.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours["sigma"], np.cov(theirs_ref, rowvar=False), rtol=1e-4, atol=1e-6)
+
+    seen = []
+    net = F.load_inception(model)
+    net.blocks[0].register_forward_pre_hook(lambda module, args: seen.append((args[0].min(), args[0].max())))
+    acts = F.activations(list_images(gen), net, convention="upstream")
+    assert min(float(lo) for lo, _ in seen) < -1.0 and max(float(hi) for _, hi in seen) <= 1.0 + 1e-6
+    assert min(float(lo) for lo, _ in seen) >= -3.0 - 1e-6
+
+    result = F.fid_of_generations(gen, ref, model, out, 32, device="cpu", convention="upstream")
+    theirs_gen = _upstream_dcr_activations(list_images(gen), upstream_network)
+    np.testing.assert_allclose(acts, theirs_gen, rtol=1e-5, atol=1e-6)
+    (mu1, s1), (mu2, s2) = F.statistics(theirs_gen), F.statistics(theirs_ref)
+    assert result["fid"] == pytest.approx(F.frechet_distance(mu1, s1, mu2, s2, acts1=theirs_gen), rel=1e-5)
+    assert result["convention"] == "upstream" and "[-3, 1]" in result["normalisation"]
+    assert json.loads(out.read_text()) == result
+
+    F.reference_statistics(train, tmp_path / "meta.parquet", model, ref, 32, device="cpu")
+    ours = F.fid_of_generations(gen, ref, model, out, 32, device="cpu")
+    assert ours["convention"] == "pytorch-fid" and abs(ours["fid"] - result["fid"]) > 1e-3 * result["fid"]
+
+
+def test_reference_of_another_convention_is_refused(tmp_path):
+    F.write_reference(tmp_path / "ref.npz", np.zeros(2048), np.eye(2048), 10, 32, "w.safetensors", "upstream")
+    with pytest.raises(F.FIDError, match="computed with fid.convention 'upstream', this FID asks 'pytorch-fid'"):
+        F.fid_of_generations(tmp_path, tmp_path / "ref.npz", tmp_path, tmp_path / "fid.json", 32)
+    with pytest.raises(F.FIDError, match="fid.convention 'torchmetrics' unknown; allowed: pytorch-fid, upstream"):
+        F.image_tensor(tmp_path / "any.png", 32, "torchmetrics")

@@ -231,3 +231,24 @@ def test_a_bad_statistics_file_is_named(study):
     with pytest.raises(TableError, match=f"{bad}: key 'mean' missing"):
         write_tables(study["inputs"], study["outputs"], study["params"])
     assert not Path(study["outputs"]["summary"]).exists()
+
+
+def test_metric_conventions_and_clipscore_bg_reach_the_summary(tmp_path):
+    """Each FID / CLIP-score number carries the convention its file records; the CLIP-score training-set
+    baseline (clipscore_bg) is matched by the dataset its file names."""
+    st = make_study(tmp_path, clip=True)
+    for p in st["inputs"]["fid"]:
+        Path(p).write_text(json.dumps({**json.loads(Path(p).read_text()), "convention": "upstream"}))
+    for p in st["inputs"]["clipscore"]:
+        Path(p).write_text(json.dumps({**json.loads(Path(p).read_text()), "convention": "upstream"}))
+    bg = st["R"] / DS / "clipscore" / "train_baseline.json"
+    bg.write_text(json.dumps({"clipscore": 0.31, "clip_cosine_mean": 0.31, "dataset": DS, "convention": "upstream"}))
+    write_tables({**st["inputs"], "clipscore_bg": [str(bg)]}, st["outputs"], {**st["params"], "clipscore": True})
+    s = pd.read_csv(st["outputs"]["summary"])
+    assert set(s["fid_convention"]) == {"upstream"} and set(s["clipscore_convention"]) == {"upstream"}
+    assert set(s["clipscore_bg"]) == {0.31}
+    st = make_study(tmp_path / "off", clip=False)
+    write_tables(st["inputs"], st["outputs"], st["params"])
+    s = pd.read_csv(st["outputs"]["summary"])
+    assert set(s["fid_convention"]) == {"pytorch-fid"}  # files written before conventions existed
+    assert set(s["clipscore_convention"]) == {SKIPPED} and set(s["clipscore_bg"]) == {SKIPPED}

