@@ -28,6 +28,7 @@ rule tables:
     params:
         study=STUDY,
         seed=config["seed"],
+        ids=table_input_ids(),
         presets=measured_presets(),
         base_model=config["base_model"],
         fid=config["fid"]["enabled"],
@@ -58,6 +59,7 @@ rule summary_figure:
         "../envs/figures.yaml"
     params:
         study=STUDY,
+        plans=duplication_plan_ids(),
         style=get_figure_style,
     script:
         "../scripts/figure.py"
