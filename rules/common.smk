@@ -422,12 +422,9 @@ def sweep_figures():
     return [f"{R}/figures/grid/{sweep}.png" for sweep in config["sweeps"]]
 
 
-SUMMARY_FIGURES = dconf.SUMMARY_FIGURES
-
-
 def all_figures():
     return (
-        [f"{R}/figures/{name}.png" for name in SUMMARY_FIGURES]
+        [f"{R}/figures/{name}.png" for name in dconf.SUMMARY_FIGURES]
         + gallery_figures()
         + weightdiff_figures()
         + sweep_figures()

@@ -54,7 +54,7 @@ rule summary_figure:
     log:
         f"{LOGS}/figures/{{figure}}.log",
     wildcard_constraints:
-        figure=_alternatives(SUMMARY_FIGURES),
+        figure=_alternatives(dconf.SUMMARY_FIGURES),
     conda:
         "../envs/figures.yaml"
     params:

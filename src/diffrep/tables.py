@@ -27,12 +27,12 @@ import pandas as pd
 
 from diffrep.config import BASE_RUN, PRESET_DEFAULTS, Run
 from diffrep.fileio import atomic_path
-from diffrep.similarity import BASELINE_IDENTITY, MATCHES_IDENTITY, SimilarityError, read_identified
+from diffrep.similarity import BASELINE_IDENTITY, MATCHES_IDENTITY, STAT_KEYS, SimilarityError, read_identified
 
 log = logging.getLogger(__name__)
 
 SKIPPED = "skipped"
-STATS = ("n", "mean", "std", "p75", "p90", "p95", "frac_above", "source_match_rate")
+STATS = (*STAT_KEYS, "source_match_rate")
 SPLITS = ("duplicated", "not_duplicated")
 
 
