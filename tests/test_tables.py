@@ -263,3 +263,6 @@ def test_inputs_and_their_ids_must_pair_up(study):
     study["params"]["ids"]["fid"].pop()
     with pytest.raises(TableError, match="input 'fid': 5 file.s. but 4 id.s. in params.ids.fid"):
         write_tables(study["inputs"], study["outputs"], study["params"])
+    study["params"]["ids"]["fid"].append({"run": "base", "preset": "default"})
+    with pytest.raises(TableError, match=r"params.ids.fid: .* lacks one of \['dataset', 'run', 'preset'\]"):
+        write_tables(study["inputs"], study["outputs"], study["params"])

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 SKIPPED = "skipped"
 STATS = (*STAT_KEYS, "source_match_rate")
 SPLITS = ("duplicated", "not_duplicated")
+# The inputs of the tables rule that do not say what they are, and the fields of their ids in params.ids
+# (manifests are named by their model or dataset name alone).
+KEYED_INPUTS = ("fid", "clipscore", "weightdiff", "model_manifests", "dataset_manifests")
+ID_FIELDS = {"fid": ("dataset", "run", "preset"), "clipscore": ("dataset", "run", "preset"), "weightdiff": ("dataset", "run")}
 
 
 class TableError(ValueError):
@@ -80,14 +84,23 @@ def _identified(path, keys, rule: str) -> tuple[tuple, dict]:
         raise TableError(str(err) if isinstance(err, SimilarityError) else f"cannot read {path}: {err}") from None
 
 
-def keyed(paths: Iterable, ids: Iterable, name: str) -> list[tuple]:
-    """``[(id, path)]``: each input file with its id from ``params.ids[name]`` (same order; a dict id
-    becomes the tuple of its values)."""
+def keyed(paths: Iterable, ids: Iterable, name: str) -> dict:
+    """``{id: path}``: each input file ``name`` with its id from ``params.ids[name]`` (same order).
+
+    An id is a name (manifests) or a mapping with the fields of :data:`ID_FIELDS` ``[name]``, which
+    becomes the tuple of those fields (``(dataset, run, preset)`` for fid and clipscore).
+    """
     paths, ids = list(paths), list(ids)
     if len(paths) != len(ids):
         raise TableError(f"input {name!r}: {len(paths)} file(s) but {len(ids)} id(s) in params.ids.{name}; "
                          "the rule must name every input, in order")
-    return [(tuple(i.values()) if isinstance(i, Mapping) else i, p) for i, p in zip(ids, paths)]
+    fields = ID_FIELDS.get(name)
+    out = {}
+    for i, p in zip(ids, paths):
+        if fields and not (isinstance(i, Mapping) and set(fields) <= set(i)):
+            raise TableError(f"params.ids.{name}: {i!r} for {p} lacks one of {list(fields)}")
+        out[tuple(i[k] for k in fields) if fields else i] = p
+    return out
 
 
 def _flat_stats(stats: dict, path) -> dict:
@@ -233,9 +246,6 @@ def write_csv(df: pd.DataFrame, path) -> None:
         df.to_csv(tmp, index=False)
 
 
-KEYED_INPUTS = ("fid", "clipscore", "weightdiff", "model_manifests", "dataset_manifests")
-
-
 def write_tables(inputs, outputs, params) -> dict[str, pd.DataFrame]:
     """The tables rule: ``inputs`` with similarity, baselines and the :data:`KEYED_INPUTS` (lists of
     paths); ``outputs`` with summary, weightdiff, baselines; ``params`` with study, seed, presets,
@@ -244,7 +254,7 @@ def write_tables(inputs, outputs, params) -> dict[str, pd.DataFrame]:
     the model or dataset name for manifests)."""
     study = params["study"]
     ids = params.get("ids", {})
-    k = {name: dict(keyed(inputs.get(name, []), ids.get(name, []), name)) for name in KEYED_INPUTS}
+    k = {name: keyed(inputs.get(name, []), ids.get(name, []), name) for name in KEYED_INPUTS}
     summary = summary_table(
         inputs["similarity"], k["fid"], k["clipscore"], inputs["baselines"],
         {"models": k["model_manifests"], "datasets": k["dataset_manifests"]}, params.get("presets", {}), study,
