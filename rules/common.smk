@@ -279,6 +279,20 @@ def get_generations(wildcards):
     return generation_dir(wildcards.dataset, wildcards.run, wildcards.gen)
 
 
+def get_matches_identity(wildcards):
+    """What a retrieve job's files are: written into them, so that no reader parses their path."""
+    return {
+        "dataset": wildcards.dataset,
+        "embedder": wildcards.embedder,
+        "run": wildcards.run,
+        "preset": wildcards.gen,
+    }
+
+
+def get_baseline_identity(wildcards):
+    return {"dataset": wildcards.dataset, "embedder": wildcards.embedder}
+
+
 def get_weightdiff_inputs(wildcards):
     return {
         "base": model_files(config["base_model"])["dir"],
@@ -289,11 +303,15 @@ def get_weightdiff_inputs(wildcards):
 # ---------------------------------------------------------------- aggregate targets
 
 
-def _measured(pattern, **extra):
+def measured_ids():
+    """Dataset, run and preset of every measured generation set, in the order of every measured list."""
     return [
-        pattern.format(R=R, dataset=ds, run=run.name, gen=gen, **extra)
-        for ds, run, gen in MEASURED
+        {"dataset": ds, "run": run.name, "preset": gen} for ds, run, gen in MEASURED
     ]
+
+
+def _measured(pattern, **extra):
+    return [pattern.format(R=R, gen=m["preset"], **m, **extra) for m in measured_ids()]
 
 
 def similarity_stats():
@@ -327,14 +345,24 @@ def similarity_baseline_tables():
     return [p.replace(".json", ".parquet") for p in similarity_baselines()]
 
 
+def duplication_plan_ids():
+    """The duplication plans of the measured runs (which training images are duplicated), each with
+    the runs trained with it: ``[{"dataset", "plan", "runs"}]`` in the order of duplication_plans().
+    """
+    runs = {}
+    for ds, run, _ in MEASURED:
+        runs.setdefault((ds, plan_for(run.name)), set()).add(run.name)
+    return [
+        {"dataset": ds, "plan": plan, "runs": sorted(names)}
+        for (ds, plan), names in sorted(runs.items())
+    ]
+
+
 def duplication_plans():
-    """The duplication plans of the measured runs (which training images are duplicated)."""
-    return sorted(
-        {
-            f"{R}/{ds}/duplication/{plan_for(run.name)}.parquet"
-            for ds, run, gen in MEASURED
-        }
-    )
+    return [
+        f"{R}/{p['dataset']}/duplication/{p['plan']}.parquet"
+        for p in duplication_plan_ids()
+    ]
 
 
 def measured_presets():
@@ -342,20 +370,30 @@ def measured_presets():
     return {gen: PRESETS[gen] for gen in sorted({g for _, _, g in MEASURED})}
 
 
+def table_input_ids():
+    """What each input of the tables rule that does not say what it is belongs to, in the order of
+    get_table_inputs (rna-seq-star-deseq2's count_matrix passes sample names the same way).
+    """
+    weightdiff = config["weightdiff"]["enabled"]
+    return {
+        "fid": measured_ids() if config["fid"]["enabled"] else [],
+        "clipscore": measured_ids() if config["clipscore"]["enabled"] else [],
+        "weightdiff": [
+            {"dataset": d, "run": r.name} for d, r in FINETUNES if weightdiff
+        ],
+        "model_manifests": [config["base_model"]],
+        "dataset_manifests": sorted({r[0] for r in RUNS}),
+    }
+
+
 def fid_scores():
-    return (
-        _measured("{R}/{dataset}/fid/{run}/{gen}.json")
-        if config["fid"]["enabled"]
-        else []
-    )
+    ids = table_input_ids()["fid"]
+    return [f"{R}/{i['dataset']}/fid/{i['run']}/{i['preset']}.json" for i in ids]
 
 
 def clip_scores():
-    return (
-        _measured("{R}/{dataset}/clipscore/{run}/{gen}.json")
-        if config["clipscore"]["enabled"]
-        else []
-    )
+    ids = table_input_ids()["clipscore"]
+    return [f"{R}/{i['dataset']}/clipscore/{i['run']}/{i['preset']}.json" for i in ids]
 
 
 def clip_baselines():
@@ -369,12 +407,12 @@ def clip_baselines():
 
 
 def weightdiff_tables():
-    if not config["weightdiff"]["enabled"]:
-        return []
-    return [f"{R}/{ds}/weightdiff/{run.name}.parquet" for ds, run in FINETUNES]
+    ids = table_input_ids()["weightdiff"]
+    return [f"{R}/{i['dataset']}/weightdiff/{i['run']}.parquet" for i in ids]
 
 
 def get_table_inputs(wildcards):
+    ids = table_input_ids()
     return {
         "similarity": similarity_stats(),
         "baselines": similarity_baselines(),
@@ -382,8 +420,10 @@ def get_table_inputs(wildcards):
         "clipscore": clip_scores(),
         "clipscore_bg": clip_baselines(),
         "weightdiff": weightdiff_tables(),
-        "manifests": [model_files(config["base_model"])["manifest"]]
-        + [dataset_files(ds)["manifest"] for ds in sorted({r[0] for r in RUNS})],
+        "model_manifests": [model_files(m)["manifest"] for m in ids["model_manifests"]],
+        "dataset_manifests": [
+            dataset_files(ds)["manifest"] for ds in ids["dataset_manifests"]
+        ],
     }
 
 
@@ -407,17 +447,9 @@ def sweep_figures():
     return [f"{R}/figures/grid/{sweep}.png" for sweep in config["sweeps"]]
 
 
-SUMMARY_FIGURES = [
-    "sim95_by_dup_cond",
-    "mitigation_tradeoff",
-    "similarity_distributions",
-    "duplicated_vs_not",
-]
-
-
 def all_figures():
     return (
-        [f"{R}/figures/{name}.png" for name in SUMMARY_FIGURES]
+        [f"{R}/figures/{name}.png" for name in dconf.SUMMARY_FIGURES]
         + gallery_figures()
         + weightdiff_figures()
         + sweep_figures()
@@ -437,20 +469,36 @@ def get_common_style(wildcards):
     return {k: config["figures"][k] for k in FIGURE_STYLE_KEYS}
 
 
-def get_sweep_generations(wildcards):
-    sweep = config["sweeps"][wildcards.sweep]
-    cells = [g for g, p in PRESETS.items() if p.get("sweep") == wildcards.sweep]
+def _sweep_cells(name):
+    """A sweep's cells (generation presets) by name, in the sweep's product order."""
+    return {g: p for g, p in PRESETS.items() if p.get("sweep") == name}
+
+
+def _sweep_generations(name):
+    """Run × cell of a sweep: the rows of its grid, in the order of its inputs."""
+    cells = _sweep_cells(name)
     return [
-        generation_dir(sweep["dataset"], run, gen)
-        for run in sweep["runs"]
-        for gen in cells
+        {"run": run, "cell": cell}
+        for run in config["sweeps"][name]["runs"]
+        for cell in cells
+    ]
+
+
+def get_sweep_generations(wildcards):
+    dataset = config["sweeps"][wildcards.sweep]["dataset"]
+    return [
+        generation_dir(dataset, g["run"], g["cell"])
+        for g in _sweep_generations(wildcards.sweep)
     ]
 
 
 def get_sweep_params(wildcards):
-    sweep = config["sweeps"][wildcards.sweep]
-    cells = {g: p for g, p in PRESETS.items() if p.get("sweep") == wildcards.sweep}
-    return {"runs": sweep["runs"], "cells": cells}
+    """The sweep's runs and cells, and the run × cell of each input folder, in order."""
+    return {
+        "runs": config["sweeps"][wildcards.sweep]["runs"],
+        "cells": _sweep_cells(wildcards.sweep),
+        "generations": _sweep_generations(wildcards.sweep),
+    }
 
 
 def get_final_output():

@@ -28,6 +28,7 @@ rule tables:
     params:
         study=STUDY,
         seed=config["seed"],
+        ids=table_input_ids(),
         presets=measured_presets(),
         base_model=config["base_model"],
         fid=config["fid"]["enabled"],
@@ -53,11 +54,12 @@ rule summary_figure:
     log:
         f"{LOGS}/figures/{{figure}}.log",
     wildcard_constraints:
-        figure=_alternatives(SUMMARY_FIGURES),
+        figure=_alternatives(dconf.SUMMARY_FIGURES),
     conda:
         "../envs/figures.yaml"
     params:
         study=STUDY,
+        plans=duplication_plan_ids(),
         style=get_figure_style,
     script:
         "../scripts/figure.py"

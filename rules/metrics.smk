@@ -63,6 +63,7 @@ rule train_baseline:
         "../envs/torch.yaml"
     threads: 2
     params:
+        identity=get_baseline_identity,
         threshold=config["similarity"]["threshold"],
         faiss_index=config["similarity"]["index"],
         nlist=config["similarity"]["nlist"],
@@ -86,6 +87,7 @@ rule retrieve:
         "../envs/torch.yaml"
     threads: 2
     params:
+        identity=get_matches_identity,
         similarity=config["similarity"],
     script:
         "../scripts/retrieve.py"

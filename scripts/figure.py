@@ -16,6 +16,7 @@ fig = summary_figure(
     matches=list(snakemake.input.similarity),
     baseline_matches=list(snakemake.input.baseline_matches),
     plans=list(snakemake.input.plans),
+    plan_ids=snakemake.params.plans,
     style=style,
     study=snakemake.params.study,
 )

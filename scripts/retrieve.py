@@ -18,5 +18,6 @@ retrieve_files(
     snakemake.output.matches,
     snakemake.output.stats,
     snakemake.params.similarity,
+    identity=snakemake.params.identity,
     plan=snakemake.input.plan,
 )

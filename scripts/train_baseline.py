@@ -21,4 +21,5 @@ train_baseline_files(
         "nlist": snakemake.params.nlist,
         "nprobe": snakemake.params.nprobe,
     },
+    identity=snakemake.params.identity,
 )

@@ -8,8 +8,9 @@ import pytest
 
 from conftest import REPO
 from diffrep import figures as F
+from diffrep.similarity import SimilarityError
 from diffrep.tables import write_tables
-from test_tables import DS, EMB, make_study
+from test_tables import DS, EMB, RUNS, make_study
 
 STYLE = {"style": "whitegrid", "context": "paper", "dpi": 60}
 
@@ -32,7 +33,7 @@ def test_summary_figures_draw_and_save(tmp_path, name):
     st = make_study(tmp_path, presets=("default", "rand_word_add"))
     summary, baselines = _tables(st)
     fig = F.summary_figure(name, summary, baselines, st["inputs"]["matches"], st["inputs"]["baseline_matches"],
-                           st["inputs"]["plans"], STYLE, "mini")
+                           st["inputs"]["plans"], st["plan_ids"], STYLE, "mini")
     text = _texts(fig)
     assert "mini study" in text and "not the paper's numbers" in text
     png, pdf = tmp_path / "f.png", tmp_path / "f.pdf"
@@ -78,7 +79,7 @@ def test_a_study_without_a_setting_gets_a_note_not_a_crash(tmp_path, runs, prese
     texts = ""
     for name in F.SUMMARY_FIGURES:
         fig = F.summary_figure(name, summary, baselines, st["inputs"]["matches"], st["inputs"]["baseline_matches"],
-                               st["inputs"]["plans"], STYLE, "mini")
+                               st["inputs"]["plans"], st["plan_ids"], STYLE, "mini")
         texts += _texts(fig)
     assert expect in texts
 
@@ -93,6 +94,29 @@ def test_replication_counts_use_the_plan():
     # a nodup plan: nothing duplicated, the study's duplicated set still marks x (the control)
     nodup = plan.assign(duplicated=False, dup_set=[True, False, False])
     assert F.replication_counts(matches, nodup).set_index("train_id")["duplicated"].tolist() == [True, False, False]
+
+
+def test_figures_read_what_each_file_says_it_is(tmp_path):
+    st = make_study(tmp_path)
+    matches = F.read_matches(st["inputs"]["matches"])
+    assert sorted(matches) == sorted((DS, EMB, run, "default") for run in RUNS)
+    assert set(F.read_baseline_matches(st["inputs"]["baseline_matches"])) == {(DS, EMB)}
+    plans = F.read_plans(st["inputs"]["plans"], st["plan_ids"])
+    assert set(plans) == {(DS, run) for run in RUNS}  # the base model's plan is the nodup plan
+    assert not plans[(DS, "base")]["duplicated"].any() and plans[(DS, "dup_both.instancelevel_blip.none")]["duplicated"].any()
+    old = st["inputs"]["matches"][0]
+    pd.read_parquet(old).drop(columns=["run"]).to_parquet(old)
+    with pytest.raises(SimilarityError, match="does not say its run.*snakemake --forcerun retrieve"):
+        F.read_matches([old])
+
+
+def test_summary_figure_names_are_the_schemas():
+    from conftest import load_yaml
+
+    schema = load_yaml(REPO / "schemas/config.schema.yaml")
+    per_figure = schema["properties"]["figures"]["properties"]["per_figure"]
+    assert tuple(per_figure["propertyNames"]["enum"]) == F.SUMMARY_FIGURES
+    assert all(name in per_figure["description"] for name in F.SUMMARY_FIGURES)
 
 
 def test_gallery_orders_by_similarity_and_shows_values(tmp_path):
@@ -121,18 +145,22 @@ def test_sweep_grid_rows_are_cells(tmp_path):
     cells = {f"s-{i:02d}": {"scheduler": s, "guidance_scale": g, "steps": 4, "negative_prompt": ""}
              for i, (s, g) in enumerate([("ddim", 1.0), ("ddim", 3.0), ("euler", 1.0), ("euler", 3.0)])}
     dirs = []
-    for cell in cells:
-        d = tmp_path / "generations/base" / cell
+    for i, cell in enumerate(cells):
+        d = tmp_path / f"folder{i}"  # any layout: the rule names each folder's run and cell in params
         for j in range(2):
             _png(d / f"{j:05d}.png", j)
         dirs.append(str(d))
-    grid = F.sweep_cells(dirs, {"runs": ["base"], "cells": cells})
-    assert [c["cell"] for c in grid] == list(cells)
+    names = [{"run": "base", "cell": cell} for cell in cells]
+    grid = F.sweep_cells(dirs, {"runs": ["base"], "cells": cells, "generations": names})
+    assert [(c["cell"], c["dir"]) for c in grid] == list(zip(cells, dirs))
+    assert grid[3]["preset"]["scheduler"] == "euler" and grid[3]["preset"]["guidance_scale"] == 3.0
     fig = F.sweep_grid(grid, "mini", "Sampling sweep s", n_show=2)
     text = _texts(fig)
     assert "euler · CFG 3.0" in text and "mini study" in text
-    with pytest.raises(ValueError, match="sweep cell 's-00' of run 'other'"):
-        F.sweep_cells(dirs, {"runs": ["other"], "cells": cells})
+    with pytest.raises(ValueError, match="4 generation folder.s. but 3 named"):
+        F.sweep_cells(dirs, {"runs": ["base"], "cells": cells, "generations": names[:3]})
+    with pytest.raises(ValueError, match="sweep cell 's-09' of run 'base': not among"):
+        F.sweep_cells(dirs[:1], {"runs": ["base"], "cells": cells, "generations": [{"run": "base", "cell": "s-09"}]})
 
 
 # ---------------------------------------------------------------- rules and report

@@ -62,8 +62,6 @@ def test_statistics_split_by_prompt_duplication_and_source_match():
     assert s["not_duplicated"]["mean"] == pytest.approx(0.475)
     assert s["not_duplicated"]["frac_above"] == pytest.approx(0.5)
     assert s["not_duplicated"]["source_match_rate"] == pytest.approx(0.5)
-    counts = S.replication_counts(matches)
-    assert counts.to_dict("list") == {"train_id": ["a", "b", "c"], "count": [2, 1, 1]}
     # a nodup run: nothing duplicated, but the split follows the study's duplicated set (the control)
     control = S.similarity_statistics(matches.assign(dup_set=matches["duplicated"], duplicated=False), 0.5)
     assert control["duplicated"]["n"] == 2 and control["duplicated"]["mean"] == pytest.approx(0.8)
@@ -154,11 +152,13 @@ def test_planted_copies_are_found_as_top1(tmp_path, embedder):
     E.embed_to_file(cfg, tmp_path / "train.npz", images_dir=images, metadata=data / "metadata.parquet",
                     model_dir=model, device="cpu")
     E.embed_to_file(cfg, tmp_path / "gen.npz", generations=gen, model_dir=model, device="cpu")
+    ident = {"dataset": "shapes", "embedder": embedder, "run": "base", "preset": "default"}
     stats = S.retrieve_files(tmp_path / "train.npz", tmp_path / "gen.npz", gen, tmp_path / "m.parquet",
-                             tmp_path / "s.json", {"top_k": 3, "threshold": 0.5, "index": "exact"})
+                             tmp_path / "s.json", {"top_k": 3, "threshold": 0.5, "index": "exact"}, identity=ident)
     m = pd.read_parquet(tmp_path / "m.parquet")
-    assert list(m.columns) == ["generation", "rank", "train_id", "similarity", "source_id", "duplicated",
-                               "dup_set", "is_source"]
+    assert list(m.columns) == ["dataset", "embedder", "run", "preset", "generation", "rank", "train_id",
+                               "similarity", "source_id", "duplicated", "dup_set", "is_source"]
+    assert m[list(ident)].drop_duplicates().to_dict("records") == [ident]  # the table says what it is
     assert len(m) == 4 * 3 and list(m["rank"][:3]) == [0, 1, 2]
     top1 = m[m["rank"] == 0].set_index("generation")
     assert top1.loc["00000.png", "train_id"] == "img007"
@@ -171,7 +171,8 @@ def test_planted_copies_are_found_as_top1(tmp_path, embedder):
     assert on_disk == json.loads(json.dumps(stats))
     assert on_disk["source_match_rate"] == pytest.approx(0.5)
     assert on_disk["duplicated"]["n"] == 2 and on_disk["not_duplicated"]["n"] == 2
-    assert on_disk["embedder"] == E.read_embeddings(tmp_path / "gen.npz")["embedder"]
+    assert {k: on_disk[k] for k in ident} == ident
+    assert on_disk["embedder_model"] == E.read_embeddings(tmp_path / "gen.npz")["embedder"]
     assert on_disk["preprocess"] == {"pixel": "pixel16", "sscd": "upstream"}[embedder]
     assert on_disk["preprocess_detail"].startswith({"pixel": "Resize 16", "sscd": "Resize 256, CenterCrop 224"}[embedder])
     assert on_disk["top_k"] == 3 and on_disk["n_train"] == 40 and on_disk["index"] == "exact"
@@ -182,8 +183,10 @@ def test_train_baseline_files_and_mismatched_embeddings(tmp_path):
     emb = unit(rng.normal(size=(10, 8)))
     E.write_embeddings(tmp_path / "train.npz", [f"t{i}" for i in range(10)], emb, "pixel(size=8)", "pixel8")
     stats = S.train_baseline_files(tmp_path / "train.npz", tmp_path / "b.json", tmp_path / "b.parquet",
-                                   {"threshold": 0.5})
+                                   {"threshold": 0.5}, identity={"dataset": "shapes", "embedder": "pixel"})
     table = pd.read_parquet(tmp_path / "b.parquet")
+    assert (stats["dataset"], stats["embedder"], stats["embedder_model"]) == ("shapes", "pixel", "pixel(size=8)")
+    assert S.read_identified(tmp_path / "b.parquet", S.BASELINE_IDENTITY, "train_baseline")[0] == ("shapes", "pixel")
     sims = emb @ emb.T
     np.fill_diagonal(sims, -np.inf)
     np.testing.assert_allclose(np.sort(table["similarity"]), np.sort(sims.max(1)), atol=1e-5)
@@ -191,7 +194,7 @@ def test_train_baseline_files_and_mismatched_embeddings(tmp_path):
     E.write_embeddings(tmp_path / "gen.npz", ["g0"], emb[:1], "sscd:sscd_disc_large", "upstream")
     with pytest.raises(S.SimilarityError, match="embedder differs.*train.npz.*pixel.*gen.npz.*sscd"):
         S.retrieve_files(tmp_path / "train.npz", tmp_path / "gen.npz", tmp_path, tmp_path / "m.parquet",
-                         tmp_path / "s.json", {})
+                         tmp_path / "s.json", {}, identity={"dataset": "d", "embedder": "e", "run": "base", "preset": "p"})
     assert not (tmp_path / "m.parquet").exists() and not (tmp_path / "s.json").exists()
 
 
@@ -254,8 +257,12 @@ def test_metric_rules_run_on_planted_inputs(tmp_path):
     assert proc.stderr.count("rule embed_train:") == 1 and proc.stderr.count("rule fid_reference:") == 1
     for run in runs:
         stats = json.loads((wf / f"{R}/similarity/pixel/{run}/default.json").read_text())
-        assert stats["n"] == 4 and stats["embedder"] == "pixel(size=8)" and stats["source_match_rate"] >= 0.25
+        assert stats["n"] == 4 and stats["embedder_model"] == "pixel(size=8)" and stats["source_match_rate"] >= 0.25
+        # the rule wrote what each file is (its wildcards), for readers that never parse paths
+        assert [stats[k] for k in S.MATCHES_IDENTITY] == ["micro_shapes", "pixel", run, "default"]
         m = pd.read_parquet(wf / f"{R}/similarity/pixel/{run}/default.parquet")
+        assert S.read_identified(wf / f"{R}/similarity/pixel/{run}/default.parquet", S.MATCHES_IDENTITY,
+                                 "retrieve")[0] == ("micro_shapes", "pixel", run, "default")
         top1 = m[(m["generation"] == "00001.png") & (m["rank"] == 0)].iloc[0]
         assert top1["train_id"] == "img003" and top1["similarity"] == pytest.approx(1.0, abs=1e-5)
         assert top1["is_source"] and top1["duplicated"]

@@ -48,12 +48,22 @@ def _png(path, seed):
 
 def make_study(root: Path, runs=RUNS, presets=("default",), fid=True, clip=False, images=False,
                mitigated_presets=("rand_word_add",)) -> dict:
-    """A synthetic results/{study} tree (similarity JSON + parquet, baselines, FID, CLIP score,
-    weightdiff, plans, manifests) and the rule's inputs / params pointing at it."""
+    """Synthetic inputs of the tables and figure rules (similarity JSON + parquet, baselines, FID, CLIP
+    score, weightdiff, plans, manifests), the rule's inputs / params pointing at them, and ``plan_ids``
+    (the summary_figure rule's params). The files lie flat under opaque names (``files/003.json``):
+    what a file is comes from the file or from the ids in params, never from its path."""
     r = root / "results" / STUDY
+    flat = r / "files"
+    flat.mkdir(parents=True, exist_ok=True)
+    counter = iter(range(10_000))
+
+    def opaque(suffix):
+        return flat / f"{next(counter):03d}{suffix}"
+
     rng = np.random.default_rng(0)
     inputs = {k: [] for k in ("similarity", "matches", "baselines", "baseline_matches", "fid", "clipscore",
-                              "weightdiff", "manifests", "plans")}
+                              "weightdiff", "model_manifests", "dataset_manifests", "plans")}
+    ids = {k: [] for k in ("fid", "clipscore", "weightdiff", "model_manifests", "dataset_manifests")}
     gens = []
     for run in runs:
         for gen in presets:
@@ -72,40 +82,40 @@ def make_study(root: Path, runs=RUNS, presets=("default",), fid=True, clip=False
                 rows.append({"generation": f"{j:05d}.png", "rank": k, "train_id": top[k],
                              "similarity": np.float32(sims[k]), "source_id": source[j], "duplicated": bool(dup[j]),
                              "is_source": top[k] == source[j]})
+        ident = {"dataset": DS, "embedder": EMB, "run": run, "preset": gen}
         m = pd.DataFrame(rows)
         top1 = m[m["rank"] == 0]
-        base = r / DS / "similarity" / EMB / run / gen
-        base.parent.mkdir(parents=True, exist_ok=True)
-        m.to_parquet(f"{base}.parquet")
-        Path(f"{base}.json").write_text(json.dumps(_stats(top1["similarity"], top1[top1["duplicated"]]["similarity"],
-                                                          top1[~top1["duplicated"]]["similarity"])))
-        inputs["similarity"].append(f"{base}.json")
-        inputs["matches"].append(f"{base}.parquet")
+        matches, stats = opaque(".parquet"), opaque(".json")
+        m.assign(**ident).to_parquet(matches)
+        stats.write_text(json.dumps({**ident, **_stats(top1["similarity"], top1[top1["duplicated"]]["similarity"],
+                                                       top1[~top1["duplicated"]]["similarity"])}))
+        inputs["similarity"].append(str(stats))
+        inputs["matches"].append(str(matches))
+        key = {"dataset": DS, "run": run, "preset": gen}
         if fid:
-            p = r / DS / "fid" / run / f"{gen}.json"
-            p.parent.mkdir(parents=True, exist_ok=True)
+            p = opaque(".json")
             p.write_text(json.dumps({"fid": 100.0 + 10 * i, "n_generated": n, "n_reference": 20, "resolution": 32}))
             inputs["fid"].append(str(p))
+            ids["fid"].append(key)
         if clip:
-            p = r / DS / "clipscore" / run / f"{gen}.json"
-            p.parent.mkdir(parents=True, exist_ok=True)
+            p = opaque(".json")
             p.write_text(json.dumps({"clip_cosine_mean": 0.3, "clipscore": 30.0 - i, "n": n, "model": "clip_tiny"}))
             inputs["clipscore"].append(str(p))
+            ids["clipscore"].append(key)
         if images:
             for j in range(n):
                 _png(r / DS / "generations" / run / gen / f"{j:05d}.png", seed=100 * i + j)
-    bl = r / DS / "similarity" / EMB / "train_baseline"
+    bl_matches, bl_stats = opaque(".parquet"), opaque(".json")
     bl_sims = rng.uniform(0.3, 0.6, len(TRAIN_IDS))
-    pd.DataFrame({"train_id": TRAIN_IDS, "match_id": TRAIN_IDS[1:] + TRAIN_IDS[:1], "similarity": bl_sims}).to_parquet(
-        f"{bl}.parquet")
-    Path(f"{bl}.json").write_text(json.dumps({**_stats(bl_sims, [], []), "n": len(TRAIN_IDS)}))
-    inputs["baselines"].append(f"{bl}.json")
-    inputs["baseline_matches"].append(f"{bl}.parquet")
+    pd.DataFrame({"dataset": DS, "embedder": EMB, "train_id": TRAIN_IDS, "match_id": TRAIN_IDS[1:] + TRAIN_IDS[:1],
+                  "similarity": bl_sims}).to_parquet(bl_matches)
+    bl_stats.write_text(json.dumps({"dataset": DS, "embedder": EMB, **_stats(bl_sims, [], []), "n": len(TRAIN_IDS)}))
+    inputs["baselines"].append(str(bl_stats))
+    inputs["baseline_matches"].append(str(bl_matches))
     for run in runs:
         if run == "base":
             continue
-        p = r / DS / "weightdiff" / f"{run}.parquet"
-        p.parent.mkdir(parents=True, exist_ok=True)
+        p = opaque(".parquet")
         names = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
                  "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
                  "mid_block.resnets.0.conv1.weight", "conv_in.weight", "up_blocks.1.attentions.0.proj_in.weight"]
@@ -120,26 +130,29 @@ def make_study(root: Path, runs=RUNS, presets=("default",), fid=True, clip=False
                       "shape_mismatch": [False] * 4 + [True],
                       "status": ["ok"] * 4 + ["shape_mismatch"]}).to_parquet(p)
         inputs["weightdiff"].append(str(p))
+        ids["weightdiff"].append({"dataset": DS, "run": run})
+    plan_ids = []
     for plan in sorted({"nodup" if run == "base" else run.split(".")[0] for run in runs}):
-        p = r / DS / "duplication" / f"{plan}.parquet"
-        p.parent.mkdir(parents=True, exist_ok=True)
+        p = opaque(".parquet")
         dup = [plan != "nodup" and t in DUPLICATED for t in TRAIN_IDS]
         pd.DataFrame({"id": TRAIN_IDS, "duplicated": dup, "weight": [5.0 if d else 1.0 for d in dup]}).to_parquet(p)
         inputs["plans"].append(str(p))
-    (root / "resources/models").mkdir(parents=True, exist_ok=True)
-    (root / "resources/models/mini_sd.sha256").write_text("ab" * 32 + "  mini_sd/unet/x.safetensors\n")
-    (root / f"resources/data/{DS}").mkdir(parents=True, exist_ok=True)
-    (root / f"resources/data/{DS}/images.sha256").write_text("cd" * 32 + "  images/img000.png\n")
-    inputs["manifests"] = [str(root / "resources/models/mini_sd.sha256"), str(root / f"resources/data/{DS}/images.sha256")]
+        plan_ids.append({"dataset": DS, "plan": plan,
+                         "runs": [run for run in runs if ("nodup" if run == "base" else run.split(".")[0]) == plan]})
+    model_manifest, dataset_manifest = opaque(".sha256"), opaque(".sha256")
+    model_manifest.write_text("ab" * 32 + "  mini_sd/unet/x.safetensors\n")
+    dataset_manifest.write_text("cd" * 32 + "  images/img000.png\n")
+    inputs["model_manifests"], ids["model_manifests"] = [str(model_manifest)], ["mini_sd"]
+    inputs["dataset_manifests"], ids["dataset_manifests"] = [str(dataset_manifest)], [DS]
     if images:
         for j, t in enumerate(TRAIN_IDS):
             _png(root / f"resources/data/{DS}/images/{t}.png", seed=10_000 + j)
         pd.DataFrame({"id": TRAIN_IDS, "file": [f"{t}.png" for t in TRAIN_IDS]}).to_parquet(
             root / f"resources/data/{DS}/metadata.parquet")
     params = {"study": STUDY, "presets": {g: PRESETS[g] for g in presets}, "base_model": "mini_sd",
-              "fid": fid, "clipscore": clip}
+              "fid": fid, "clipscore": clip, "ids": ids}
     outputs = {k: str(r / "tables" / f"{k}.csv") for k in ("summary", "weightdiff", "baselines")}
-    return {"root": root, "R": r, "inputs": inputs, "params": params, "outputs": outputs}
+    return {"root": root, "R": r, "inputs": inputs, "params": params, "outputs": outputs, "plan_ids": plan_ids}
 
 
 @pytest.fixture
@@ -161,17 +174,21 @@ def test_summary_has_one_row_per_setting_with_settings_and_provenance(study):
     assert base["duplication"] == "base" and base["conditioning"] == "base"
     # the statistics are the JSON's, split columns included
     js = json.loads(Path(study["inputs"]["similarity"][1]).read_text())
-    r = s[(s["run"] == Path(study["inputs"]["similarity"][1]).parent.name) & (s["preset"] == "default")].iloc[0]
+    r = s[(s["run"] == js["run"]) & (s["preset"] == js["preset"])].iloc[0]
     assert r["p95"] == pytest.approx(js["p95"]) and r["n_generations"] == 12
     assert r["not_duplicated_mean"] == pytest.approx(js["not_duplicated"]["mean"])
     assert pd.isna(base["duplicated_mean"])  # empty split: empty, never 0
     # provenance: embedder, preprocessing, short manifest hashes
     assert row["embedder"] == "pixel" and row["preprocess"] == "pixel16"
-    want = hashlib.sha256(Path(study["inputs"]["manifests"][0]).read_bytes()).hexdigest()[:12]
+    want = hashlib.sha256(Path(study["inputs"]["model_manifests"][0]).read_bytes()).hexdigest()[:12]
     assert row["model_manifest_sha256"] == want and len(row["dataset_manifest_sha256"]) == 12
     assert row["train_baseline_p95"] > 0
     fids = sorted(s["fid"].astype(float))
     assert fids[0] == 100.0
+    # each FID file is its id's: the i-th generation set's FID is 100 + 10 i
+    order = [(i["run"], i["preset"]) for i in study["params"]["ids"]["fid"]]
+    by_setting = s.set_index(["run", "preset"])["fid"].astype(float)
+    assert [by_setting[k] for k in order] == [100.0 + 10 * i for i in range(len(order))]
 
 
 def test_disabled_clipscore_says_skipped(study):
@@ -183,7 +200,7 @@ def test_disabled_clipscore_says_skipped(study):
 def test_enabled_metric_without_its_file_is_an_error(tmp_path):
     st = make_study(tmp_path, clip=False)
     with pytest.raises(TableError, match="clipscore is enabled but no CLIP-score file for dataset shapes, run base"):
-        summary_table(st["inputs"]["similarity"], st["inputs"]["fid"], [], st["inputs"]["baselines"],
+        summary_table(st["inputs"]["similarity"], {}, {}, st["inputs"]["baselines"], fid_enabled=False,
                       clipscore_enabled=True)
 
 
@@ -209,12 +226,12 @@ def test_weightdiff_aggregates_per_run_component_block(study):
 
 
 def test_weightdiff_block_l2_is_the_norm_of_the_whole_difference(tmp_path):
-    p = tmp_path / "results/mini/shapes/weightdiff/nodup.nolevel.none.parquet"
-    p.parent.mkdir(parents=True)
+    p = tmp_path / "any_name.parquet"
     pd.DataFrame({"tensor": ["a", "b"], "component": ["other"] * 2, "block": ["mid_block"] * 2,
                   "l1": [3.0, 4.0], "l2": [3.0, 4.0], "cosine": [1.0, 0.5], "numel": [1, 1],
                   "rel_l2": [0.1, 0.2]}).to_parquet(p)
-    w = weightdiff_table([p], "mini")
+    w = weightdiff_table({("shapes", "nodup.nolevel.none"): p}, "mini")
+    assert (w.iloc[0]["dataset"], w.iloc[0]["run"], w.iloc[0]["duplication"]) == ("shapes", "nodup.nolevel.none", "nodup")
     assert w.iloc[0]["l2"] == pytest.approx(5.0) and w.iloc[0]["l1"] == pytest.approx(7.0)
     assert w.iloc[0]["cosine_min"] == pytest.approx(0.5)
 
@@ -227,7 +244,8 @@ def test_baselines_table(study):
 
 def test_a_bad_statistics_file_is_named(study):
     bad = Path(study["inputs"]["similarity"][0])
-    bad.write_text(json.dumps({"n": 3}))
+    ident = {k: json.loads(bad.read_text())[k] for k in ("dataset", "embedder", "run", "preset")}
+    bad.write_text(json.dumps({**ident, "n": 3}))
     with pytest.raises(TableError, match=f"{bad}: key 'mean' missing"):
         write_tables(study["inputs"], study["outputs"], study["params"])
     assert not Path(study["outputs"]["summary"]).exists()
@@ -241,7 +259,7 @@ def test_metric_conventions_and_clipscore_bg_reach_the_summary(tmp_path):
         Path(p).write_text(json.dumps({**json.loads(Path(p).read_text()), "convention": "upstream"}))
     for p in st["inputs"]["clipscore"]:
         Path(p).write_text(json.dumps({**json.loads(Path(p).read_text()), "convention": "upstream"}))
-    bg = st["R"] / DS / "clipscore" / "train_baseline.json"
+    bg = st["R"] / "files" / "clip_bg.json"
     bg.write_text(json.dumps({"clipscore": 0.31, "clip_cosine_mean": 0.31, "dataset": DS, "convention": "upstream"}))
     write_tables({**st["inputs"], "clipscore_bg": [str(bg)]}, st["outputs"], {**st["params"], "clipscore": True})
     s = pd.read_csv(st["outputs"]["summary"])
@@ -252,3 +270,20 @@ def test_metric_conventions_and_clipscore_bg_reach_the_summary(tmp_path):
     s = pd.read_csv(st["outputs"]["summary"])
     assert set(s["fid_convention"]) == {"pytorch-fid"}  # files written before conventions existed
     assert set(s["clipscore_convention"]) == {SKIPPED} and set(s["clipscore_bg"]) == {SKIPPED}
+
+
+def test_statistics_written_before_they_said_what_they_are_ask_for_a_rerun(study):
+    old = Path(study["inputs"]["similarity"][0])
+    stats = json.loads(old.read_text())
+    old.write_text(json.dumps({k: v for k, v in stats.items() if k not in ("dataset", "run", "preset")}))
+    with pytest.raises(TableError, match=f"{old} does not say its dataset, run, preset.*snakemake --forcerun retrieve"):
+        write_tables(study["inputs"], study["outputs"], study["params"])
+
+
+def test_inputs_and_their_ids_must_pair_up(study):
+    study["params"]["ids"]["fid"].pop()
+    with pytest.raises(TableError, match="input 'fid': 5 file.s. but 4 id.s. in params.ids.fid"):
+        write_tables(study["inputs"], study["outputs"], study["params"])
+    study["params"]["ids"]["fid"].append({"run": "base", "preset": "default"})
+    with pytest.raises(TableError, match=r"params.ids.fid: .* lacks one of \['dataset', 'run', 'preset'\]"):
+        write_tables(study["inputs"], study["outputs"], study["params"])

@@ -150,3 +150,48 @@ def test_atomic_outputs_are_readable_by_the_group_and_left_whole(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert target.read_text() == "a\n1\n" and [p.name for p in target.parent.iterdir()] == ["table.csv"]
+
+
+@pytest.fixture(scope="module")
+def complete_micro(tmp_path_factory):
+    """A micro study that Snakemake sees as complete (every output faked, metadata recorded)."""
+    from conftest import MICRO, copy_workflow
+    from test_figures import _fake_study
+
+    wf = copy_workflow(tmp_path_factory.mktemp("complete"))
+    _fake_study(wf)
+    snakemake(["--touch", "--cores", "1", *MICRO], cwd=wf, check=True)
+    return wf
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (  # the retrieve and train_baseline rules get the threshold (and their identity) through params
+            lambda c: c.setdefault("similarity", {}).update(threshold=0.6),
+            {"train_baseline": 1, "retrieve": 3, "tables": 1, "summary_figure": 4, "gallery": 3, "all": 1},
+        ),
+        (  # a new sweep cell: its generation and the grid, which names its folders through params
+            lambda c: c["sweeps"]["samplers"].update(scheduler=["ddim", "euler", "dpmsolver++"]),
+            {"generate": 1, "sweep_grid": 1, "all": 1},
+        ),
+        (  # a figure's own option: that figure only
+            lambda c: c.setdefault("figures", {}).setdefault("per_figure", {}).update(
+                duplicated_vs_not={"palette": "colorblind"}
+            ),
+            {"summary_figure": 1, "all": 1},
+        ),
+    ],
+    ids=["similarity_threshold", "sweep_cell", "figure_option"],
+)
+def test_a_config_edit_reruns_exactly_the_affected_jobs(complete_micro, tmp_path, edit, expected):
+    from conftest import MICRO
+
+    assert job_counts(snakemake(["-n", *MICRO], cwd=complete_micro, check=True).stdout) == {}
+    cfg = load_yaml(REPO / "tests/micro/config.yaml")
+    edit(cfg)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(["-n", "--configfile", str(path), "--replace-workflow-config"], cwd=complete_micro, check=True)
+    assert job_counts(proc.stdout) == expected

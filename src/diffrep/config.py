@@ -37,6 +37,10 @@ PRESET_DEFAULTS = {
     "negative_prompt": "",
 }
 
+# The summary figures (diffrep.figures draws them; rules/common.smk makes one job each; the schema's
+# figures.per_figure names them): defined here, where the Snakefile can import it without plotting libraries.
+SUMMARY_FIGURES = ("sim95_by_dup_cond", "mitigation_tradeoff", "similarity_distributions", "duplicated_vs_not")
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and the allowed values."""

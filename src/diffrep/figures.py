@@ -25,8 +25,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from diffrep.config import SUMMARY_FIGURES  # noqa: E402
 from diffrep.duplication import in_dup_set  # noqa: E402
 from diffrep.fileio import atomic_path  # noqa: E402
+from diffrep.similarity import BASELINE_IDENTITY, MATCHES_IDENTITY, read_identified  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +268,7 @@ def duplicated_vs_not(summary: pd.DataFrame, matches: Mapping[tuple, pd.DataFram
     duplicated set, the same images in every run: in nodup runs and the base model they are not
     duplicated, which makes those rows the control.
 
-    ``plans``: ``{(dataset, duplication plan name): plan table}``; the base model uses nodup.
+    ``plans``: ``{(dataset, run): the run's duplication plan table}`` (:func:`read_plans`).
     """
     height, aspect = _sizes(style, 3.8, 1.2)
     sims, rates, counts = [], [], []
@@ -277,8 +279,7 @@ def duplicated_vs_not(summary: pd.DataFrame, matches: Mapping[tuple, pd.DataFram
         sims.append(pd.DataFrame({"set": label, "prompt source": split, "similarity": top1["similarity"].astype(float)}))
         for name, part in top1.groupby(split):
             rates.append({"set": label, "prompt source": name, "rate": float(part["is_source"].astype(bool).mean())})
-        plan_name = "nodup" if run == "base" else run.split(".")[0]
-        rc = replication_counts(m, plans.get((ds, plan_name)))
+        rc = replication_counts(m, plans.get((ds, run)))
         for dup, part in rc.groupby("duplicated"):
             counts.append({"set": label, "training image": "duplicated" if dup else "not duplicated",
                            "mean_count": float(part["count"].mean())})
@@ -452,32 +453,31 @@ def sweep_grid(cells: Sequence[dict], study: str, title: str, n_show: int = 4):
 # ---------------------------------------------------------------- reading what the rules give
 
 
-def parse_matches_path(path) -> tuple[str, str, str, str]:
-    """``(dataset, embedder, run, preset)`` of ``…/{dataset}/similarity/{embedder}/{run}/{gen}.parquet``."""
-    parts = Path(path).parts
-    return parts[-5], parts[-3], parts[-2], Path(parts[-1]).stem
-
-
 def read_matches(paths: Sequence) -> dict[tuple, pd.DataFrame]:
-    return {parse_matches_path(p): pd.read_parquet(p) for p in paths}
+    """``{(dataset, embedder, run, preset): table}`` of matches tables (each says what it is)."""
+    return dict(read_identified(p, MATCHES_IDENTITY, "retrieve") for p in paths)
 
 
 def read_baseline_matches(paths: Sequence) -> dict[tuple, pd.DataFrame]:
-    """``{(dataset, embedder): table}`` of ``…/{dataset}/similarity/{embedder}/train_baseline.parquet``."""
-    return {(Path(p).parts[-4], Path(p).parts[-2]): pd.read_parquet(p) for p in paths}
+    """``{(dataset, embedder): table}`` of train_baseline.parquet tables (each says what it is)."""
+    return dict(read_identified(p, BASELINE_IDENTITY, "train_baseline") for p in paths)
 
 
-def read_plans(paths: Sequence) -> dict[tuple, pd.DataFrame]:
-    """``{(dataset, plan): table}`` of ``…/{dataset}/duplication/{plan}.parquet``."""
-    return {(Path(p).parts[-3], Path(p).stem): pd.read_parquet(p) for p in paths}
+def read_plans(paths: Sequence, ids: Sequence[Mapping]) -> dict[tuple, pd.DataFrame]:
+    """``{(dataset, run): the run's duplication plan}``; ``ids``: the rule's params, one per path in
+    the same order, ``{"dataset", "plan", "runs"}`` (the runs trained with that plan)."""
+    if len(paths) != len(ids):
+        raise ValueError(f"{len(paths)} plan file(s) but {len(ids)} plan id(s) in params: one per file, in order")
+    out = {}
+    for path, key in zip(paths, ids):
+        plan = pd.read_parquet(path)
+        out.update({(key["dataset"], run): plan for run in key["runs"]})
+    return out
 
 
-SUMMARY_FIGURES = ("sim95_by_dup_cond", "mitigation_tradeoff", "similarity_distributions", "duplicated_vs_not")
-
-
-def summary_figure(name: str, summary_csv, baselines_csv, matches=(), baseline_matches=(), plans=(),
+def summary_figure(name: str, summary_csv, baselines_csv, matches=(), baseline_matches=(), plans=(), plan_ids=(),
                    style: Mapping | None = None, study: str = ""):
-    """Draw one of :data:`SUMMARY_FIGURES` from the rule's inputs (paths)."""
+    """Draw one of :data:`SUMMARY_FIGURES` from the rule's inputs (paths; ``plan_ids``: see :func:`read_plans`)."""
     style = dict(style or {})
     summary = pd.read_csv(summary_csv, keep_default_na=True)
     baselines = pd.read_csv(baselines_csv)
@@ -488,22 +488,24 @@ def summary_figure(name: str, summary_csv, baselines_csv, matches=(), baseline_m
     if name == "similarity_distributions":
         return similarity_distributions(read_matches(matches), read_baseline_matches(baseline_matches), style, study)
     if name == "duplicated_vs_not":
-        return duplicated_vs_not(summary, read_matches(matches), read_plans(plans), style, study)
+        return duplicated_vs_not(summary, read_matches(matches), read_plans(plans, plan_ids), style, study)
     raise ValueError(f"unknown figure {name!r}; allowed: {', '.join(SUMMARY_FIGURES)}")
 
 
 def sweep_cells(generation_dirs: Sequence, sweep: Mapping) -> list[dict]:
-    """Pair the sweep's generation folders (``…/generations/{run}/{cell}``) with the cells' settings.
+    """Pair the sweep's generation folders with the cells' settings.
 
-    ``sweep``: ``{"runs": [...], "cells": {cell preset name: preset}}`` (the rule's params); rows
-    come run by run, cells in the sweep's product order.
+    ``sweep``: the rule's params, ``{"runs": [...], "cells": {cell preset name: preset},
+    "generations": [{"run", "cell"}, ...]}`` with one ``generations`` entry per folder, in the
+    folders' order; rows come in that order (run by run, cells in the sweep's product order).
     """
-    by_key = {(Path(d).parent.name, Path(d).name): d for d in generation_dirs}
+    dirs, names = list(generation_dirs), list(sweep["generations"])
+    if len(dirs) != len(names):
+        raise ValueError(f"{len(dirs)} generation folder(s) but {len(names)} named in params.sweep.generations")
     out = []
-    for run in sweep["runs"]:
-        for cell, preset in sweep["cells"].items():
-            d = by_key.get((run, cell))
-            if d is None:
-                raise ValueError(f"sweep cell {cell!r} of run {run!r}: no generation folder among the inputs")
-            out.append({"run": run, "cell": cell, "preset": dict(preset), "dir": d})
+    for d, name in zip(dirs, names):
+        if name["cell"] not in sweep["cells"]:
+            raise ValueError(f"sweep cell {name['cell']!r} of run {name['run']!r}: not among the sweep's cells "
+                             f"{', '.join(sweep['cells'])}")
+        out.append({"run": name["run"], "cell": name["cell"], "preset": dict(sweep["cells"][name["cell"]]), "dir": d})
     return out

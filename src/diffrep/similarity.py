@@ -33,6 +33,10 @@ from diffrep.fileio import atomic_path
 log = logging.getLogger(__name__)
 
 STAT_KEYS = ("n", "mean", "std", "p75", "p90", "p95", "frac_above")
+# What a file of the retrieve / train_baseline rules says it is (its wildcards, from the rule's params):
+# readers take a file's identity from the file, never from where it lies.
+MATCHES_IDENTITY = ("dataset", "embedder", "run", "preset")
+BASELINE_IDENTITY = ("dataset", "embedder")
 
 
 class SimilarityError(RuntimeError):
@@ -129,13 +133,6 @@ def similarity_statistics(matches, threshold: float = 0.5) -> dict:
             "source_match_rate": _source_match_rate(part),
         }
     return stats
-
-
-def replication_counts(matches) -> "pd.DataFrame":
-    """Per training image, how often it is the top-1 match: ``train_id``, ``count`` (descending)."""
-    top1 = matches[matches["rank"] == 0]
-    counts = top1.groupby("train_id").size().sort_values(ascending=False, kind="stable")
-    return counts.rename("count").reset_index()
 
 
 # ---------------------------------------------------------------- retrieval
@@ -252,12 +249,13 @@ def check_compatible(train: dict, gen: dict, train_path, gen_path) -> None:
 
 
 def provenance(emb: dict, cfg: dict) -> dict:
-    """What produced a score: embedder, preprocessing (with its meaning) and the faiss index."""
+    """What produced a score: the embedder's model (``embedder_model``; ``embedder`` is the config's
+    name, an identity field), preprocessing (with its meaning) and the faiss index."""
     from diffrep.embeddings import describe_preprocess
 
     index = cfg.get("index", "exact")
     out = {
-        "embedder": emb["embedder"],
+        "embedder_model": emb["embedder"],
         "preprocess": emb["preprocess"],
         "preprocess_detail": describe_preprocess(emb["preprocess"]),
         "index": index,
@@ -265,6 +263,45 @@ def provenance(emb: dict, cfg: dict) -> dict:
     if index == "ivf":
         out.update(nlist=int(cfg.get("nlist", 1024)), nprobe=int(cfg.get("nprobe", 32)))
     return out
+
+
+def identity_fields(identity, keys: Sequence[str]) -> dict:
+    """``{key: str}`` for exactly ``keys`` of ``identity`` (the rule's ``params.identity``)."""
+    missing = [k for k in keys if not (identity or {}).get(k)]
+    if missing:
+        raise SimilarityError(f"identity {identity!r} lacks {missing}: the rule's params.identity must give {list(keys)}")
+    return {k: str(identity[k]) for k in keys}
+
+
+def with_identity(df, identity: dict):
+    """``df`` with one constant column per identity field, in front (a tidy table says what it is)."""
+    out = df.assign(**identity)
+    return out[[*identity, *(c for c in df.columns if c not in identity)]]
+
+
+def read_identified(path, keys: Sequence[str], rule: str):
+    """``(identity, content)`` of a statistics JSON (dict) or matches parquet (DataFrame) of ``rule``.
+
+    ``identity`` is the tuple of the file's own ``keys`` fields (JSON) or constant columns (parquet).
+    A file written before diffrep recorded them is an error that says to re-run ``rule``.
+    """
+    import pandas as pd
+
+    path = str(path)
+    if path.endswith(".json"):
+        with open(path) as f:
+            content = json.load(f)
+        values = [content.get(k) for k in keys]
+    else:
+        content = pd.read_parquet(path)
+        values = [content[k].iloc[0] if k in content and content[k].nunique() == 1 else None for k in keys]
+    missing = [k for k, v in zip(keys, values) if v is None]
+    if missing:
+        raise SimilarityError(
+            f"{path} does not say its {', '.join(missing)} (written by an older diffrep, or empty): "
+            f"re-run its rule, e.g. `snakemake --forcerun {rule}`"
+        )
+    return tuple(str(v) for v in values), content
 
 
 def write_json(path, data: dict) -> None:
@@ -294,13 +331,15 @@ def dup_set_statistics(matches, plan) -> dict:
     }
 
 
-def retrieve_files(train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dict, plan=None) -> dict:
-    """The retrieve rule: matches parquet and statistics JSON of one generation set (``plan``: the
-    run's duplication plan, for :func:`dup_set_statistics`)."""
+def retrieve_files(train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dict, identity: dict, plan=None) -> dict:
+    """The retrieve rule: matches parquet and statistics JSON of one generation set (``identity``:
+    its dataset, embedder, run and preset, written into both files; ``plan``: the run's duplication
+    plan, for :func:`dup_set_statistics`)."""
     import pandas as pd
 
     from diffrep.embeddings import read_embeddings
 
+    ident = identity_fields(identity, MATCHES_IDENTITY)
     train, gen = read_embeddings(train_npz), read_embeddings(gen_npz)
     check_compatible(train, gen, train_npz, gen_npz)
     prompts_path = os.path.join(gen_dir, "prompts.parquet")
@@ -320,24 +359,27 @@ def retrieve_files(train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dic
     if plan is not None:
         stats.update(dup_set_statistics(matches, pd.read_parquet(plan)))
     stats.update(top_k=int(matches["rank"].max()) + 1, n_train=len(train["ids"]), **provenance(train, cfg))
-    write_parquet(matches_out, matches)
+    stats = {**ident, **stats}
+    write_parquet(matches_out, with_identity(matches, ident))
     write_json(stats_out, stats)
     log.info("top-1 similarity: %s", {k: stats[k] for k in STAT_KEYS})
     return stats
 
 
-def train_baseline_files(train_npz, stats_out, table_out, cfg: dict) -> dict:
-    """The train_baseline rule: per-image best other match (parquet) and its statistics (JSON)."""
+def train_baseline_files(train_npz, stats_out, table_out, cfg: dict, identity: dict) -> dict:
+    """The train_baseline rule: per-image best other match (parquet) and its statistics (JSON), both
+    carrying ``identity`` (dataset, embedder)."""
     from diffrep.embeddings import read_embeddings
 
+    ident = identity_fields(identity, BASELINE_IDENTITY)
     train = read_embeddings(train_npz)
     table, stats = train_baseline(
         train["ids"], train["embeddings"], index=cfg.get("index", "exact"),
         nlist=int(cfg.get("nlist", 1024)), nprobe=int(cfg.get("nprobe", 32)),
         threshold=float(cfg.get("threshold", 0.5)),
     )
-    stats.update(n_train=len(train["ids"]), **provenance(train, cfg))
-    write_parquet(table_out, table)
+    stats = {**ident, **stats, "n_train": len(train["ids"]), **provenance(train, cfg)}
+    write_parquet(table_out, with_identity(table, ident))
     write_json(stats_out, stats)
     log.info("train-vs-train baseline: %s", {k: stats[k] for k in STAT_KEYS})
     return stats

@@ -7,9 +7,11 @@ sha256 of the model and dataset manifests, study name). A metric that the config
 written as ``skipped`` (never a silent zero or blank); a statistic that is undefined (an empty
 duplicated split) is left empty, as the JSON's null.
 
-Paths are parsed back into their wildcards: ``…/{dataset}/similarity/{embedder}/{run}/{gen}.json``,
-``…/{dataset}/fid/{run}/{gen}.json``, ``…/{dataset}/clipscore/{run}/{gen}.json``,
-``…/{dataset}/similarity/{embedder}/train_baseline.json``, ``…/{dataset}/weightdiff/{run}.parquet``.
+No path is parsed: the similarity statistics and the train-vs-train baselines say which dataset,
+embedder, run and preset they are; every other input (FID, CLIP score, weight differences,
+manifests) comes with its id in the rule's ``params.ids``, in the same order as the inputs (as
+rna-seq-star-deseq2's ``count_matrix`` gets its sample names). The layout of ``results/`` is written
+once, in the rules.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ import pandas as pd
 
 from diffrep.config import BASE_RUN, PRESET_DEFAULTS, Run
 from diffrep.fileio import atomic_path
+from diffrep.similarity import BASELINE_IDENTITY, MATCHES_IDENTITY, STAT_KEYS, SimilarityError, read_identified
 
 log = logging.getLogger(__name__)
 
 SKIPPED = "skipped"
-STATS = ("n", "mean", "std", "p75", "p90", "p95", "frac_above", "source_match_rate")
+STATS = (*STAT_KEYS, "source_match_rate")
 SPLITS = ("duplicated", "not_duplicated")
-SETTING_COLUMNS = [
-    "study", "seed", "dataset", "run", "preset", "embedder", "duplication", "conditioning", "train_mitigation",
-    "inference_mitigation", "scheduler", "guidance_scale", "steps", "negative_prompt",
-]
+# The inputs of the tables rule that do not say what they are, and the fields of their ids in params.ids
+# (manifests are named by their model or dataset name alone).
+KEYED_INPUTS = ("fid", "clipscore", "weightdiff", "model_manifests", "dataset_manifests")
+ID_FIELDS = {"fid": ("dataset", "run", "preset"), "clipscore": ("dataset", "run", "preset"), "weightdiff": ("dataset", "run")}
 
 
 class TableError(ValueError):
@@ -73,27 +76,31 @@ def preset_settings(preset: Mapping) -> dict:
     }
 
 
-def _tail(path, n: int) -> list[str]:
-    parts = Path(path).parts
-    if len(parts) < n:
-        raise TableError(f"{path}: expected at least {n} path components")
-    return list(parts[-n:])
+def _identified(path, keys, rule: str) -> tuple[tuple, dict]:
+    """``(identity, statistics)`` of a JSON that says what it is (diffrep.similarity.read_identified)."""
+    try:
+        return read_identified(path, keys, rule)
+    except (OSError, ValueError, SimilarityError) as err:
+        raise TableError(str(err) if isinstance(err, SimilarityError) else f"cannot read {path}: {err}") from None
 
 
-def parse_similarity_path(path) -> tuple[str, str, str, str]:
-    """``(dataset, embedder, run, gen)`` of ``…/{dataset}/similarity/{embedder}/{run}/{gen}.json``."""
-    ds, kind, emb, run, name = _tail(path, 5)
-    if kind != "similarity":
-        raise TableError(f"{path}: not a similarity statistics file (…/{{dataset}}/similarity/…)")
-    return ds, emb, run, Path(name).stem
+def keyed(paths: Iterable, ids: Iterable, name: str) -> dict:
+    """``{id: path}``: each input file ``name`` with its id from ``params.ids[name]`` (same order).
 
-
-def parse_run_gen_path(path, kind: str) -> tuple[str, str, str]:
-    """``(dataset, run, gen)`` of ``…/{dataset}/{kind}/{run}/{gen}.json`` (kind: fid, clipscore)."""
-    ds, k, run, name = _tail(path, 4)
-    if k != kind:
-        raise TableError(f"{path}: not a {kind} file (…/{{dataset}}/{kind}/{{run}}/{{gen}}.json)")
-    return ds, run, Path(name).stem
+    An id is a name (manifests) or a mapping with the fields of :data:`ID_FIELDS` ``[name]``, which
+    becomes the tuple of those fields (``(dataset, run, preset)`` for fid and clipscore).
+    """
+    paths, ids = list(paths), list(ids)
+    if len(paths) != len(ids):
+        raise TableError(f"input {name!r}: {len(paths)} file(s) but {len(ids)} id(s) in params.ids.{name}; "
+                         "the rule must name every input, in order")
+    fields = ID_FIELDS.get(name)
+    out = {}
+    for i, p in zip(ids, paths):
+        if fields and not (isinstance(i, Mapping) and set(fields) <= set(i)):
+            raise TableError(f"params.ids.{name}: {i!r} for {p} lacks one of {list(fields)}")
+        out[tuple(i[k] for k in fields) if fields else i] = p
+    return out
 
 
 def _flat_stats(stats: dict, path) -> dict:
@@ -112,32 +119,17 @@ def _flat_stats(stats: dict, path) -> dict:
     return out
 
 
-def _by_key(paths: Iterable, kind: str) -> dict[tuple[str, str, str], dict]:
-    out = {}
-    for p in paths:
-        out[parse_run_gen_path(p, kind)] = _read_json(p)
-    return out
-
-
-def _manifest_hashes(manifests: Iterable) -> tuple[dict, dict]:
-    """Short hashes of model manifests (``resources/models/{model}.sha256``) and dataset manifests
-    (``resources/data/{dataset}/images.sha256``), by name."""
-    models, datasets = {}, {}
-    for m in manifests:
-        p = Path(m)
-        if p.name == "images.sha256":
-            datasets[p.parent.name] = short_hash(p)
-        else:
-            models[p.name[: -len(".sha256")] if p.name.endswith(".sha256") else p.stem] = short_hash(p)
-    return models, datasets
+def _manifest_hashes(models: Mapping, datasets: Mapping) -> tuple[dict, dict]:
+    """Short hashes of model manifests (``{model: path}``) and dataset manifests (``{dataset: path}``)."""
+    return {k: short_hash(p) for k, p in models.items()}, {k: short_hash(p) for k, p in datasets.items()}
 
 
 def summary_table(
     similarity: Iterable,
-    fid: Iterable = (),
-    clipscore: Iterable = (),
+    fid: Mapping | None = None,
+    clipscore: Mapping | None = None,
     baselines: Iterable = (),
-    manifests: Iterable = (),
+    manifests: Mapping | None = None,
     presets: Mapping | None = None,
     study: str = "",
     base_model: str = "",
@@ -148,23 +140,22 @@ def summary_table(
 ) -> pd.DataFrame:
     """One row per dataset × run × preset × embedder (see the module docstring for the columns).
 
-    ``similarity``/``fid``/``clipscore``/``baselines``: paths of the JSON files; ``presets``: the
-    generation presets by name (defaults filled); a disabled metric's columns say ``skipped``; an
-    enabled one whose file is missing is an error naming the setting. ``clipscore_bg``: the CLIP-score
-    training-set baselines (each JSON names its dataset).
+    ``similarity``/``baselines``: paths of the JSON files (they say what they are); ``fid``/``clipscore``:
+    ``{(dataset, run, preset): JSON path}``; ``manifests``: ``{"models": {model: path}, "datasets":
+    {dataset: path}}``; ``presets``: the generation presets by name (defaults filled); a disabled
+    metric's columns say ``skipped``; an enabled one whose file is missing is an error naming the setting.
+    ``clipscore_bg``: the CLIP-score training-set baselines (each JSON names its dataset).
     """
     presets = presets or {}
-    fids, clips = _by_key(fid, "fid"), _by_key(clipscore, "clipscore")
+    fids = {k: _read_json(p) for k, p in (fid or {}).items()}
+    clips = {k: _read_json(p) for k, p in (clipscore or {}).items()}
     clip_bg = {c["dataset"]: c for c in map(_read_json, clipscore_bg)}
-    base_lines = {}
-    for p in baselines:
-        ds, _, emb, name = _tail(p, 4)
-        base_lines[(ds, emb)] = _read_json(p)
-    model_hash, data_hash = _manifest_hashes(manifests)
+    base_lines = dict(_identified(p, BASELINE_IDENTITY, "train_baseline") for p in baselines)
+    manifests = manifests or {}
+    model_hash, data_hash = _manifest_hashes(manifests.get("models", {}), manifests.get("datasets", {}))
     rows = []
     for path in similarity:
-        ds, emb, run, gen = parse_similarity_path(path)
-        stats = _read_json(path)
+        (ds, emb, run, gen), stats = _identified(path, MATCHES_IDENTITY, "retrieve")
         row = {"study": study, "seed": seed, "dataset": ds, "run": run, "preset": gen, "embedder": emb, **settings(run)}
         if gen not in presets:
             log.warning("preset %r of %s not among the configured presets; its settings use the defaults", gen, path)
@@ -213,10 +204,7 @@ def baselines_table(baselines: Iterable, study: str = "") -> pd.DataFrame:
     """One row per dataset × embedder: the train-vs-train baseline statistics (top-2, self excluded)."""
     rows = []
     for p in baselines:
-        ds, kind, emb, _ = _tail(p, 4)
-        if kind != "similarity":
-            raise TableError(f"{p}: not a train_baseline.json (…/{{dataset}}/similarity/{{embedder}}/train_baseline.json)")
-        s = _read_json(p)
+        (ds, emb), s = _identified(p, BASELINE_IDENTITY, "train_baseline")
         rows.append(
             {"study": study, "dataset": ds, "embedder": emb,
              **{k: s.get(k) for k in ("n", "mean", "std", "p75", "p90", "p95", "frac_above", "threshold")},
@@ -233,16 +221,13 @@ WEIGHTDIFF_COLUMNS = [
 ]
 
 
-def weightdiff_table(paths: Iterable, study: str = "") -> pd.DataFrame:
+def weightdiff_table(tables: Mapping, study: str = "") -> pd.DataFrame:
     """Per dataset × run × component × block: tensors compared, Σ numel, Σ l1, l2 = √Σ l2² (the
     L2 norm of the block's whole difference), mean relative L2, mean and min cosine, and
-    ``n_not_compared`` (shape mismatches and tensors in one model only)."""
+    ``n_not_compared`` (shape mismatches and tensors in one model only). ``tables``: ``{(dataset,
+    run): path of the run's weightdiff parquet}``."""
     frames = []
-    for p in paths:
-        ds, kind, name = _tail(p, 3)
-        if kind != "weightdiff":
-            raise TableError(f"{p}: not a weightdiff table (…/{{dataset}}/weightdiff/{{run}}.parquet)")
-        run = Path(name).stem
+    for (ds, run), p in tables.items():
         df = pd.read_parquet(p)
         missing = {"component", "block", "l1", "l2", "cosine", "numel"} - set(df.columns)
         if missing:
@@ -269,19 +254,23 @@ def write_csv(df: pd.DataFrame, path) -> None:
 
 
 def write_tables(inputs, outputs, params) -> dict[str, pd.DataFrame]:
-    """The tables rule: ``inputs`` with similarity, baselines, fid, clipscore, weightdiff, manifests;
-    ``outputs`` with summary, weightdiff, baselines; ``params`` with study, seed, presets,
-    base_model, fid (enabled), clipscore (enabled)."""
+    """The tables rule: ``inputs`` with similarity, baselines and the :data:`KEYED_INPUTS` (lists of
+    paths); ``outputs`` with summary, weightdiff, baselines; ``params`` with study, seed, presets,
+    base_model, fid (enabled), clipscore (enabled) and ``ids``: for each keyed input, the id of each
+    file in order (``{dataset, run, preset}`` for fid and clipscore, ``{dataset, run}`` for weightdiff,
+    the model or dataset name for manifests)."""
     study = params["study"]
+    ids = params.get("ids", {})
+    k = {name: keyed(inputs.get(name, []), ids.get(name, []), name) for name in KEYED_INPUTS}
     summary = summary_table(
-        inputs["similarity"], inputs.get("fid", []), inputs.get("clipscore", []), inputs["baselines"],
-        inputs.get("manifests", []), params.get("presets", {}), study, params.get("base_model", ""),
-        bool(params.get("fid", True)), bool(params.get("clipscore", True)), params.get("seed"),
-        clipscore_bg=inputs.get("clipscore_bg", []),
+        inputs["similarity"], k["fid"], k["clipscore"], inputs["baselines"],
+        {"models": k["model_manifests"], "datasets": k["dataset_manifests"]}, params.get("presets", {}), study,
+        params.get("base_model", ""), bool(params.get("fid", True)), bool(params.get("clipscore", True)),
+        params.get("seed"), clipscore_bg=inputs.get("clipscore_bg", []),
     )
     tables = {
         "summary": summary,
-        "weightdiff": weightdiff_table(inputs.get("weightdiff", []), study),
+        "weightdiff": weightdiff_table(k["weightdiff"], study),
         "baselines": baselines_table(inputs["baselines"], study),
     }
     for name, df in tables.items():
