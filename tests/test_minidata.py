@@ -61,7 +61,7 @@ def test_pictures_are_far_apart_in_pixel_space_and_base_set_is_disjoint(tmp_path
     sim = d @ d.T
     np.fill_diagonal(sim, -1)
     top = sim.max(axis=1)
-    # digits score a mean top-1 of 0.94 against each other (FACTS.md); these pictures are far apart
+    # digits score a mean top-1 of 0.94 against each other; these pictures are far apart
     assert top.mean() < 0.75 and np.percentile(top, 95) < 0.92
     base, captions = minidata.base_images(200, seed=0, size=32)
     assert base.shape == (200, 32, 32, 3) and len(captions) == 200

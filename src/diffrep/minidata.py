@@ -1,8 +1,8 @@
 """The mini study's dataset: procedurally drawn, visually distinct pictures with labels and captions.
 
 Why drawings: replication is measurable at small scale only when the training images are few
-(about 100) and far apart from each other in pixel space (FACTS.md: on homogeneous data such as
-digits, held-out real images already match each other at similarity 0.94). Each picture here is a
+(about 100) and far apart from each other in pixel space (on homogeneous data such as digits,
+held-out real images already match each other at similarity 0.94). Each picture here is a
 *scene*: a background (plain, or two colours split diagonally or in halves; 10 colours), one large main shape
 (its class, one of 10) in its own colour, size, rotation and place, and 0-2 small marks in other
 colours. Colours and layout make almost every pair of pictures differ strongly, while the class
