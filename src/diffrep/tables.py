@@ -25,6 +25,7 @@ import pandas as pd
 
 from diffrep.config import BASE_RUN, PRESET_DEFAULTS, Run
 from diffrep.fileio import atomic_path
+from diffrep.provenance import with_platform
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,7 @@ def write_tables(inputs, outputs, params) -> dict[str, pd.DataFrame]:
         "weightdiff": weightdiff_table(inputs.get("weightdiff", []), study),
         "baselines": baselines_table(inputs["baselines"], study),
     }
+    tables = with_platform(tables, log)
     for name, df in tables.items():
         write_csv(df, outputs[name])
         log.info("%s: %d rows -> %s", name, len(df), outputs[name])

@@ -55,6 +55,7 @@ import numpy as np
 
 from diffrep.config import derive_seed
 from diffrep.mitigations import TRAIN_MITIGATIONS, add_embedding_noise, train_caption
+from diffrep.provenance import platform_fingerprint
 
 log = logging.getLogger("diffrep.training")
 
@@ -629,6 +630,7 @@ def train(args: argparse.Namespace) -> Path:
             "prediction_type": noise_scheduler.config.prediction_type,
             "resumed_from": resumed_from,
             "final_loss": metrics[-1]["loss"] if metrics else None,
+            "platform": platform_fingerprint(),  # what can change the weights' last bits
         }
         save_model(args.pretrained_model_name_or_path, accelerator.unwrap_model(unet), Path(args.output_dir), metrics, info)
         log.info("model written to %s", args.output_dir)
