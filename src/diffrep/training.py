@@ -34,6 +34,7 @@ import numpy as np
 from diffrep.captions import read_captions
 from diffrep.config import CONDITIONINGS, DUPLICATIONS, TRAIN_MITIGATIONS, derive_seed
 from diffrep.mitigations import add_embedding_noise, train_caption
+from diffrep.provenance import platform_fingerprint
 
 log = logging.getLogger("diffrep.training")
 
@@ -675,6 +676,7 @@ def train(args: argparse.Namespace) -> Path:
             n_duplicated=int(data.duplicated.sum()),
             sampling="permutation per epoch" if uniform else "weighted with replacement",
             prediction_type=components["noise_scheduler"].config.prediction_type, resumed_from=resumed_from,
+            platform=platform_fingerprint(),  # what can change the weights' last bits
         )
         unet = accelerator.unwrap_model(components["unet"])
         save_model(args.pretrained_model_name_or_path, unet, Path(args.output_dir), metrics, info)
