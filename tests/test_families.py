@@ -1,0 +1,176 @@
+"""Model families: tiny SDXL / SD3 / Turbo pipelines generate through the one generation code path."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from diffrep import families as F
+from diffrep import generation as G
+from diffrep.tinyfamilies import build_tiny_family
+from test_training import build_inputs
+
+PRESET = {
+    "mitigation": "gaussnoise",
+    "lam": 0.1,
+    "repeats": 4,
+    "scheduler": "default",
+    "guidance_scale": 3.0,
+    "steps": 2,
+    "negative_prompt": "blurry",
+}
+TURBO = {**PRESET, "mitigation": "none", "guidance_scale": 0.0, "steps": 1, "negative_prompt": ""}
+# (folder, family, distilled, preset, pipeline class, scheduler after the preset)
+CASES = {
+    "sdxl": ("sdxl", False, PRESET, "StableDiffusionXLPipeline", "EulerDiscreteScheduler"),
+    "sdxl_turbo": ("sdxl", True, TURBO, "StableDiffusionXLPipeline", "EulerDiscreteScheduler"),
+    "sd_turbo": ("sd", True, TURBO, "StableDiffusionPipeline", "EulerDiscreteScheduler"),
+    "sd3": (
+        "sd3",
+        False,
+        {**PRESET, "scheduler": "flow_match_euler"},
+        "StableDiffusion3Pipeline",
+        "FlowMatchEulerDiscreteScheduler",
+    ),
+    "sd35_turbo": (
+        "sd3",
+        True,
+        {**TURBO, "steps": 2},
+        "StableDiffusion3Pipeline",
+        "FlowMatchEulerDiscreteScheduler",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    torch.set_num_threads(1)
+    data = build_inputs(tmp_path_factory.mktemp("fam_inputs"), pipeline=False)
+    words = [c for v in data["captions"].values() for c in v]
+    for name, (family, distilled, *_rest) in CASES.items():
+        build_tiny_family(data["root"] / name, family, words, seed=0, distilled=distilled)
+    return data
+
+
+def pixels(path):
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+def generate(inputs, model, out, preset, n=2, batch_size=2):
+    root = inputs["root"]
+    return G.generate(
+        root / model,
+        root / "captions.json",
+        root / "dup_both.parquet",
+        root / out,
+        preset,
+        n_images=n,
+        resolution=32,
+        seed=5,
+        batch_size=batch_size,
+        run=f"pretrained-{model}",
+    )
+
+
+@pytest.mark.parametrize("model", sorted(CASES))
+def test_every_family_generates_from_its_tiny_local_pipeline(inputs, model):
+    family, distilled, preset, cls, sched = CASES[model]
+    index = json.loads((inputs["root"] / model / "model_index.json").read_text())
+    assert index["_class_name"] == cls and F.family_of(inputs["root"] / model) == family
+    assert not list((inputs["root"] / model).rglob("*.bin"))  # safetensors only
+    out = generate(inputs, model, f"{model}_a", preset)
+    info = json.loads((out / "generation_info.json").read_text())
+    assert info["family"] == family and info["scheduler"] == sched
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["00000.png", "00001.png"]
+    # seeded per image: batch 1 gives the same images (up to float rounding of batched kernels:
+    # one grey level was seen on one pixel with SDXL-Turbo)
+    again = generate(inputs, model, f"{model}_b", preset, batch_size=1)
+    for a, b in zip(pngs, sorted(again.glob("*.png"))):
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1, a.name
+    assert pixels(pngs[0]).std() > 0 and np.abs(pixels(pngs[0]) - pixels(pngs[1])).mean() > 1
+    assert len(pd.read_parquet(out / "prompts.parquet")) == 2
+
+
+def test_sdxl_and_sd3_components(inputs):
+    sdxl = F.load_pipeline(inputs["root"] / "sdxl", "cpu", torch.float32)
+    assert type(sdxl.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert sdxl.unet.config.addition_embed_type == "text_time"
+    sd3 = F.load_pipeline(inputs["root"] / "sd3", "cpu", torch.float32)
+    assert type(sd3.transformer).__name__ == "SD3Transformer2DModel"
+    assert sd3.text_encoder_3 is None and sd3.tokenizer_3 is None  # the documented subset
+    turbo = F.load_pipeline(inputs["root"] / "sdxl_turbo", "cpu", torch.float32)
+    assert turbo.scheduler.config.timestep_spacing == "trailing"
+
+
+class Spy:
+    """Stands in for the pipeline: real encode_prompt, records the call's keyword arguments."""
+
+    def __init__(self, pipe):
+        self.pipe, self.kw = pipe, None
+
+    def encode_prompt(self, *a, **k):
+        return self.pipe.encode_prompt(*a, **k)
+
+    def __call__(self, **kw):
+        self.kw = kw
+        return SimpleNamespace(images=[])
+
+
+@pytest.mark.parametrize("model", ["sdxl", "sd3"])
+def test_gaussnoise_perturbs_every_embedding_pooled_included(inputs, model):
+    spy = Spy(F.load_pipeline(inputs["root"] / model, "cpu", torch.float32))
+    family, prompts, seeds = CASES[model][0], ["a red circle number 1", "shape 2 other"], [1, 2]
+    G.generate_batch(spy, prompts, seeds, {**PRESET, "mitigation": "none"}, 32, "cpu", family)
+    clean = spy.kw
+    G.generate_batch(spy, prompts, seeds, {**PRESET, "lam": 0.5}, 32, "cpu", family)
+    noisy = spy.kw
+    assert set(F.EMBEDDING_ORDER) <= set(noisy)
+    for key in F.EMBEDDING_ORDER:
+        delta = noisy[key] - clean[key]
+        assert abs(delta.std().item() - 0.5) < 0.1, key
+    assert clean["pooled_prompt_embeds"].ndim == 2
+    G.generate_batch(spy, prompts, seeds, TURBO, 32, "cpu", family)
+    assert spy.kw["negative_prompt_embeds"] is None and spy.kw["negative_pooled_prompt_embeds"] is None
+
+
+def test_family_of_names_the_file_and_the_class(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ValueError, match=r"model_index.json: _class_name 'FluxPipeline' is not a supported"):
+        F.family_of(tmp_path)
+
+
+def test_flow_schedulers_by_name():
+    import diffusers
+
+    pipe = SimpleNamespace(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    G.set_scheduler(pipe, "flow_match_heun")
+    assert (
+        type(pipe.scheduler).__name__ == "FlowMatchHeunDiscreteScheduler"
+        and pipe.scheduler.config.shift == 3.0
+    )
+
+
+def test_model_defaults_and_preset_problems():
+    assert F.model_defaults({"family": "sdxl", "distilled": True}) == {
+        "steps": 1,
+        "guidance_scale": 0.0,
+        "resolution": 512,
+    }
+    assert (
+        F.model_defaults({"family": "sd3", "defaults": {"steps": 40, "guidance_scale": 4.5}})["steps"] == 40
+    )
+    assert F.preset_problems("sd35m", {"family": "sd3"}, {"scheduler": "flow_match_euler"}) == []
+    [msg] = F.preset_problems("sd35m", {"family": "sd3"}, {"scheduler": "ddim"})
+    assert (
+        msg
+        == "model 'sd35m' (family sd3) cannot use scheduler 'ddim'; allowed: default, flow_match_euler, flow_match_heun"
+    )
+    [msg] = F.preset_problems(
+        "sdxl_turbo", {"family": "sdxl", "distilled": True}, {"negative_prompt": "blurry"}
+    )
+    assert "model 'sdxl_turbo' is distilled (Turbo)" in msg and "ignores negative prompts" in msg
