@@ -174,3 +174,81 @@ def test_model_defaults_and_preset_problems():
         "sdxl_turbo", {"family": "sdxl", "distilled": True}, {"negative_prompt": "blurry"}
     )
     assert "model 'sdxl_turbo' is distilled (Turbo)" in msg and "ignores negative prompts" in msg
+
+
+# ---------------------------------------------------------------- config checks (before any job)
+
+
+def checked(cfg):
+    from diffrep import config as dconf
+    from test_config import validated
+
+    dconf.check(validated(cfg))
+
+
+def test_paper_models_declare_their_families(paper_config):
+    from test_config import validated
+
+    models = validated(paper_config)["models"]
+    assert models["sd21"]["family"] == "sd" and not models["sd21"]["distilled"]  # the schema's default
+    assert {
+        m: (models[m]["family"], models[m]["distilled"])
+        for m in ("sd_turbo", "sdxl", "sdxl_turbo", "sd35_medium", "sd35_large_turbo")
+    } == {
+        "sd_turbo": ("sd", True),
+        "sdxl": ("sdxl", False),
+        "sdxl_turbo": ("sdxl", True),
+        "sd35_medium": ("sd3", False),
+        "sd35_large_turbo": ("sd3", True),
+    }
+    assert models["sd35_medium"]["variant"] is None  # the SD 3.5 transformer ships no fp16 variant
+
+
+def test_a_scheduler_the_family_cannot_use_is_a_config_error(paper_config):
+    from diffrep.config import ConfigError
+
+    paper_config["sweeps"]["samplers"]["scheduler"] = ["ddim", "flow_match_euler"]
+    with pytest.raises(ConfigError) as err:
+        checked(paper_config)
+    assert str(err.value) == (
+        "generation preset 'samplers-06': model 'sd21' (family sd) cannot use scheduler 'flow_match_euler'; "
+        "allowed: default, ddpm, ddim, pndm, dpmsolver++, euler, euler_ancestral, lms, heun, unipc"
+    )
+
+
+def test_a_negative_prompt_on_a_turbo_model_is_a_config_error(paper_config):
+    from diffrep.config import ConfigError
+
+    paper_config["base_model"] = "sd_turbo"
+    checked(paper_config)  # SD-Turbo is an sd-family model: it can be finetuned and sampled
+    paper_config["generation"]["presets"]["negative"] = {"negative_prompt": "blurry, low quality"}
+    paper_config["experiments"][0]["generation"] = ["default", "negative"]
+    with pytest.raises(
+        ConfigError, match=r"generation preset 'negative': model 'sd_turbo' is distilled \(Turbo\)"
+    ):
+        checked(paper_config)
+
+
+@pytest.mark.parametrize("model, family", [("sdxl", "sdxl"), ("sd35_medium", "sd3")])
+def test_finetuning_a_family_the_trainer_cannot_train_is_a_config_error(paper_config, model, family):
+    from diffrep.config import ConfigError
+
+    paper_config["base_model"] = model
+    with pytest.raises(ConfigError) as err:
+        checked(paper_config)
+    assert str(err.value).startswith(
+        f"base_model {model!r} has family {family!r}, which the trainer cannot finetune; finetunable families: sd"
+    )
+
+
+def test_snakemake_stops_before_any_job_naming_the_turbo_model(tmp_path, workflow_copy, paper_config):
+    from test_workflow import _run_with_config
+
+    paper_config["base_model"] = "sdxl_turbo"
+    proc = _run_with_config(tmp_path, workflow_copy, paper_config)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert (
+        "Invalid configuration: base_model 'sdxl_turbo' has family 'sdxl', which the trainer cannot finetune"
+        in out
+    )

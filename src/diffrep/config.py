@@ -14,13 +14,13 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 
+from diffrep.families import FAMILIES, FINETUNABLE, FLOW_SCHEDULERS, UNET_SCHEDULERS, preset_problems
+
 DUPLICATIONS = ("nodup", "dup_both", "dup_image")
 CONDITIONINGS = ("nolevel", "classlevel", "instancelevel_blip", "instancelevel_random")
 TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise")
 INFERENCE_MITIGATIONS = ("none", "gaussnoise", "rand_numb_add", "rand_word_add", "rand_word_repeat")
-SCHEDULERS = (
-    "default", "ddpm", "ddim", "pndm", "dpmsolver++", "euler", "euler_ancestral", "lms", "heun", "unipc",
-)
+SCHEDULERS = (*UNET_SCHEDULERS, *FLOW_SCHEDULERS)
 SINGLE_CAPTION_CONDITIONINGS = ("nolevel", "classlevel")
 BASE_RUN = "base"
 
@@ -207,11 +207,27 @@ def check(config: dict) -> None:
             need = {"modelscope": "repo", "huggingface": "repo", "url": "url", "build": "builder"}[src["type"]]
             if need not in src:
                 raise ConfigError(f"models.{name}.sources[{j}]: source type {src['type']!r} needs '{need}'")
+    check_families(config)
     for name, ds in datasets.items():
         src = ds["source"]
         need = {"folder": "path", "urls": "path", "build": "builder"}[src["type"]]
         if need not in src:
             raise ConfigError(f"datasets.{name}.source: type {src['type']!r} needs '{need}'")
+
+
+def check_families(config: dict) -> None:
+    """Model-family checks: every generated preset suits its model; only finetunable families finetune."""
+    models, base = config["models"], config["base_model"]
+    family = models[base].get("family", "sd")
+    if finetunes(config) and family not in FINETUNABLE:
+        raise ConfigError(
+            f"base_model {base!r} has family {family!r}, which the trainer cannot finetune; finetunable "
+            f"families: {', '.join(FINETUNABLE)} (the {'/'.join(FAMILIES)} families can all be generated from)"
+        )
+    all_presets = presets(config)
+    for model, gen in sorted({(base, g) for _, _, g in generations(config)}):
+        for problem in preset_problems(model, models[model], all_presets[gen]):
+            raise ConfigError(f"generation preset {gen!r}: {problem}")
 
 
 def _used_conditionings(config: dict) -> set[str]:
