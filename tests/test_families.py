@@ -39,9 +39,9 @@ CASES = {
     "sd35_turbo": (
         "sd3",
         True,
-        {**TURBO, "steps": 2},
+        {**TURBO, "steps": 2, "scheduler": "flow_match_heun"},
         "StableDiffusion3Pipeline",
-        "FlowMatchEulerDiscreteScheduler",
+        "FlowMatchHeunDiscreteScheduler",
     ),
 }
 
@@ -252,3 +252,81 @@ def test_snakemake_stops_before_any_job_naming_the_turbo_model(tmp_path, workflo
         "Invalid configuration: base_model 'sdxl_turbo' has family 'sdxl', which the trainer cannot finetune"
         in out
     )
+
+
+# ---------------------------------------------------------------- pretrained runs and per-model sweeps
+
+
+def test_pretrained_run_names_round_trip():
+    from diffrep.config import Run
+
+    run = Run.parse("pretrained-sdxl_turbo")
+    assert run.is_pretrained and not run.is_base and run.model == "sdxl_turbo"
+    assert run.name == "pretrained-sdxl_turbo" and Run.parse(run.name) == run
+    assert Run.parse("base").is_base and not Run.parse("base").is_pretrained
+
+
+def test_paper_sampler_comparison_block(paper_config):
+    from diffrep import config as dconf
+    from diffrep.config import Run
+    from test_config import validated
+
+    cfg = validated(paper_config)
+    dconf.check(cfg)
+    gens = dconf.generations(cfg)
+    models = {r.model for _, r, _ in gens if r.is_pretrained}
+    assert models == {"sd_turbo", "sdxl", "sdxl_turbo", "sd35_medium"}
+    assert not [g for g in dconf.measured_generations(cfg) if g[1].is_pretrained]  # grids only, for now
+    assert len(dconf.finetunes(cfg)) == 24  # pretrained runs are never finetuned
+    presets = dconf.presets(cfg)
+    sd35 = {p["scheduler"] for g, p in presets.items() if p.get("sweep") == "samplers_sd35_medium"}
+    assert sd35 == {"flow_match_euler", "flow_match_heun"}
+    turbo = [p for p in presets.values() if p.get("sweep") == "samplers_sdxl_turbo"]
+    assert {(p["guidance_scale"], p["steps"], p["negative_prompt"]) for p in turbo} == {
+        (0.0, 1, ""),
+        (0.0, 4, ""),
+    }
+    sizes = {m: dconf.generation_resolution(cfg, Run(model=m)) for m in sorted(models)}
+    assert sizes == {"sd35_medium": 1024, "sd_turbo": 512, "sdxl": 1024, "sdxl_turbo": 512}
+    assert dconf.generation_resolution(cfg, Run()) == 256  # the base run: the training resolution
+
+
+def test_a_sweep_without_guidance_or_steps_takes_its_models_defaults(paper_config):
+    from diffrep import config as dconf
+    from test_config import validated
+
+    paper_config["sweeps"] = {
+        "turbo": {"dataset": "laion10k", "runs": ["pretrained-sd35_large_turbo"], "scheduler": ["default"]}
+    }
+    cfg = validated(paper_config)
+    dconf.check(cfg)
+    [cell] = dconf.sweep_presets(cfg).values()
+    assert (cell["guidance_scale"], cell["steps"]) == (0.0, 4)
+
+
+@pytest.mark.parametrize(
+    "sweep, message",
+    [
+        (
+            {"runs": ["pretrained-nosuch"]},
+            "sweeps.s.runs (pretrained-nosuch): model 'nosuch' is not defined in models",
+        ),
+        ({"runs": ["pretrained-clip"]}, "model 'clip' has kind 'clip', expected 'diffusers'"),
+        (
+            {"runs": ["pretrained-sd35_medium"], "scheduler": ["dpmsolver++"]},
+            "generation preset 's-00': model 'sd35_medium' (family sd3) cannot use scheduler 'dpmsolver++'; "
+            "allowed: default, flow_match_euler, flow_match_heun",
+        ),
+        (
+            {"runs": ["pretrained-sdxl_turbo"], "negative_prompt": ["", "blurry"]},
+            "generation preset 's-01': model 'sdxl_turbo' is distilled (Turbo)",
+        ),
+    ],
+)
+def test_pretrained_sweep_errors_name_the_model(paper_config, sweep, message):
+    from diffrep.config import ConfigError
+
+    paper_config["sweeps"] = {"s": {"dataset": "laion10k", **sweep}}
+    with pytest.raises(ConfigError) as err:
+        checked(paper_config)
+    assert message in str(err.value)

@@ -409,6 +409,7 @@ def test_paper_dry_run_fetches_every_model(workflow_copy, paper_config):
     used = {paper_config["base_model"], paper_config["fid"]["model"], paper_config["clipscore"]["model"],
             paper_config["captions"]["blip"]["model"] if "captions" in paper_config else "blip"}
     used |= {e["model"] for e in paper_config["embedders"].values() if "model" in e}
+    used |= {r.split("-", 1)[1] for s in paper_config["sweeps"].values() for r in s["runs"] if r.startswith("pretrained-")}
     full = snakemake(["-n"], cwd=workflow_copy, check=True).stdout
     fetched = set(re.findall(r"output: resources/models/([\w-]+), resources/models/\1\.sha256", full))
     assert fetched == used and job_counts(full)["fetch_model"] == len(used)
