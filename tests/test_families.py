@@ -52,7 +52,8 @@ def inputs(tmp_path_factory):
     data = build_inputs(tmp_path_factory.mktemp("fam_inputs"), pipeline=False)
     words = [c for v in data["captions"].values() for c in v]
     for name, (family, distilled, *_rest) in CASES.items():
-        build_tiny_family(data["root"] / name, family, words, seed=0, distilled=distilled)
+        # SD 3.5 Medium's tiny twin has T5, the Turbo one the documented subset without it
+        build_tiny_family(data["root"] / name, family, words, seed=0, distilled=distilled, t5=name == "sd3")
     return data
 
 
@@ -102,7 +103,11 @@ def test_sdxl_and_sd3_components(inputs):
     assert sdxl.unet.config.addition_embed_type == "text_time"
     sd3 = F.load_pipeline(inputs["root"] / "sd3", "cpu", torch.float32)
     assert type(sd3.transformer).__name__ == "SD3Transformer2DModel"
-    assert sd3.text_encoder_3 is None and sd3.tokenizer_3 is None  # the documented subset
+    assert type(sd3.text_encoder_3).__name__ == "T5EncoderModel"
+    ids = sd3.tokenizer_3("a red circle number 1").input_ids
+    assert ids[-1] == 1 and 2 not in ids  # </s> appended; every caption word known
+    subset = F.load_pipeline(inputs["root"] / "sd35_turbo", "cpu", torch.float32)
+    assert subset.text_encoder_3 is None and subset.tokenizer_3 is None  # the documented subset
     turbo = F.load_pipeline(inputs["root"] / "sdxl_turbo", "cpu", torch.float32)
     assert turbo.scheduler.config.timestep_spacing == "trailing"
 
@@ -330,3 +335,19 @@ def test_pretrained_sweep_errors_name_the_model(paper_config, sweep, message):
     with pytest.raises(ConfigError) as err:
         checked(paper_config)
     assert message in str(err.value)
+
+
+def test_a_variant_fetch_loads_with_its_variant(tmp_path):
+    """A model fetched with ``variant: fp16`` holds only ``*.fp16.safetensors``: loaded as that variant."""
+    from diffrep.tinyfamilies import assemble, sdxl_components
+
+    pipe = assemble("sdxl", sdxl_components(["a red circle"], seed=0))
+    pipe.save_pretrained(tmp_path / "m", safe_serialization=True, variant="fp16")
+    weights = sorted(
+        p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*.safetensors")
+    )
+    assert weights and all(".fp16." in w for w in weights)
+    assert F.weight_variant(tmp_path / "m") == "fp16"
+    loaded = F.load_pipeline(tmp_path / "m", "cpu", torch.float32)
+    assert type(loaded).__name__ == "StableDiffusionXLPipeline"
+    assert F.weight_variant(tmp_path / "nothing") is None

@@ -9,9 +9,10 @@ so the generation code of every family runs on a CPU in seconds:
   ``CLIPTextModelWithProjection``, whose projected pooled output feeds the UNet), two tokenizers,
   Euler scheduler (SDXL's own);
 - ``sd3``: ``StableDiffusion3Pipeline`` — an ``SD3Transformer2DModel`` (MMDiT), two
-  ``CLIPTextModelWithProjection`` encoders (pooled embeddings concatenated), the documented subset
-  without the T5 encoder (``text_encoder_3=None, tokenizer_3=None``: the pipeline then feeds zeros
-  in the T5 slots), ``FlowMatchEulerDiscreteScheduler`` with shift 3 (SD 3.5's);
+  ``CLIPTextModelWithProjection`` encoders (pooled embeddings concatenated) and a T5 encoder with
+  a unigram T5 tokenizer over the captions' words; or, with ``t5=False``, the documented subset
+  without T5 (``text_encoder_3=None, tokenizer_3=None``: the pipeline then feeds zeros in the T5
+  slots); ``FlowMatchEulerDiscreteScheduler`` with shift 3 (SD 3.5's);
 - ``sd`` is :func:`diffrep.tinysd.build_tiny_pipeline`.
 
 ``distilled=True`` gives the Turbo variant of a UNet format: the same weights layout with the
@@ -137,10 +138,44 @@ def sdxl_components(
     )
 
 
+def t5_components(captions: Sequence[str], seed: int, d_model: int) -> tuple:
+    """A tiny T5 encoder and a T5 tokenizer (unigram, one token per caption word, byte-free).
+
+    Words outside the captions' become ``<unk>``; the tokenizer appends ``</s>`` like T5's.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    words = sorted({w for c in captions for w in c.lower().split()})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -1.0) for w in words]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = T5TokenizerFast(
+        tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
+    )
+    config = T5Config(
+        vocab_size=len(vocab),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=2 * d_model,
+        num_layers=1,
+        num_heads=4,
+        decoder_start_token_id=0,
+    )
+    return _seeded_model(seed, lambda: T5EncoderModel(config)), tokenizer
+
+
 def sd3_components(
-    captions: Sequence[str], seed: int, resolution: int = 32, hidden: int = 32, max_length: int = 32
+    captions: Sequence[str],
+    seed: int,
+    resolution: int = 32,
+    hidden: int = 32,
+    max_length: int = 32,
+    t5: bool = True,
 ) -> dict:
-    """The components of a tiny StableDiffusion3Pipeline without T5 (the documented subset)."""
+    """The components of a tiny StableDiffusion3Pipeline: two CLIP encoders and T5, or without T5
+    (``t5=False``: the documented subset, ``text_encoder_3=None, tokenizer_3=None``)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection
 
@@ -171,15 +206,17 @@ def sd3_components(
             pos_embed_max_size=32,
         ),
     )
+    # T5's width is the transformer's joint attention width (the CLIP states are zero-padded to it)
+    text_encoder_3, tokenizer_3 = t5_components(captions, seed + 5, 2 * hidden) if t5 else (None, None)
     return dict(
         transformer=transformer,
         vae=vae,
         text_encoder=encoders[0],
         text_encoder_2=encoders[1],
-        text_encoder_3=None,
+        text_encoder_3=text_encoder_3,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
-        tokenizer_3=None,
+        tokenizer_3=tokenizer_3,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
     )
 
@@ -202,11 +239,14 @@ def build_tiny_family(
     seed: int = 0,
     resolution: int = 32,
     distilled: bool = False,
+    t5: bool = True,
 ) -> Path:
     """Write a random-weight tiny pipeline of `family` (sd, sdxl, sd3) to `out_dir`; return its path.
 
-    `distilled` builds the Turbo variant (see the module docstring). Loads with the family's
-    pipeline class (``from_pretrained(out_dir, local_files_only=True)``); safetensors only.
+    `distilled` builds the Turbo variant (see the module docstring); `t5=False` leaves T5 out of
+    an sd3 pipeline. Loads with the family's pipeline class (``from_pretrained(out_dir,
+    local_files_only=True)``, with ``text_encoder_3=None, tokenizer_3=None`` when T5 is left out);
+    safetensors only.
     """
     if family not in TINY_FAMILIES:
         raise ValueError(f"build_tiny_family: family {family!r}; allowed: {', '.join(TINY_FAMILIES)}")
@@ -223,7 +263,7 @@ def build_tiny_family(
     if family == "sdxl":
         pipe = assemble("sdxl", sdxl_components(captions, seed, resolution, distilled=distilled))
     else:
-        pipe = assemble("sd3", sd3_components(captions, seed, resolution))
+        pipe = assemble("sd3", sd3_components(captions, seed, resolution, t5=t5))
     with staged_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         stray = [p for p in tmp.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
