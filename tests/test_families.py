@@ -12,6 +12,7 @@ from PIL import Image
 from diffrep import families as F
 from diffrep import generation as G
 from diffrep.tinyfamilies import build_tiny_family
+from test_generation import Spy
 from test_training import build_inputs
 
 PRESET = {
@@ -110,20 +111,6 @@ def test_sdxl_and_sd3_components(inputs):
     assert subset.text_encoder_3 is None and subset.tokenizer_3 is None  # the documented subset
     turbo = F.load_pipeline(inputs["root"] / "sdxl_turbo", "cpu", torch.float32)
     assert turbo.scheduler.config.timestep_spacing == "trailing"
-
-
-class Spy:
-    """Stands in for the pipeline: real encode_prompt, records the call's keyword arguments."""
-
-    def __init__(self, pipe):
-        self.pipe, self.kw = pipe, None
-
-    def encode_prompt(self, *a, **k):
-        return self.pipe.encode_prompt(*a, **k)
-
-    def __call__(self, **kw):
-        self.kw = kw
-        return SimpleNamespace(images=[])
 
 
 @pytest.mark.parametrize("model", ["sdxl", "sd3"])
