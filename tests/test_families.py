@@ -233,17 +233,38 @@ def test_finetuning_a_family_the_trainer_cannot_train_is_a_config_error(paper_co
     )
 
 
-def test_snakemake_stops_before_any_job_naming_the_turbo_model(tmp_path, workflow_copy, paper_config):
+def _turbo_with_negative_prompt(c):
+    c["sweeps"]["samplers_sdxl_turbo"]["negative_prompt"] = ["", "blurry"]
+
+
+def _sd35_with_a_unet_sampler(c):
+    c["sweeps"]["samplers_sd35_medium"]["scheduler"] = ["flow_match_euler", "dpmsolver++"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c.update(base_model="sdxl_turbo"),
+            "base_model 'sdxl_turbo' has family 'sdxl', which the trainer cannot finetune; finetunable families: sd",
+        ),
+        (_turbo_with_negative_prompt, "model 'sdxl_turbo' is distilled (Turbo)"),
+        (
+            _sd35_with_a_unet_sampler,
+            "model 'sd35_medium' (family sd3) cannot use scheduler 'dpmsolver++'; allowed:",
+        ),
+    ],
+)
+def test_snakemake_stops_before_any_job_naming_the_model(
+    tmp_path, workflow_copy, paper_config, edit, message
+):
     from test_workflow import _run_with_config
 
-    paper_config["base_model"] = "sdxl_turbo"
+    edit(paper_config)
     proc = _run_with_config(tmp_path, workflow_copy, paper_config)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Job stats" not in out
-    assert (
-        "Invalid configuration: base_model 'sdxl_turbo' has family 'sdxl', which the trainer cannot finetune"
-        in out
-    )
+    assert "Invalid configuration: " in out and message in out, out[-2000:]
 
 
 # ---------------------------------------------------------------- pretrained runs and per-model sweeps
