@@ -4,8 +4,9 @@
 what crosses keys (a preset a block names must exist, a train-time mitigation needs instance
 captions, ...), expands the experiment blocks into the run matrix, and names runs.
 
-A run is ``base`` (the model before finetuning) or ``{duplication}.{conditioning}.{mitigation}``,
-e.g. ``dup_both.instancelevel_blip.none``. Setting names contain no dots, so a run name parses back.
+A run is ``base`` (the model before finetuning), ``pretrained-{model}`` (another diffusers models
+entry, generated without finetuning) or ``{duplication}.{conditioning}.{mitigation}``, e.g.
+``dup_both.instancelevel_blip.none``. Setting names contain no dots, so a run name parses back.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Run:
 
     @classmethod
     def parse(cls, name: str) -> "Run":
-        """Parse ``base`` or ``dup.cond.mitigation``; raise ConfigError naming the bad part."""
+        """Parse ``base``, ``pretrained-<model>`` or ``dup.cond.mitigation``; raise ConfigError naming the bad part."""
         if name == BASE_RUN:
             return cls()
         if name.startswith(PRETRAINED_PREFIX) and "." not in name and len(name) > len(PRETRAINED_PREFIX):
