@@ -48,8 +48,9 @@ FETCHED_MODELS = [m for m in MODELS if not _is_built(m)]
 BUILT_MODELS = [m for m in MODELS if _is_built(m)]
 
 
+PRETRAINED = sorted({r.model for _, r in RUNS if r.is_pretrained})
 RUN_PATTERN = (
-    f"base|{_alternatives(dconf.DUPLICATIONS)}"
+    f"base|{dconf.PRETRAINED_PREFIX}{_alternatives(PRETRAINED)}|{_alternatives(dconf.DUPLICATIONS)}"
     rf"\.{_alternatives(dconf.CONDITIONINGS)}"
     rf"\.{_alternatives(dconf.TRAIN_MITIGATIONS)}"
 )
@@ -88,8 +89,10 @@ def dataset_files(name):
 
 
 def run_model_dir(dataset, run):
-    if run == dconf.BASE_RUN:
-        return model_dir(config["base_model"])
+    """The model a run generates from: the base or a pretrained model's folder, or a finetune."""
+    r = dconf.Run.parse(run)
+    if r.duplication is None:
+        return model_dir(dconf.run_model(config, r))
     return f"{R}/{dataset}/models/{run}"
 
 
@@ -98,15 +101,15 @@ def generation_dir(dataset, run, gen):
 
 
 def plan_for(run):
-    """The duplication plan a run was trained with (the base model counts as nodup)."""
+    """The duplication plan a run was trained with (base and pretrained models count as nodup)."""
     r = dconf.Run.parse(run)
-    return "nodup" if r.is_base else r.duplication
+    return "nodup" if r.duplication is None else r.duplication
 
 
 def prompt_conditioning(run):
-    """The caption style prompts are drawn from: the run's own, instance captions for the base."""
+    """The caption style prompts are drawn from: the run's own, instance captions for base and pretrained."""
     r = dconf.Run.parse(run)
-    return "instancelevel_blip" if r.is_base else r.conditioning
+    return "instancelevel_blip" if r.duplication is None else r.conditioning
 
 
 # ---------------------------------------------------------------- input functions
@@ -214,8 +217,10 @@ def get_generate_inputs(wildcards):
         "captions": f"{R}/{wildcards.dataset}/captions/{prompt_conditioning(wildcards.run)}.json",
         "plan": get_run_plan(wildcards),
     }
-    if wildcards.run == dconf.BASE_RUN:
-        inputs["manifest"] = model_files(config["base_model"])["manifest"]
+    r = dconf.Run.parse(wildcards.run)
+    # base or pretrained: a fetched model, verified by its manifest
+    if r.duplication is None:
+        inputs["manifest"] = model_files(dconf.run_model(config, r))["manifest"]
     return inputs
 
 
@@ -227,8 +232,9 @@ def get_generation_params(wildcards):
     preset = PRESETS[wildcards.gen]
     return {
         "n_images": preset.get("n_images", config["generation"]["n_images"]),
-        "resolution": config["generation"]["resolution"]
-        or config["training"]["resolution"],
+        "resolution": dconf.generation_resolution(
+            config, dconf.Run.parse(wildcards.run)
+        ),
         "seed": dconf.derive_seed(config["generation"]["seed"], wildcards.dataset),
     }
 

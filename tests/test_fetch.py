@@ -409,6 +409,7 @@ def test_paper_dry_run_fetches_every_model(workflow_copy, paper_config):
     used = {paper_config["base_model"], paper_config["fid"]["model"], paper_config["clipscore"]["model"],
             paper_config["captions"]["blip"]["model"] if "captions" in paper_config else "blip"}
     used |= {e["model"] for e in paper_config["embedders"].values() if "model" in e}
+    used |= {r.split("-", 1)[1] for s in paper_config["sweeps"].values() for r in s["runs"] if r.startswith("pretrained-")}
     full = snakemake(["-n"], cwd=workflow_copy, check=True).stdout
     fetched = set(re.findall(r"output: resources/models/([\w-]+), resources/models/\1\.sha256", full))
     assert fetched == used and job_counts(full)["fetch_model"] == len(used)
@@ -443,7 +444,6 @@ def test_wrappers_call_the_real_clients(monkeypatch):
     import sys
 
     import huggingface_hub
-
     import modelscope.hub.snapshot_download  # noqa: F401 - the module, not the re-exported function
 
     seen = []
@@ -453,3 +453,56 @@ def test_wrappers_call_the_real_clients(monkeypatch):
     assert fetch.hf_snapshot_download(repo_id="a") == "x"
     assert fetch.ms_snapshot_download(model_id="b") == "y"
     assert seen == [("hf", {"repo_id": "a"}), ("ms", {"model_id": "b"})]
+
+
+def gated_error():
+    """huggingface_hub's GatedRepoError as the hub raises it (its constructor wants an HTTP response)."""
+    from huggingface_hub.errors import GatedRepoError
+
+    err = GatedRepoError.__new__(GatedRepoError)
+    Exception.__init__(err, "403 Client Error. Cannot access gated repo for url https://huggingface.co/api/models")
+    return err
+
+
+@pytest.mark.parametrize("token, why", [(SECRET, "has not been granted access"), (None, "HF_TOKEN is not set")])
+def test_gated_repo_names_the_licence_page_and_hf_token(tmp_path, monkeypatch, token, why):
+    repo = "stabilityai/stable-diffusion-3.5-medium"
+    monkeypatch.setattr(fetch, "hf_snapshot_download", FakeHub(tmp_path, fail=gated_error()))
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    else:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(fetch.FetchError) as err:
+        fetch_into(tmp_path, "sd35_medium", sd_spec({"type": "huggingface", "repo": repo, "revision": "main"}))
+    msg = str(err.value)
+    assert f"huggingface {repo} is a gated repository" in msg and why in msg
+    assert f"Accept the licence on https://huggingface.co/{repo}" in msg and "export HF_TOKEN=" in msg
+    assert SECRET not in msg
+
+
+SDXL_FILES = {
+    "model_index.json": json.dumps({"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "U"],
+                                    "text_encoder_2": ["transformers", "T"], "tokenizer_2": ["transformers", "C"],
+                                    "vae": ["diffusers", "A"]}).encode(),
+    "unet/config.json": b"{}",
+    "unet/diffusion_pytorch_model.fp16.safetensors": b"unet fp16",
+    "vae/config.json": b"{}",
+    "vae/diffusion_pytorch_model.fp16.safetensors": b"vae fp16",
+    "text_encoder_2/config.json": b"{}",
+    "text_encoder_2/model.fp16.safetensors": b"te2 fp16",
+    "text_encoder_2/model.safetensors": b"te2 fp32",
+    "tokenizer_2/vocab.json": b"{}",
+    "tokenizer_2/merges.txt": b"#",
+    "scheduler/scheduler_config.json": b"{}",
+}
+
+
+def test_sdxl_second_text_encoder_and_tokenizer_are_fetched_and_required(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch, "hf_snapshot_download", FakeHub(tmp_path / "hub", files=SDXL_FILES))
+    _, root = fetch_into(tmp_path, "sdxl", sd_spec(HF, variant="fp16"))
+    got = {p.relative_to(root / "sdxl").as_posix() for p in (root / "sdxl").rglob("*") if p.is_file()}
+    assert got == set(SDXL_FILES) - {"text_encoder_2/model.safetensors"}
+    broken = {k: v for k, v in SDXL_FILES.items() if not k.startswith("tokenizer_2/")}
+    monkeypatch.setattr(fetch, "hf_snapshot_download", FakeHub(tmp_path / "hub2", files=broken))
+    with pytest.raises(fetch.FetchError, match="no tokenizer_2/ files"):
+        fetch_into(tmp_path / "b", "sdxl", sd_spec(HF, variant="fp16"))

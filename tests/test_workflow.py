@@ -12,12 +12,15 @@ def test_paper_dry_run_on_a_fresh_clone(workflow_copy):
     proc = snakemake(["-n"], cwd=workflow_copy, check=True)
     counts = job_counts(proc.stdout)
     assert counts["finetune"] == 24
-    assert counts["fetch_model"] == 5  # sd21, sscd_disc_large, fid_inception, blip, clip
+    # sd21, sscd_disc_large, fid_inception, blip, clip + the sampler comparison's pretrained models
+    # (sd_turbo, sdxl, sdxl_turbo, sd35_medium)
+    assert counts["fetch_model"] == 9
     assert counts["prepare_dataset"] == 2
     # shared things are computed once per dataset, never per run
     assert counts["embed_train"] == 2 and counts["fid_reference"] == 2
     assert counts["blip_captions"] == 1  # Imagenette only
-    assert counts["generate"] == counts["embed_generations"] + 36  # + 36 sweep cells, not measured
+    # + sweep cells, not measured: SD 2.1 36 (2 runs), SD-Turbo 6, SDXL 24, SDXL-Turbo 4, SD 3.5 Medium 24
+    assert counts["generate"] == counts["embed_generations"] + 36 + 6 + 24 + 4 + 24
     assert counts["retrieve"] == counts["fid"] == counts["clipscore"] == 33
     assert counts["clipscore_train_baseline"] == 2  # upstream's clipscore_bg, once per dataset
 

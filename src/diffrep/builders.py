@@ -24,6 +24,7 @@ from diffrep.config import ConfigError
 
 MODEL_BUILDERS = {
     "mini_sd": "diffrep.tinysd:build_mini_sd",
+    "tiny_family": "diffrep.tinyfamilies:build_tiny_family_model",
     "fid_inception_from_wheel": "diffrep.fid_weights:build_fid_inception_from_wheel",
 }
 DATASET_BUILDERS = {

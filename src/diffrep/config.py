@@ -4,8 +4,9 @@
 what crosses keys (a preset a block names must exist, a train-time mitigation needs instance
 captions, ...), expands the experiment blocks into the run matrix, and names runs.
 
-A run is ``base`` (the model before finetuning) or ``{duplication}.{conditioning}.{mitigation}``,
-e.g. ``dup_both.instancelevel_blip.none``. Setting names contain no dots, so a run name parses back.
+A run is ``base`` (the model before finetuning), ``pretrained-{model}`` (another diffusers models
+entry, generated without finetuning) or ``{duplication}.{conditioning}.{mitigation}``, e.g.
+``dup_both.instancelevel_blip.none``. Setting names contain no dots, so a run name parses back.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 
+from diffrep.families import (
+    FAMILIES,
+    FINETUNABLE,
+    FLOW_SCHEDULERS,
+    UNET_SCHEDULERS,
+    model_defaults,
+    preset_problems,
+)
+
 # The study's setting names, defined here once: the package, the rules (wildcard constraints) and the
 # training CLI import them; schemas/config.schema.yaml repeats them as enums (tests/test_config.py
 # checks that the two agree).
@@ -21,11 +31,10 @@ DUPLICATIONS = ("nodup", "dup_both", "dup_image")
 CONDITIONINGS = ("nolevel", "classlevel", "instancelevel_blip", "instancelevel_random")
 TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise")
 INFERENCE_MITIGATIONS = ("none", "gaussnoise", "rand_numb_add", "rand_word_add", "rand_word_repeat")
-SCHEDULERS = (
-    "default", "ddpm", "ddim", "pndm", "dpmsolver++", "euler", "euler_ancestral", "lms", "heun", "unipc",
-)
+SCHEDULERS = (*UNET_SCHEDULERS, *FLOW_SCHEDULERS)
 SINGLE_CAPTION_CONDITIONINGS = ("nolevel", "classlevel")
 BASE_RUN = "base"
+PRETRAINED_PREFIX = "pretrained-"  # run "pretrained-<model>": a models entry generating without finetuning
 
 PRESET_DEFAULTS = {
     "mitigation": "none",
@@ -53,26 +62,35 @@ class Run:
     duplication: str | None = None
     conditioning: str | None = None
     mitigation: str | None = None
+    model: str | None = None  # a pretrained run's model (a models entry), generated without finetuning
 
     @property
     def is_base(self) -> bool:
-        return self.duplication is None
+        return self.duplication is None and self.model is None
+
+    @property
+    def is_pretrained(self) -> bool:
+        return self.model is not None
 
     @property
     def name(self) -> str:
+        if self.is_pretrained:
+            return f"{PRETRAINED_PREFIX}{self.model}"
         if self.is_base:
             return BASE_RUN
         return f"{self.duplication}.{self.conditioning}.{self.mitigation}"
 
     @classmethod
     def parse(cls, name: str) -> "Run":
-        """Parse ``base`` or ``dup.cond.mitigation``; raise ConfigError naming the bad part."""
+        """Parse ``base``, ``pretrained-<model>`` or ``dup.cond.mitigation``; raise ConfigError naming the bad part."""
         if name == BASE_RUN:
             return cls()
+        if name.startswith(PRETRAINED_PREFIX) and "." not in name and len(name) > len(PRETRAINED_PREFIX):
+            return cls(model=name[len(PRETRAINED_PREFIX) :])
         parts = name.split(".")
         if len(parts) != 3:
             raise ConfigError(
-                f"run {name!r}: expected 'base' or '<duplication>.<conditioning>.<mitigation>'"
+                f"run {name!r}: expected 'base' or '<duplication>.<conditioning>.<mitigation>' (or 'pretrained-<model>')"
             )
         for value, allowed, what in zip(
             parts,
@@ -199,8 +217,9 @@ def check(config: dict) -> None:
         if sweep["dataset"] not in datasets:
             raise ConfigError(f"{where}: dataset {sweep['dataset']!r} is not defined; defined: {_allowed(datasets)}")
         for run in sweep["runs"]:
-            Run.parse(run)
-            if run != BASE_RUN and (sweep["dataset"], run) not in matrix:
+            if Run.parse(run).is_pretrained:
+                _require_model(config, Run.parse(run).model, "diffusers", f"{where}.runs ({run})")
+            elif run != BASE_RUN and (sweep["dataset"], run) not in matrix:
                 raise ConfigError(
                     f"{where}: run {run!r} is not in the experiments matrix for dataset {sweep['dataset']!r}"
                 )
@@ -214,11 +233,27 @@ def check(config: dict) -> None:
             need = {"modelscope": "repo", "huggingface": "repo", "url": "url", "build": "builder"}[src["type"]]
             if need not in src:
                 raise ConfigError(f"models.{name}.sources[{j}]: source type {src['type']!r} needs '{need}'")
+    check_families(config)
     for name, ds in datasets.items():
         src = ds["source"]
         need = {"folder": "path", "urls": "path", "build": "builder"}[src["type"]]
         if need not in src:
             raise ConfigError(f"datasets.{name}.source: type {src['type']!r} needs '{need}'")
+
+
+def check_families(config: dict) -> None:
+    """Model-family checks: every generated preset suits its model; only finetunable families finetune."""
+    models, base = config["models"], config["base_model"]
+    family = models[base].get("family", "sd")
+    if finetunes(config) and family not in FINETUNABLE:
+        raise ConfigError(
+            f"base_model {base!r} has family {family!r}, which the trainer cannot finetune; finetunable "
+            f"families: {', '.join(FINETUNABLE)} (the {'/'.join(FAMILIES)} families can all be generated from)"
+        )
+    all_presets = presets(config)
+    for model, gen in sorted({(run_model(config, r), g) for _, r, g in generations(config)}):
+        for problem in preset_problems(model, models[model], all_presets[gen]):
+            raise ConfigError(f"generation preset {gen!r}: {problem}")
 
 
 def _used_conditionings(config: dict) -> set[str]:
@@ -244,15 +279,46 @@ def runs(config: dict) -> list[tuple[str, Run]]:
 
 def finetunes(config: dict) -> list[tuple[str, Run]]:
     """The (dataset, run) pairs that need a finetune job."""
-    return [(ds, r) for ds, r in runs(config) if not r.is_base]
+    return [(ds, r) for ds, r in runs(config) if r.duplication is not None]
+
+
+def run_model(config: dict, run: Run) -> str:
+    """The models entry a run generates from: its own for a pretrained run, else the base model."""
+    return run.model if run.is_pretrained else config["base_model"]
+
+
+def generation_resolution(config: dict, run: Run) -> int:
+    """Image size of a run's generations: generation.resolution if set; else a pretrained run's
+    model's native size (models.<m>.defaults / its family's), else the training resolution."""
+    if config["generation"].get("resolution"):
+        return config["generation"]["resolution"]
+    if run.is_pretrained:
+        native = model_defaults(config["models"][run.model]).get("resolution")
+        if native:
+            return native
+    return config["training"]["resolution"]
+
+
+def _sweep_defaults(config: dict, sweep: dict) -> dict:
+    """Sampling defaults of a sweep: its model's (models.<m>.defaults, family) when every run
+    generates from one model, else PRESET_DEFAULTS."""
+    models = {run_model(config, Run.parse(r)) for r in sweep["runs"]}
+    if len(models) != 1:
+        return {}
+    found = model_defaults(config["models"][models.pop()])
+    return {k: found[k] for k in ("steps", "guidance_scale")}
 
 
 def sweep_presets(config: dict) -> dict[str, dict]:
     """Expand every sweep into presets named ``{sweep}-{index:02d}`` (cells in product order)."""
     out = {}
     for name, sweep in config.get("sweeps", {}).items():
+        fallback = {**PRESET_DEFAULTS, **_sweep_defaults(config, sweep)}
         cells = itertools.product(
-            sweep["scheduler"], sweep["guidance_scale"], sweep["steps"], sweep["negative_prompt"]
+            sweep["scheduler"],
+            sweep.get("guidance_scale") or [fallback["guidance_scale"]],
+            sweep.get("steps") or [fallback["steps"]],
+            sweep["negative_prompt"],
         )
         for i, (sched, cfg, steps, neg) in enumerate(cells):
             out[f"{name}-{i:02d}"] = {

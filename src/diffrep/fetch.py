@@ -65,6 +65,11 @@ TOKENIZER_FILES = ["vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "t
                    "special_tokens_map.json", "added_tokens.json", "spiece.model"]
 
 
+# Pipeline components with weights (SD: unet, vae, text_encoder; SDXL adds text_encoder_2; SD3 has a
+# transformer instead of a unet, and text_encoder_3 = T5).
+DIFFUSERS_WEIGHTED = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+
+
 class FetchError(RuntimeError):
     """No source could provide a complete, verified model; the message lists every source's reason."""
 
@@ -123,7 +128,7 @@ def allow_patterns(kind: str, variant: str | None = None) -> list[str]:
             "*/config.json",
             "scheduler/scheduler_config.json",
             "feature_extractor/preprocessor_config.json",
-            *(f"tokenizer/{f}" for f in TOKENIZER_FILES),
+            *(f"tokenizer*/{f}" for f in TOKENIZER_FILES),  # tokenizer, tokenizer_2 (SDXL, SD3), tokenizer_3 (T5)
             *_weights("diffusion_pytorch_model", variant),
             *_weights("model", variant),
         ]
@@ -169,8 +174,8 @@ def check_complete(kind: str, folder: Path, variant: str | None = None, where: s
         if "model_index.json" not in files:
             fail("no model_index.json (not a diffusers pipeline folder)")
         index = json.loads((folder / "model_index.json").read_text())
-        for comp in ("unet", "vae", "text_encoder"):
-            if comp not in index:
+        for comp in DIFFUSERS_WEIGHTED:
+            if not index.get(comp) or index[comp][0] is None:  # absent, or listed as [null, null]
                 continue
             weights = [f for f in files if f.startswith(f"{comp}/") and f.endswith(".safetensors")]
             if variant:
@@ -183,8 +188,9 @@ def check_complete(kind: str, folder: Path, variant: str | None = None, where: s
                 )
             if f"{comp}/config.json" not in files:
                 fail(f"component {comp!r} has no config.json")
-        if "tokenizer" in index and not any(f.startswith("tokenizer/") for f in files):
-            fail("no tokenizer/ files")
+        for tok in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+            if index.get(tok) and index[tok][0] is not None and not any(f.startswith(f"{tok}/") for f in files):
+                fail(f"no {tok}/ files")
     elif kind in ("blip", "clip"):
         if "config.json" not in files:
             fail("no config.json (not a transformers model folder)")
@@ -316,8 +322,28 @@ def fetch_huggingface(src: dict, dest: Path, job: FetchJob) -> None:
         )
     except Exception as err:  # the listing is informative only; the download below decides
         log.info("huggingface: could not list files before downloading (%s)", scrub(str(err))[:300])
-    snapshot = hf_snapshot_download(**kwargs)
+    try:
+        snapshot = hf_snapshot_download(**kwargs)
+    except Exception as err:
+        if type(err).__name__ == "GatedRepoError":
+            raise FetchError(gated_message(src["repo"], bool(token))) from None
+        raise
     copy_selected(Path(snapshot), dest, allow, ignore)
+
+
+def gated_message(repo: str, have_token: bool) -> str:
+    """What to do when a gated Hugging Face repo (SD 3.5) refuses the download."""
+    why = (
+        f"the account of the token in {HF_TOKEN_ENV} has not been granted access"
+        if have_token
+        else f"{HF_TOKEN_ENV} is not set"
+    )
+    return (
+        f"huggingface {repo} is a gated repository and refused the download ({why}). Accept the licence on "
+        f"https://huggingface.co/{repo} (logged in to Hugging Face; the licence text is "
+        f"https://huggingface.co/{repo}/blob/main/LICENSE.md), then export {HF_TOKEN_ENV}=<a read token of "
+        "that account> and re-run"
+    )
 
 
 def fetch_modelscope(src: dict, dest: Path, job: FetchJob) -> None:

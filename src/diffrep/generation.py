@@ -28,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffrep import families
 from diffrep.captions import read_caption_file
 from diffrep.config import derive_seed
 from diffrep.devices import resolve_device
 from diffrep.duplication import in_dup_set
+from diffrep.families import scheduler_class
 from diffrep.fileio import atomic_path, resumable_dir
-from diffrep.mitigations import INFERENCE_MITIGATIONS, add_embedding_noise, augment_prompt
+from diffrep.mitigations import INFERENCE_MITIGATIONS, augment_prompt
 
 log = logging.getLogger("diffrep.generation")
 
@@ -97,11 +99,9 @@ def set_scheduler(pipe, name: str) -> None:
     """Replace the pipeline's scheduler by a named one built from the same config (``default`` keeps it)."""
     if name == "default":
         return
-    if name not in SCHEDULERS:
-        raise ValueError(f"scheduler {name!r}; allowed: default, {', '.join(SCHEDULERS)}")
+    cls, extra = scheduler_class(name, SCHEDULERS)
     import diffusers
 
-    cls, extra = SCHEDULERS[name]
     pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **extra)
 
 
@@ -113,38 +113,30 @@ def resolve_dtype(dtype: str, device: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
-def load_pipeline(model_dir, device: str, dtype):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(
-        model_dir, safety_checker=None, requires_safety_checker=False,
-        local_files_only=True, use_safetensors=True, dtype=dtype,
-    ).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def load_pipeline(model_dir, device: str, dtype, family: str | None = None):
+    """The model's pipeline, of its family's class (:func:`diffrep.families.load_pipeline`)."""
+    return families.load_pipeline(model_dir, device, dtype, family)
 
 
-def generate_batch(pipe, prompts: list[str], seeds: list[int], preset: dict, resolution: int, device: str):
-    """PIL images of one batch; each image depends only on its prompt and seed."""
+def generate_batch(pipe, prompts: list[str], seeds: list[int], preset: dict, resolution: int, device: str,
+                   family: str = "sd"):
+    """PIL images of one batch; each image depends only on its prompt and seed.
+
+    The same for every family: the family's prompt embeddings (pooled ones included) are computed,
+    perturbed by the gaussnoise mitigation, and passed to the pipeline.
+    """
     import torch
 
     cfg = float(preset.get("guidance_scale", 7.5))
     do_cfg = cfg > 1.0
-    neg = preset.get("negative_prompt") or None
     with torch.no_grad():
-        pe, ne = pipe.encode_prompt(
-            prompts, device, 1, do_cfg, negative_prompt=[neg] * len(prompts) if neg else None
-        )
+        embeds = families.encode_prompts(pipe, family, prompts, device, do_cfg, preset.get("negative_prompt") or None)
         if preset.get("mitigation") == "gaussnoise":
-            lam = float(preset.get("lam", 0.1))
             gens = [torch.Generator().manual_seed(derive_seed(s, "embedding")) for s in seeds]
-            pe = add_embedding_noise(pe, lam, gens)
-            if ne is not None:
-                ne = add_embedding_noise(ne, lam, gens)
+            embeds = families.noisy_embeddings(embeds, float(preset.get("lam", 0.1)), gens)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         out = pipe(
-            prompt_embeds=pe,
-            negative_prompt_embeds=ne if do_cfg else None,
+            **embeds,
             guidance_scale=cfg,
             num_inference_steps=int(preset.get("steps", 50)),
             height=resolution,
@@ -178,11 +170,14 @@ def generate(
 
     t0 = time.time()
     device = resolve_device(device)
+    family = families.family_of(model_dir)
+    if dtype == "auto" and device.startswith("cuda"):
+        dtype = families.FAMILIES[family].cuda_dtype
     torch_dtype = resolve_dtype(dtype, device)
     caps = read_caption_file(captions_file)
     plan = pd.read_parquet(plan_file)
     prompts = draw_prompts(caps["captions"], plan, n_images, seed)
-    pipe = load_pipeline(model_dir, device, torch_dtype)
+    pipe = load_pipeline(model_dir, device, torch_dtype, family)
     set_scheduler(pipe, preset.get("scheduler", "default"))
     prompts["prompt_used"] = mitigate_prompts(prompts, preset, seed, pipe.tokenizer)
     prompts["file"] = [f"{i:05d}.png" for i in prompts["index"]]
@@ -195,6 +190,7 @@ def generate(
         "n_images": int(n_images),
         "seed": int(seed),
         "scheduler": type(pipe.scheduler).__name__,
+        "family": family,
         "dtype": str(torch_dtype).replace("torch.", ""),
     }
     key = fingerprint({**info, "model": Path(model_dir).resolve().as_posix()})
@@ -210,7 +206,7 @@ def generate(
             idx = todo[start:start + batch_size]
             images = generate_batch(
                 pipe, [prompts["prompt_used"][i] for i in idx], [int(prompts["seed"][i]) for i in idx],
-                preset, resolution, device,
+                preset, resolution, device, family,
             )
             for i, im in zip(idx, images):
                 with atomic_path(staging / f"{i:05d}.png", suffix=".png") as tmp:
