@@ -158,6 +158,7 @@ def test_schema_enums_are_the_python_name_sets():
     (order included), and the scheduler table of the generation code covers the same names."""
     from conftest import REPO
 
+    from diffrep.families import FLOW_SCHEDULERS
     from diffrep.generation import SCHEDULERS as SCHEDULER_CLASSES
 
     schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
@@ -167,4 +168,4 @@ def test_schema_enums_are_the_python_name_sets():
     assert defs["train_mitigation"]["enum"] == list(dconf.TRAIN_MITIGATIONS)
     assert preset["mitigation"]["enum"] == list(dconf.INFERENCE_MITIGATIONS)
     assert preset["scheduler"]["enum"] == list(dconf.SCHEDULERS)
-    assert ["default", *SCHEDULER_CLASSES] == list(dconf.SCHEDULERS)
+    assert ["default", *SCHEDULER_CLASSES, *FLOW_SCHEDULERS] == list(dconf.SCHEDULERS)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from diffrep import families as F
 from diffrep import generation as G
+from diffrep import pipelines as P
 from diffrep.tinyfamilies import build_tiny_family
 from test_generation import Spy
 from test_training import build_inputs
@@ -99,30 +100,30 @@ def test_every_family_generates_from_its_tiny_local_pipeline(inputs, model):
 
 
 def test_sdxl_and_sd3_components(inputs):
-    sdxl = F.load_pipeline(inputs["root"] / "sdxl", "cpu", torch.float32)
+    sdxl = P.load_pipeline(inputs["root"] / "sdxl", "cpu", torch.float32)
     assert type(sdxl.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
     assert sdxl.unet.config.addition_embed_type == "text_time"
-    sd3 = F.load_pipeline(inputs["root"] / "sd3", "cpu", torch.float32)
+    sd3 = P.load_pipeline(inputs["root"] / "sd3", "cpu", torch.float32)
     assert type(sd3.transformer).__name__ == "SD3Transformer2DModel"
     assert type(sd3.text_encoder_3).__name__ == "T5EncoderModel"
     ids = sd3.tokenizer_3("a red circle number 1").input_ids
     assert ids[-1] == 1 and 2 not in ids  # </s> appended; every caption word known
-    subset = F.load_pipeline(inputs["root"] / "sd35_turbo", "cpu", torch.float32)
+    subset = P.load_pipeline(inputs["root"] / "sd35_turbo", "cpu", torch.float32)
     assert subset.text_encoder_3 is None and subset.tokenizer_3 is None  # the documented subset
-    turbo = F.load_pipeline(inputs["root"] / "sdxl_turbo", "cpu", torch.float32)
+    turbo = P.load_pipeline(inputs["root"] / "sdxl_turbo", "cpu", torch.float32)
     assert turbo.scheduler.config.timestep_spacing == "trailing"
 
 
 @pytest.mark.parametrize("model", ["sdxl", "sd3"])
 def test_gaussnoise_perturbs_every_embedding_pooled_included(inputs, model):
-    spy = Spy(F.load_pipeline(inputs["root"] / model, "cpu", torch.float32))
+    spy = Spy(P.load_pipeline(inputs["root"] / model, "cpu", torch.float32))
     family, prompts, seeds = CASES[model][0], ["a red circle number 1", "shape 2 other"], [1, 2]
     G.generate_batch(spy, prompts, seeds, {**PRESET, "mitigation": "none"}, 32, "cpu", family)
     clean = spy.kw
     G.generate_batch(spy, prompts, seeds, {**PRESET, "lam": 0.5}, 32, "cpu", family)
     noisy = spy.kw
-    assert set(F.EMBEDDING_ORDER) <= set(noisy)
-    for key in F.EMBEDDING_ORDER:
+    assert set(P.EMBEDDING_ORDER) <= set(noisy)
+    for key in P.EMBEDDING_ORDER:
         delta = noisy[key] - clean[key]
         assert abs(delta.std().item() - 0.5) < 0.1, key
     assert clean["pooled_prompt_embeds"].ndim == 2
@@ -355,7 +356,7 @@ def test_a_variant_fetch_loads_with_its_variant(tmp_path):
         p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*.safetensors")
     )
     assert weights and all(".fp16." in w for w in weights)
-    assert F.weight_variant(tmp_path / "m") == "fp16"
-    loaded = F.load_pipeline(tmp_path / "m", "cpu", torch.float32)
+    assert P.weight_variant(tmp_path / "m") == "fp16"
+    loaded = P.load_pipeline(tmp_path / "m", "cpu", torch.float32)
     assert type(loaded).__name__ == "StableDiffusionXLPipeline"
-    assert F.weight_variant(tmp_path / "nothing") is None
+    assert P.weight_variant(tmp_path / "nothing") is None

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffrep import families
+from diffrep import families, pipelines
 from diffrep.captions import read_caption_file
 from diffrep.config import derive_seed
 from diffrep.devices import resolve_device
@@ -114,8 +114,8 @@ def resolve_dtype(dtype: str, device: str):
 
 
 def load_pipeline(model_dir, device: str, dtype, family: str | None = None):
-    """The model's pipeline, of its family's class (:func:`diffrep.families.load_pipeline`)."""
-    return families.load_pipeline(model_dir, device, dtype, family)
+    """The model's pipeline, of its family's class (:func:`diffrep.pipelines.load_pipeline`)."""
+    return pipelines.load_pipeline(model_dir, device, dtype, family)
 
 
 def generate_batch(pipe, prompts: list[str], seeds: list[int], preset: dict, resolution: int, device: str,
@@ -130,10 +130,10 @@ def generate_batch(pipe, prompts: list[str], seeds: list[int], preset: dict, res
     cfg = float(preset.get("guidance_scale", 7.5))
     do_cfg = cfg > 1.0
     with torch.no_grad():
-        embeds = families.encode_prompts(pipe, family, prompts, device, do_cfg, preset.get("negative_prompt") or None)
+        embeds = pipelines.encode_prompts(pipe, family, prompts, device, do_cfg, preset.get("negative_prompt") or None)
         if preset.get("mitigation") == "gaussnoise":
             gens = [torch.Generator().manual_seed(derive_seed(s, "embedding")) for s in seeds]
-            embeds = families.noisy_embeddings(embeds, float(preset.get("lam", 0.1)), gens)
+            embeds = pipelines.noisy_embeddings(embeds, float(preset.get("lam", 0.1)), gens)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         out = pipe(
             **embeds,
