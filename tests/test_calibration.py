@@ -90,3 +90,22 @@ def test_augmentations_keep_size_change_pixels_and_are_seeded(kind):
     assert not np.array_equal(np.asarray(a), np.asarray(image))
     with pytest.raises(cal.CalibrationError, match="unknown augmentation 'rotate'"):
         cal.augment(image, "rotate", rng)
+
+
+def test_calibrate_files_rejects_unknown_augmentations_and_stale_embeddings(tmp_path):
+    from diffrep.embeddings import write_embeddings
+    from diffrep.showcasedata import build_showcase_dataset
+
+    images = build_showcase_dataset(tmp_path / "images", seed=0, n_images=4)
+    files = sorted(p.name for p in images.glob("*.png"))
+    pd.DataFrame({"id": [f[:-4] for f in files], "file": files}).to_parquet(tmp_path / "metadata.parquet")
+    write_embeddings(tmp_path / "train.npz", ["a", "b", "c", "d"], np.eye(4), "pixel(size=16)", "pixel16")
+    outs = [tmp_path / "s.parquet", tmp_path / "t.csv", tmp_path / "s.json"]
+    common = {"n_images": 4, "max_fpr": 0.01, "seed": 0}
+    with pytest.raises(cal.CalibrationError, match="allowed crop, flip"):
+        cal.calibrate_files(images, tmp_path / "metadata.parquet", tmp_path / "train.npz", {"type": "pixel", "size": 16},
+                            *outs, augmentations=["rotate"], **common)
+    with pytest.raises(cal.CalibrationError, match="re-run embed_train"):
+        cal.calibrate_files(images, tmp_path / "metadata.parquet", tmp_path / "train.npz", {"type": "pixel", "size": 16},
+                            *outs, augmentations=["blur"], **common)
+    assert not any(p.exists() for p in outs)
