@@ -1,11 +1,12 @@
 # The two commands of the README:
 #   make mini   - create .venv and run the mini study (offline, 2 CPU cores)
 #   make test   - create .venv and run the tests
+#   make showcase - the showcase study: a tiny model that copies (offline, 2 CPU cores; docs/showcase.md)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: mini test install lint clean-mini
+.PHONY: mini showcase test install lint clean-mini clean-showcase
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ mini: install
 	$(BIN)/snakemake --profile profiles/mini
 	$(BIN)/snakemake --profile profiles/mini --report results/mini/report.html
 
+showcase: install
+	$(BIN)/snakemake --profile profiles/showcase
+	$(BIN)/snakemake --profile profiles/showcase --report results/showcase/report.html
+
 test: install
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
@@ -30,3 +35,6 @@ lint: install
 
 clean-mini:
 	rm -rf results/mini logs/mini benchmarks/mini
+
+clean-showcase:
+	rm -rf results/showcase logs/showcase benchmarks/showcase

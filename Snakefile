@@ -1,6 +1,7 @@
 # diffrep: training-data replication in text-to-image diffusion models, end to end.
 #   paper study:  snakemake --profile profiles/slurm          (config.yaml)
 #   mini study:   snakemake --profile profiles/mini           (profiles/mini/study.yaml)
+#   showcase:     snakemake --profile profiles/showcase       (profiles/showcase/study.yaml)
 # See README.md; the data flow, layout and conventions are in docs/design.md.
 
 from snakemake.utils import min_version
@@ -21,6 +22,7 @@ include: "rules/train.smk"
 include: "rules/generate.smk"
 include: "rules/metrics.smk"
 include: "rules/figures.smk"
+include: "rules/calibration.smk"
 
 
 rule all:

@@ -509,4 +509,30 @@ def get_sweep_params(wildcards):
 
 def get_final_output():
     """What `snakemake` (rule all) builds for the configured study."""
-    return [f"{R}/tables/summary.csv", f"{R}/tables/weightdiff.csv"] + all_figures()
+    tables = [f"{R}/tables/summary.csv", f"{R}/tables/weightdiff.csv"]
+    return tables + all_figures() + calibration_outputs()
+
+
+# ---------------------------------------------------------------- calibration (rules/calibration.smk)
+
+
+def calibration_outputs():
+    """The calibration tables and figures of every measured dataset and embedder (if enabled)."""
+    if not config["calibration"]["enabled"]:
+        return []
+    pairs = [(ds, emb) for ds in sorted({g[0] for g in MEASURED}) for emb in EMBEDDERS]
+    return [f"{R}/{ds}/calibration/{emb}/table.csv" for ds, emb in pairs] + [
+        f"{R}/figures/calibration/{ds}/{emb}.png" for ds, emb in pairs
+    ]
+
+
+def get_calibration_inputs(wildcards):
+    return {
+        **dataset_files(wildcards.dataset),
+        "train": f"{R}/{wildcards.dataset}/embeddings/{wildcards.embedder}/train.npz",
+        **get_embedder_model(wildcards),
+    }
+
+
+def get_calibration_params(wildcards):
+    return {k: v for k, v in config["calibration"].items() if k != "enabled"}

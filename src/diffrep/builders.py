@@ -29,6 +29,7 @@ MODEL_BUILDERS = {
 }
 DATASET_BUILDERS = {
     "mini_dataset": "diffrep.minidata:build_mini_dataset",
+    "showcase_dataset": "diffrep.showcasedata:build_showcase_dataset",
 }
 
 
