@@ -1,0 +1,109 @@
+"""``python -m diffrep.app --study mini``: serve the results browser and try-a-prompt app."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+from diffrep.app import adapter
+from diffrep.app.results import Study
+from diffrep.app.tryprompt import Engine
+
+log = logging.getLogger("diffrep.app")
+DEFAULT_HOST = "127.0.0.1"
+NO_AUTH_WARNING = (
+    "listening on {host}, which is not this machine only: the app has no authentication, so anyone "
+    "who can reach {host}:{port} can browse the results and run the models"
+)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(host: str | None, port: int) -> tuple[str, str | None]:
+    """(host to bind, warning or None). Without --host the app binds 127.0.0.1 only."""
+    if host is None:
+        return DEFAULT_HOST, None
+    return host, None if is_loopback(host) else NO_AUTH_WARNING.format(host=host, port=port)
+
+
+def find_config(study: str, workdir: Path) -> Path | None:
+    """The study's config: profiles/{study}/study.yaml, tests/{study}/config.yaml, or config.yaml."""
+    import yaml
+
+    for rel in (f"profiles/{study}/study.yaml", f"tests/{study}/config.yaml", "config.yaml"):
+        path = workdir / rel
+        if path.is_file():
+            with open(path) as f:
+                if (yaml.safe_load(f) or {}).get("study") == study:
+                    return path
+    return None
+
+
+def default_cache(study: str) -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "diffrep-app" / study
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m diffrep.app", description=__doc__)
+    p.add_argument("--study", required=True, help="the study name: results/{study}/ is served")
+    p.add_argument("--host", default=None, help=f"address to listen on (default {DEFAULT_HOST}); "
+                   "anything but localhost exposes the app, which has no authentication")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results)")
+    p.add_argument("--resources", type=Path, default=Path("resources"), help="models and datasets (default resources)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="the study's config file (default: found from the study name under the working folder)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder for the app's generated images (default ~/.cache/diffrep-app/{study})")
+    return p.parse_args(argv)
+
+
+def build(args: argparse.Namespace):
+    """(Study, Engine) from the parsed arguments; SystemExit with a message on bad ones."""
+    config_path = args.config or find_config(args.study, Path.cwd())
+    config = None
+    if config_path is not None:
+        try:
+            config = adapter.load_config(config_path)
+        except Exception as err:  # noqa: BLE001 - any invalid config: one line, then exit
+            raise SystemExit(f"diffrep.app: {config_path}: invalid study config: {err}") from None
+    else:
+        log.warning("no config found for study %s: pass --config; try-a-prompt needs it", args.study)
+    study = Study(args.study, args.results / args.study, args.resources, config)
+    try:
+        engine = Engine(study, args.cache or default_cache(args.study))
+    except ValueError as err:
+        raise SystemExit(f"diffrep.app: {err}") from None
+    return study, engine
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    host, warning = check_host(args.host, args.port)
+    if warning:
+        log.warning(warning)
+    study, engine = build(args)
+    import uvicorn
+
+    from diffrep.app.server import make_app
+
+    log.info("serving %s (read-only) on http://%s:%d/, images of the app in %s", study.root, host, args.port, engine.cache)
+    uvicorn.run(make_app(study, engine), host=host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
