@@ -18,7 +18,14 @@ from app_server import get, serving
 from diffrep.app.__main__ import check_host, find_config
 from diffrep.app.results import Study, StudyError
 from diffrep.app.server import make_app
-from diffrep.app.tryprompt import MAX_PROMPT_CHARS, Engine, InputError, check_cache_dir, check_prompt, parse_seed
+from diffrep.app.tryprompt import (
+    MAX_PROMPT_CHARS,
+    Engine,
+    InputError,
+    check_cache_dir,
+    check_prompt,
+    parse_seed,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {"base": [0.31, 0.42], "dup_both.instancelevel_blip.none": [0.91, 0.45]}
@@ -35,7 +42,8 @@ def make_tree(root: Path) -> Path:
     for i in range(3):
         _png(data / f"images/t{i}.png", 40 * i)
     pd.DataFrame({"id": [f"t{i}" for i in range(3)], "file": [f"t{i}.png" for i in range(3)]}).to_parquet(
-        data / "metadata.parquet")
+        data / "metadata.parquet"
+    )
     r = root / "results/t/ds"
     for run, sims in RUNS.items():
         gen = r / "generations" / run / "default"
@@ -43,15 +51,22 @@ def make_tree(root: Path) -> Path:
         for i, f in enumerate(files):
             _png(gen / f, 100 + i)
         pd.DataFrame({"file": files, "prompt_used": [f"prompt {i}" for i in range(len(sims))]}).to_parquet(
-            gen / "prompts.parquet")
+            gen / "prompts.parquet"
+        )
         sim = r / "similarity/pixel" / run
         sim.mkdir(parents=True)
-        rows = [{"generation": f, "rank": k, "train_id": f"t{k}", "similarity": s - 0.1 * k}
-                for f, s in zip(files, sims) for k in range(2)]
+        rows = [
+            {"generation": f, "rank": k, "train_id": f"t{k}", "similarity": s - 0.1 * k}
+            for f, s in zip(files, sims)
+            for k in range(2)
+        ]
         pd.DataFrame(rows).to_parquet(sim / "default.parquet")
-        (sim / "default.json").write_text(json.dumps({"n": len(sims), "mean": float(np.mean(sims)), "threshold": 0.5}))
+        (sim / "default.json").write_text(
+            json.dumps({"n": len(sims), "mean": float(np.mean(sims)), "threshold": 0.5})
+        )
     pd.DataFrame({"train_id": ["t0", "t1"], "match_id": ["t1", "t0"], "similarity": [0.2, 0.3]}).to_parquet(
-        r / "similarity/pixel/train_baseline.parquet")
+        r / "similarity/pixel/train_baseline.parquet"
+    )
     return root / "results"
 
 
@@ -61,8 +76,12 @@ def tree(tmp_path) -> Path:
 
 
 def study_of(results: Path) -> Study:
-    return Study("t", results / "t", results.parent / "resources", {"base_model": "tiny", "similarity": {"top_k": 2},
-                 "generation": {"presets": {"fast": {"steps": 2}}}})
+    return Study(
+        "t",
+        results / "t",
+        results.parent / "resources",
+        {"base_model": "tiny", "similarity": {"top_k": 2}, "generation": {"presets": {"fast": {"steps": 2}}}},
+    )
 
 
 def test_prompt_and_seed_checks_say_what_is_wrong():
@@ -119,7 +138,9 @@ def test_missing_model_folder_names_the_target(tree):
     study = study_of(tree)
     with pytest.raises(StudyError, match=r"run `snakemake --profile profiles/t finetune_all` first"):
         study.model_dir("ds", "dup_both.instancelevel_blip.none")
-    with pytest.raises(StudyError, match=r"resources/models/tiny\): run `snakemake --profile profiles/t models`"):
+    with pytest.raises(
+        StudyError, match=r"resources/models/tiny\): run `snakemake --profile profiles/t models`"
+    ):
         study.model_dir("ds", "base")
 
 
@@ -133,17 +154,17 @@ def test_http_answers_are_messages_never_tracebacks_and_write_nothing(tree, tmp_
     with serving(make_app(study, Engine(study, tmp_path / "cache"))) as url:
         status, html = get(url + "/")
         assert status == 200 and 'id="b-run"' in html and "dup_both.instancelevel_blip.none" in html
-        status, frag = get(url + "/api/browse?dataset=ds&run=dup_both.instancelevel_blip.none&preset=default&embedder=pixel")
+        status, frag = get(
+            url + "/api/browse?dataset=ds&run=dup_both.instancelevel_blip.none&preset=default&embedder=pixel"
+        )
         assert status == 200
         assert frag.index("0.91") < frag.index("replication threshold 0.5") < frag.index("prompt 1")
         assert get(url + "/media/gen/ds/base/default/00001.png")[0] == 200
         assert get(url + "/media/train/ds/t2")[0] == 200
         assert get(url + "/media/gen/ds/base/default/..%2F..%2Fprompts.parquet")[0] == 404
         cases = {
-            '{"dataset": "ds", "run": "base", "preset": "default", "embedder": "pixel", "seed": "x1", "prompt": "a"}':
-                "The seed must be a whole number, got &#x27;x1&#x27;.",
-            '{"dataset": "ds", "run": "base", "preset": "default", "embedder": "pixel", "seed": "1", "prompt": ""}':
-                "Type a prompt: it is empty.",
+            '{"dataset": "ds", "run": "base", "preset": "default", "embedder": "pixel", "seed": "x1", "prompt": "a"}': "The seed must be a whole number, got &#x27;x1&#x27;.",
+            '{"dataset": "ds", "run": "base", "preset": "default", "embedder": "pixel", "seed": "1", "prompt": ""}': "Type a prompt: it is empty.",
             '{"dataset": "ds", "run": "dup_both.instancelevel_blip.none", "preset": "default", "embedder": "pixel", '
             '"seed": "1", "prompt": "a cat"}': "Unknown preset &#x27;default&#x27;",
             '{"dataset": "ds", "run": "dup_both.instancelevel_blip.none", "preset": "fast", "embedder": "pixel", '

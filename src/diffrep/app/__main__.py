@@ -58,15 +58,31 @@ def default_cache(study: str) -> Path:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m diffrep.app", description=__doc__)
     p.add_argument("--study", required=True, help="the study name: results/{study}/ is served")
-    p.add_argument("--host", default=None, help=f"address to listen on (default {DEFAULT_HOST}); "
-                   "anything but localhost exposes the app, which has no authentication")
+    p.add_argument(
+        "--host",
+        default=None,
+        help=f"address to listen on (default {DEFAULT_HOST}); "
+        "anything but localhost exposes the app, which has no authentication",
+    )
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--results", type=Path, default=Path("results"), help="the results folder (default results)")
-    p.add_argument("--resources", type=Path, default=Path("resources"), help="models and datasets (default resources)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="the study's config file (default: found from the study name under the working folder)")
-    p.add_argument("--cache", type=Path, default=None,
-                   help="folder for the app's generated images (default ~/.cache/diffrep-app/{study})")
+    p.add_argument(
+        "--results", type=Path, default=Path("results"), help="the results folder (default results)"
+    )
+    p.add_argument(
+        "--resources", type=Path, default=Path("resources"), help="models and datasets (default resources)"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the study's config file (default: found from the study name under the working folder)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder for the app's generated images (default ~/.cache/diffrep-app/{study})",
+    )
     return p.parse_args(argv)
 
 
@@ -81,7 +97,13 @@ def build(args: argparse.Namespace):
             raise SystemExit(f"diffrep.app: {config_path}: invalid study config: {err}") from None
     else:
         log.warning("no config found for study %s: pass --config; try-a-prompt needs it", args.study)
-    study = Study(args.study, args.results / args.study, args.resources, config)
+    command = ""
+    if (
+        config_path is not None
+        and Path(config_path).resolve() != (Path.cwd() / f"profiles/{args.study}/study.yaml").resolve()
+    ):
+        command = f"snakemake --configfile {config_path} --replace-workflow-config"
+    study = Study(args.study, args.results / args.study, args.resources, config, command)
     try:
         engine = Engine(study, args.cache or default_cache(args.study))
     except ValueError as err:
@@ -100,7 +122,13 @@ def main(argv=None) -> int:
 
     from diffrep.app.server import make_app
 
-    log.info("serving %s (read-only) on http://%s:%d/, images of the app in %s", study.root, host, args.port, engine.cache)
+    log.info(
+        "serving %s (read-only) on http://%s:%d/, images of the app in %s",
+        study.root,
+        host,
+        args.port,
+        engine.cache,
+    )
     uvicorn.run(make_app(study, engine), host=host, port=args.port, log_level="warning")
     return 0
 

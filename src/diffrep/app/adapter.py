@@ -18,7 +18,7 @@ FINETUNE_TARGET = "finetune_all"
 # The target that builds or fetches the models of resources/models/ (rules/models.smk).
 MODELS_TARGET = "models"
 BASE_RUN = dconf.BASE_RUN
-SCHEMA = Path(__file__).resolve().parents[3] / "schemas" / "config.schema.yaml"
+SCHEMA = "schemas/config.schema.yaml"  # of the workflow folder the app runs in, else of this checkout
 
 
 class AdapterError(RuntimeError):
@@ -30,6 +30,9 @@ def load_config(path: str | Path, schema: str | Path = SCHEMA) -> dict:
     import yaml
     from snakemake.utils import validate
 
+    schema = Path(schema)
+    if not schema.is_file():
+        schema = Path(__file__).resolve().parents[3] / SCHEMA
     with open(path) as f:
         config = yaml.safe_load(f)
     if not isinstance(config, dict):

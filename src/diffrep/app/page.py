@@ -52,15 +52,19 @@ def select(ident: str, label: str, values: list[str], empty: str | None = None) 
 def browse_tab(choices: dict[str, list[str]]) -> str:
     fields = "".join(select(f"b-{k}", k, choices[k]) for k in ("dataset", "run", "preset", "embedder"))
     fields += select("b-compare", "compare with run", choices["run"], empty="—")
-    return (f'<form onchange="browse()" onsubmit="event.preventDefault();browse()">{fields}</form>'
-            '<div class="cols"><div id="browse-a"></div><div id="browse-b"></div></div>')
+    return (
+        f'<form onchange="browse()" onsubmit="event.preventDefault();browse()">{fields}</form>'
+        '<div class="cols"><div id="browse-a"></div><div id="browse-b"></div></div>'
+    )
 
 
 def try_tab(datasets: list[str], runs: list[str], presets: list[str], embedders: list[str]) -> str:
     return (
         '<form id="try-form" onsubmit="tryPrompt(event)">'
-        + select("t-dataset", "dataset", datasets) + select("t-run", "model", runs)
-        + select("t-preset", "preset", presets) + select("t-embedder", "embedder", embedders)
+        + select("t-dataset", "dataset", datasets)
+        + select("t-run", "model", runs)
+        + select("t-preset", "preset", presets)
+        + select("t-embedder", "embedder", embedders)
         + '<label>seed <input id="t-seed" value="0" size="8"></label><br>'
         '<textarea id="t-prompt" placeholder="a prompt, e.g. a caption of a training image"></textarea><br>'
         '<button id="t-go" type="submit">Generate</button></form><div id="try-out"></div>'

@@ -12,11 +12,36 @@ from urllib.parse import quote
 import numpy as np
 
 SUMMARY_KEYS = (
-    "n", "mean", "std", "p75", "p90", "p95", "frac_above", "threshold", "source_match_rate",
-    "duplicated_p95", "not_duplicated_p95", "train_baseline_p95", "train_baseline_mean", "fid", "clipscore",
-    "duplication", "conditioning", "train_mitigation", "inference_mitigation", "scheduler",
-    "guidance_scale", "steps", "embedder", "preprocess", "index", "top_k", "n_train", "base_model",
-    "model_manifest_sha256", "dataset_manifest_sha256",
+    "n",
+    "mean",
+    "std",
+    "p75",
+    "p90",
+    "p95",
+    "frac_above",
+    "threshold",
+    "source_match_rate",
+    "duplicated_p95",
+    "not_duplicated_p95",
+    "train_baseline_p95",
+    "train_baseline_mean",
+    "fid",
+    "clipscore",
+    "duplication",
+    "conditioning",
+    "train_mitigation",
+    "inference_mitigation",
+    "scheduler",
+    "guidance_scale",
+    "steps",
+    "embedder",
+    "preprocess",
+    "index",
+    "top_k",
+    "n_train",
+    "base_model",
+    "model_manifest_sha256",
+    "dataset_manifest_sha256",
 )
 
 
@@ -37,10 +62,18 @@ def summary_table(row: dict) -> str:
     return f'<table class="summary">{cells}</table>'
 
 
-def histogram_svg(top1: np.ndarray, baseline: np.ndarray | None, threshold: float,
-                  width: int = 360, height: int = 160, bins: int = 30) -> str:
+def histogram_svg(
+    top1: np.ndarray,
+    baseline: np.ndarray | None,
+    threshold: float,
+    width: int = 360,
+    height: int = 160,
+    bins: int = 30,
+) -> str:
     """Overlaid density histograms of top-1 similarity (run) and the train-vs-train baseline."""
-    series = [("run", top1, "#c0392b")] + ([("train vs train", baseline, "#2c7fb8")] if baseline is not None else [])
+    series = [("run", top1, "#c0392b")] + (
+        [("train vs train", baseline, "#2c7fb8")] if baseline is not None else []
+    )
     values = np.concatenate([s for _, s, _ in series if len(s)] or [np.zeros(1)])
     lo, hi = float(min(values.min(), threshold, 0.0)), float(max(values.max(), threshold, 1.0))
     edges = np.linspace(lo, hi, bins + 1)
@@ -51,22 +84,32 @@ def histogram_svg(top1: np.ndarray, baseline: np.ndarray | None, threshold: floa
     y = lambda d: height - pad - d / top * (height - 2 * pad)  # noqa: E731
     parts = []
     for (label, _, color), d in zip(series, dens):
-        pts = " ".join(f"{x(e):.1f},{y(v):.1f} {x(e2):.1f},{y(v):.1f}" for e, e2, v in zip(edges, edges[1:], d))
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"><title>{label}</title></polyline>')
+        pts = " ".join(
+            f"{x(e):.1f},{y(v):.1f} {x(e2):.1f},{y(v):.1f}" for e, e2, v in zip(edges, edges[1:], d)
+        )
+        parts.append(
+            f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"><title>{label}</title></polyline>'
+        )
     tx = x(threshold)
-    parts.append(f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{pad}" y2="{height - pad}" stroke="#000" stroke-dasharray="4 3"/>')
+    parts.append(
+        f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{pad}" y2="{height - pad}" stroke="#000" stroke-dasharray="4 3"/>'
+    )
     parts.append(f'<text x="{tx + 3:.1f}" y="{pad + 10}" font-size="10">threshold {threshold:g}</text>')
     for v in (lo, hi):
         parts.append(f'<text x="{x(v) - 8:.1f}" y="{height - 5}" font-size="10">{v:.2f}</text>')
     legend = " ".join(f'<span style="color:{c}">■ {escape(lbl)}</span>' for lbl, _, c in series)
-    return (f'<figure class="hist"><svg width="{width}" height="{height}" role="img" '
-            f'aria-label="top-1 similarity distribution">{"".join(parts)}</svg>'
-            f"<figcaption>top-1 similarity: {legend}</figcaption></figure>")
+    return (
+        f'<figure class="hist"><svg width="{width}" height="{height}" role="img" '
+        f'aria-label="top-1 similarity distribution">{"".join(parts)}</svg>'
+        f"<figcaption>top-1 similarity: {legend}</figcaption></figure>"
+    )
 
 
 def _thumb(src: str, caption: str, cls: str = "") -> str:
-    return (f'<figure class="thumb {cls}"><img src="{escape(src)}" alt="{escape(caption)}" loading="lazy">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure class="thumb {cls}"><img src="{escape(src)}" alt="{escape(caption)}" loading="lazy">'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
 
 
 def train_src(dataset: str, train_id: str) -> str:
@@ -82,8 +125,10 @@ def gallery(rows: list[dict], dataset: str, run: str, preset: str, threshold: fl
             marked = True
         gen_src = f"/media/gen/{quote(dataset)}/{quote(run)}/{quote(preset)}/{quote(row['generation'])}"
         cells = [_thumb(gen_src, f"{row['generation']}: {row['prompt']}", "gen")]
-        cells += [_thumb(train_src(dataset, t), f"{t} · {s:.3f}", "above" if s > threshold else "")
-                  for t, s in row["matches"]]
+        cells += [
+            _thumb(train_src(dataset, t), f"{t} · {s:.3f}", "above" if s > threshold else "")
+            for t, s in row["matches"]
+        ]
         out.append(f'<div class="gallery-row">{"".join(cells)}</div>')
     if not marked:
         out.append(f'<div class="threshold">— replication threshold {threshold:g} —</div>')
@@ -93,18 +138,23 @@ def gallery(rows: list[dict], dataset: str, run: str, preset: str, threshold: fl
 def try_result(res: dict, dataset: str) -> str:
     """The try-a-prompt answer: the image, notes, and the matches table."""
     notes = "".join(message(n, "note") for n in res["notes"])
-    verdict = (f"top-1 similarity {res['matches'][0][1]:.3f} "
-               f"{'crosses' if res['crosses'] else 'stays below'} the threshold {res['threshold']:g}"
-               if res["matches"] else "no training match found")
+    verdict = (
+        f"top-1 similarity {res['matches'][0][1]:.3f} "
+        f"{'crosses' if res['crosses'] else 'stays below'} the threshold {res['threshold']:g}"
+        if res["matches"]
+        else "no training match found"
+    )
     rows = "".join(
         f'<tr class="{"above" if s > res["threshold"] else ""}"><td>{i + 1}</td>'
         f'<td><img src="{escape(train_src(dataset, t))}" alt="{escape(t)}"></td>'
         f"<td>{escape(t)}</td><td>{s:.4f}</td></tr>"
         for i, (t, s) in enumerate(res["matches"])
     )
-    return (f'{notes}<div class="try-out"><figure class="thumb gen"><img id="try-image" '
-            f'src="/media/try/{escape(res["image"])}" alt="generated image">'
-            f"<figcaption>{escape(res['prompt_used'])} · seed {res['seed']} · {res['seconds']} s</figcaption></figure>"
-            f'<div><p class="verdict {"above" if res["crosses"] else ""}">{escape(verdict)}</p>'
-            f'<table id="try-matches" class="matches"><tr><th>rank</th><th>training image</th><th>id</th>'
-            f"<th>similarity</th></tr>{rows}</table></div></div>")
+    return (
+        f'{notes}<div class="try-out"><figure class="thumb gen"><img id="try-image" '
+        f'src="/media/try/{escape(res["image"])}" alt="generated image">'
+        f"<figcaption>{escape(res['prompt_used'])} · seed {res['seed']} · {res['seconds']} s</figcaption></figure>"
+        f'<div><p class="verdict {"above" if res["crosses"] else ""}">{escape(verdict)}</p>'
+        f'<table id="try-matches" class="matches"><tr><th>rank</th><th>training image</th><th>id</th>'
+        f"<th>similarity</th></tr>{rows}</table></div></div>"
+    )

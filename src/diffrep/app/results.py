@@ -53,13 +53,18 @@ class Study:
     root: Path
     resources: Path
     config: dict | None = None
+    # how the user runs this study's workflow, for messages ("run `{snakemake} finetune_all` first")
+    snakemake: str = ""
     _metadata: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.snakemake = self.snakemake or f"snakemake --profile profiles/{self.name}"
 
     def check_has_results(self) -> None:
         if not self.root.is_dir() or not self.datasets():
             raise StudyError(
                 f"{self.root} has no results yet: run the study first "
-                f"(`snakemake --profile profiles/{self.name}`, or `make mini` for the mini study)"
+                f"(`{self.snakemake}`, or `make mini` for the mini study)"
             )
 
     def datasets(self) -> list[str]:
@@ -89,10 +94,15 @@ class Study:
 
     def selection(self, dataset: str, run: str, preset: str, embedder: str) -> Selection:
         """The selection if the study measured it, else StudyError listing what exists."""
-        sel = Selection(_name(dataset, "dataset"), _name(run, "run"), _name(preset, "preset"),
-                        _name(embedder, "embedder"))
+        sel = Selection(
+            _name(dataset, "dataset"), _name(run, "run"), _name(preset, "preset"), _name(embedder, "embedder")
+        )
         if sel not in self.measured:
-            near = [s.run for s in self.measured if (s.dataset, s.preset, s.embedder) == (dataset, preset, embedder)]
+            near = [
+                s.run
+                for s in self.measured
+                if (s.dataset, s.preset, s.embedder) == (dataset, preset, embedder)
+            ]
             raise StudyError(
                 f"no similarity results for {sel.label()}"
                 + (f"; runs measured with this preset and embedder: {', '.join(near)}" if near else "")
@@ -114,8 +124,12 @@ class Study:
         table = self.root / "tables" / "summary.csv"
         if table.is_file():
             df = pd.read_csv(table, dtype={"run": str, "preset": str})
-            hit = df[(df["dataset"] == sel.dataset) & (df["run"] == sel.run)
-                     & (df["preset"] == sel.preset) & (df["embedder"] == sel.embedder)]
+            hit = df[
+                (df["dataset"] == sel.dataset)
+                & (df["run"] == sel.run)
+                & (df["preset"] == sel.preset)
+                & (df["embedder"] == sel.embedder)
+            ]
             if len(hit):
                 return {k: v for k, v in hit.iloc[0].items() if not (isinstance(v, float) and np.isnan(v))}
         stats = self.statistics(sel)
@@ -144,12 +158,14 @@ class Study:
         rows = []
         for gen, grp in m.sort_values("rank").groupby("generation", sort=False):
             grp = grp[grp["train_id"].notna()]
-            rows.append({
-                "generation": str(gen),
-                "top1": float(grp["similarity"].iloc[0]),
-                "prompt": prompts.get(str(gen), ""),
-                "matches": [(str(t), float(s)) for t, s in zip(grp["train_id"], grp["similarity"])],
-            })
+            rows.append(
+                {
+                    "generation": str(gen),
+                    "top1": float(grp["similarity"].iloc[0]),
+                    "prompt": prompts.get(str(gen), ""),
+                    "matches": [(str(t), float(s)) for t, s in zip(grp["train_id"], grp["similarity"])],
+                }
+            )
         rows.sort(key=lambda r: -r["top1"])
         return rows[:limit]
 
@@ -188,7 +204,9 @@ class Study:
         return self._metadata[dataset]
 
     def train_embeddings(self, dataset: str, embedder: str) -> Path:
-        path = self.root / _name(dataset, "dataset") / "embeddings" / _name(embedder, "embedder") / "train.npz"
+        path = (
+            self.root / _name(dataset, "dataset") / "embeddings" / _name(embedder, "embedder") / "train.npz"
+        )
         if not path.is_file():
             raise StudyError(f"{path} is missing: run the embed_train step for {dataset} × {embedder} first")
         return path
@@ -196,8 +214,13 @@ class Study:
     def model_runs(self, dataset: str) -> list[str]:
         """The models a prompt can be tried on: base, then every run with generations or a model."""
         ds = self.root / _name(dataset, "dataset")
-        names = {p.name for sub in ("generations", "models") if (ds / sub).is_dir()
-                 for p in (ds / sub).iterdir() if p.is_dir()}
+        names = {
+            p.name
+            for sub in ("generations", "models")
+            if (ds / sub).is_dir()
+            for p in (ds / sub).iterdir()
+            if p.is_dir()
+        }
         names.discard(adapter.BASE_RUN)
         return [adapter.BASE_RUN, *sorted(names)]
 
@@ -222,7 +245,6 @@ class Study:
             target = adapter.FINETUNE_TARGET
         if not (path / "model_index.json").is_file():
             raise StudyError(
-                f"the model of run {run} is missing ({path}): run "
-                f"`snakemake --profile profiles/{self.name} {target}` first"
+                f"the model of run {run} is missing ({path}): run `{self.snakemake} {target}` first"
             )
         return path

@@ -34,7 +34,9 @@ def _fragment(fn):
             return HTMLResponse(render.message(str(err)), status_code=400)
         except Exception as err:  # noqa: BLE001 - the page shows one line; the log keeps the traceback
             log.exception("request %s failed", request.url.path)
-            return HTMLResponse(render.message(f"Internal error ({type(err).__name__}): {err}"), status_code=500)
+            return HTMLResponse(
+                render.message(f"Internal error ({type(err).__name__}): {err}"), status_code=500
+            )
 
     return endpoint
 
@@ -60,16 +62,18 @@ def index_page(study: Study, engine: Engine) -> str:
         browse = render.message(f"{study.root} has generations but no similarity results yet.", "info")
     else:
         browse = page.browse_tab(choices)
-    runs = sorted({r for ds in study.datasets() for r in study.model_runs(ds)},
-                  key=lambda r: (r != adapter.BASE_RUN, r))
+    runs = sorted(
+        {r for ds in study.datasets() for r in study.model_runs(ds)}, key=lambda r: (r != adapter.BASE_RUN, r)
+    )
     presets = list(adapter.presets(study.config)) if study.config else choices["preset"]
     embedders = list((study.config or {}).get("embedders") or choices["embedder"])
     return page.page(title, browse, page.try_tab(study.datasets(), runs, presets, embedders))
 
 
 def browse_fragment(study: Study, params) -> str:
-    sel = study.selection(params.get("dataset", ""), params.get("run", ""), params.get("preset", ""),
-                          params.get("embedder", ""))
+    sel = study.selection(
+        params.get("dataset", ""), params.get("run", ""), params.get("preset", ""), params.get("embedder", "")
+    )
     threshold = study.threshold(sel)
     return (
         f"<h2>{sel.run}</h2>"
@@ -107,9 +111,14 @@ def make_app(study: Study, engine: Engine) -> Starlette:
         Route("/", _fragment(lambda r: index_page(study, engine))),
         Route("/api/browse", _fragment(lambda r: browse_fragment(study, r.query_params))),
         Route("/api/try", try_endpoint, methods=["POST"]),
-        Route("/media/gen/{dataset}/{run}/{preset}/{file}",
-              _media(lambda p: study.generation_image(p["dataset"], p["run"], p["preset"], p["file"]))),
-        Route("/media/train/{dataset}/{train_id}", _media(lambda p: study.train_image(p["dataset"], p["train_id"]))),
+        Route(
+            "/media/gen/{dataset}/{run}/{preset}/{file}",
+            _media(lambda p: study.generation_image(p["dataset"], p["run"], p["preset"], p["file"])),
+        ),
+        Route(
+            "/media/train/{dataset}/{train_id}",
+            _media(lambda p: study.train_image(p["dataset"], p["train_id"])),
+        ),
         Route("/media/try/{file}", _media(lambda p: cached_image(engine.cache, p["file"]))),
         Route("/healthz", lambda r: Response("ok", media_type="text/plain")),
     ]

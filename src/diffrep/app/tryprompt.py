@@ -51,7 +51,9 @@ def check_cache_dir(cache: Path, results: Path) -> Path:
     """The cache folder, refused when it lies inside the results folder (the app never writes there)."""
     cache, results = Path(cache).resolve(), Path(results).resolve()
     if cache == results or results in cache.parents:
-        raise ValueError(f"the app's cache folder {cache} is inside {results}; the app never writes into results/")
+        raise ValueError(
+            f"the app's cache folder {cache} is inside {results}; the app never writes into results/"
+        )
     return cache
 
 
@@ -115,7 +117,9 @@ class Engine:
         """Generate, embed and search; a dict for the page (or InputError / StudyError)."""
         prompt, seed = check_prompt(prompt), parse_seed(seed)
         if dataset not in self.study.datasets():
-            raise StudyError(f"dataset {dataset!r} has no results; datasets: {', '.join(self.study.datasets())}")
+            raise StudyError(
+                f"dataset {dataset!r} has no results; datasets: {', '.join(self.study.datasets())}"
+            )
         settings = self.preset(preset)
         model_dir = self.study.model_dir(dataset, run)
         ids, index = self.index(dataset, embedder)
@@ -127,8 +131,10 @@ class Engine:
             pipe = self.pipeline(model_dir)
             n_tokens, limit = adapter.token_count(pipe, prompt)
             if n_tokens > limit:
-                notes.append(f"The prompt is {n_tokens} tokens long; the text encoder reads the first {limit}, "
-                             "the rest is cut.")
+                notes.append(
+                    f"The prompt is {n_tokens} tokens long; the text encoder reads the first {limit}, "
+                    "the rest is cut."
+                )
             image, used = adapter.generate_image(pipe, prompt, seed, settings, self.resolution(), self.device)
             self.cache.mkdir(parents=True, exist_ok=True)
             out = self.cache / f"try-{uuid.uuid4().hex[:12]}.png"
@@ -137,8 +143,15 @@ class Engine:
         matches = [(ids[r], float(s)) for s, r in zip(sims[0], rows[0]) if r >= 0]
         threshold = float(((self.study.config or {}).get("similarity") or {}).get("threshold", 0.5))
         return {
-            "image": out.name, "prompt_used": used, "seed": seed, "run": run, "preset": preset,
-            "matches": matches, "threshold": threshold,
+            "image": out.name,
+            "prompt_used": used,
+            "seed": seed,
+            "run": run,
+            "preset": preset,
+            "matches": matches,
+            "threshold": threshold,
             "crosses": bool(matches and matches[0][1] > threshold),
-            "notes": notes, "seconds": round(time.perf_counter() - start, 2), "waited": round(waited, 2),
+            "notes": notes,
+            "seconds": round(time.perf_counter() - start, 2),
+            "waited": round(waited, 2),
         }
