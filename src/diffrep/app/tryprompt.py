@@ -111,7 +111,13 @@ class Engine:
         return presets[name]
 
     def resolution(self) -> int:
-        return int(((self.study.config or {}).get("training") or {}).get("resolution", 512))
+        """The generation resolution, as the generate rule takes it (generation, else training)."""
+        cfg = self.study.config or {}
+        return int(
+            (cfg.get("generation") or {}).get("resolution")
+            or (cfg.get("training") or {}).get("resolution")
+            or 512
+        )
 
     def try_prompt(self, dataset: str, run: str, preset: str, embedder: str, seed, prompt) -> dict:
         """Generate, embed and search; a dict for the page (or InputError / StudyError)."""
@@ -122,12 +128,12 @@ class Engine:
             )
         settings = self.preset(preset)
         model_dir = self.study.model_dir(dataset, run)
-        ids, index = self.index(dataset, embedder)
-        emb = self.embedder(embedder)
         notes = []
         start = time.perf_counter()
-        with self.lock:
+        with self.lock:  # one request at a time: the others wait here
             waited = time.perf_counter() - start
+            ids, index = self.index(dataset, embedder)
+            emb = self.embedder(embedder)
             pipe = self.pipeline(model_dir)
             n_tokens, limit = adapter.token_count(pipe, prompt)
             if n_tokens > limit:
