@@ -13,13 +13,14 @@ label{margin-right:1em} .cols{display:flex;gap:2em;align-items:flex-start}
 .cols>div{flex:1;min-width:0}
 .msg.error{color:#a00;background:#fee;padding:.5em} .msg.note{color:#654;background:#ffd;padding:.5em}
 .msg.info{color:#333;background:#eef;padding:.5em}
+.stats{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start} details{font-size:.85em}
 table.summary{border-collapse:collapse;font-size:.85em} table.summary th{text-align:left;padding-right:1em}
 .gallery-row{display:flex;gap:4px;margin:4px 0} .thumb{margin:0;font-size:.7em;width:96px}
 .thumb img{width:96px;height:96px;image-rendering:pixelated;display:block}
 .thumb.gen img{outline:2px solid #333} .thumb.above img{outline:3px solid #c0392b}
 .threshold{color:#c0392b;font-weight:bold;margin:.5em 0}
 table.matches img{width:64px;height:64px;image-rendering:pixelated} tr.above td{color:#c0392b}
-.try-out{display:flex;gap:2em} .try-out .gen img{width:192px;height:192px}
+.try-out{display:flex;gap:2em} .try-out .thumb.gen{width:192px} .try-out .gen img{width:192px;height:192px}
 textarea{width:40em;height:4em}
 """
 

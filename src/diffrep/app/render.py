@@ -55,11 +55,21 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def summary_table(row: dict) -> str:
+KEY_STATISTICS = ("n", "mean", "p95", "frac_above", "source_match_rate", "train_baseline_p95", "fid")
+
+
+def summary_table(row: dict, keys=SUMMARY_KEYS) -> str:
     """A two-column table of the summary row's statistics and provenance (known keys first)."""
-    keys = [k for k in SUMMARY_KEYS if k in row]
-    cells = "".join(f"<tr><th>{escape(k)}</th><td>{escape(_fmt(row[k]))}</td></tr>" for k in keys)
+    cells = "".join(f"<tr><th>{escape(k)}</th><td>{escape(_fmt(row[k]))}</td></tr>" for k in keys if k in row)
     return f'<table class="summary">{cells}</table>'
+
+
+def summary(row: dict) -> str:
+    """The key statistics, then the whole summary row behind a disclosure."""
+    return (
+        summary_table(row, KEY_STATISTICS)
+        + f"<details><summary>summary row: statistics and provenance</summary>{summary_table(row)}</details>"
+    )
 
 
 def histogram_svg(
@@ -107,7 +117,7 @@ def histogram_svg(
 
 def _thumb(src: str, caption: str, cls: str = "") -> str:
     return (
-        f'<figure class="thumb {cls}"><img src="{escape(src)}" alt="{escape(caption)}" loading="lazy">'
+        f'<figure class="thumb {cls}"><img src="{escape(src)}" alt="{escape(caption)}">'
         f"<figcaption>{escape(caption)}</figcaption></figure>"
     )
 

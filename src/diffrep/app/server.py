@@ -77,8 +77,10 @@ def browse_fragment(study: Study, params) -> str:
     threshold = study.threshold(sel)
     return (
         f"<h2>{sel.run}</h2>"
+        + '<div class="stats">'
         + render.histogram_svg(study.top1(sel), study.baseline(sel.dataset, sel.embedder), threshold)
-        + render.summary_table(study.summary_row(sel))
+        + render.summary(study.summary_row(sel))
+        + "</div>"
         + render.gallery(study.gallery(sel), sel.dataset, sel.run, sel.preset, threshold)
     )
 
