@@ -28,7 +28,7 @@ Sections:
 - app: `python -m diffrep.app` on a completed study (results/mini when it exists, else the micro
   study): start time (process start to the page served), and a try-a-prompt request answered with
   the model and the faiss index cached (the app's way) vs the first request, which loads both
-  (what a per-request load would cost every time).
+  (what a per-request load would cost every time; `--no-warmup`, so that nothing is preloaded).
 """
 
 from __future__ import annotations
@@ -534,7 +534,7 @@ def bench_app(app_dir: Path | None, study: str | None, micro_dir: Path | None):
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "diffrep.app", "--study", study, "--port", str(port),
-                                 "--cache", str(Path(tmp) / "cache")], cwd=wf, env=env,
+                                 "--cache", str(Path(tmp) / "cache"), "--no-warmup"], cwd=wf, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             url = f"http://127.0.0.1:{port}"

@@ -78,6 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the study's config file (default: found from the study name under the working folder)",
     )
     p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="do not load the base model and training indexes in the background at start",
+    )
+    p.add_argument(
         "--cache",
         type=Path,
         default=None,
@@ -118,6 +123,10 @@ def main(argv=None) -> int:
     if warning:
         log.warning(warning)
     study, engine = build(args)
+    if not args.no_warmup:
+        import threading
+
+        threading.Thread(target=engine.warm_up, name="warm-up", daemon=True).start()
     import uvicorn
 
     from diffrep.app.server import make_app

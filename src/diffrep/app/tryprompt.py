@@ -8,6 +8,7 @@ embedder. Generated images go to the app's own cache folder, never into results/
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from pathlib import Path
 from diffrep.app import adapter
 from diffrep.app.results import Study, StudyError
 
+log = logging.getLogger("diffrep.app")
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**63 - 1
 
@@ -87,6 +89,25 @@ class Engine:
         pipe = adapter.load_pipeline(model_dir, self.device)
         self._pipes[model_dir] = pipe
         return pipe
+
+    def warm_up(self) -> None:
+        """Load what the first request would (libraries, indexes, the base model); log, never raise.
+
+        Run in a background thread at start, so that the page is served at once and the first
+        try-a-prompt request does not pay for importing torch and diffusers.
+        """
+        try:
+            with self.lock:
+                for ds in self.study.datasets():
+                    for emb in (self.study.config or {}).get("embedders") or {}:
+                        self.index(ds, emb)
+                        self.embedder(emb)
+                    self.pipeline(self.study.model_dir(ds, adapter.BASE_RUN))
+                    break
+        except Exception as err:  # noqa: BLE001 - a request will report the same problem in the page
+            log.info("warm-up stopped: %s", err)
+            return
+        log.info("warm-up done: base model and training indexes loaded")
 
     def index(self, dataset: str, embedder: str):
         """(training ids, faiss index) of a dataset × embedder, loaded once."""
