@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import test_clipscore
 from app_server import get, serving
 from diffrep.app.__main__ import check_host, find_config
 from diffrep.app.results import Study, StudyError
@@ -28,6 +29,7 @@ from diffrep.app.tryprompt import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+tiny_clip = test_clipscore.tiny_clip  # the fixture: a tiny random CLIP folder
 RUNS = {"base": [0.31, 0.42], "dup_both.instancelevel_blip.none": [0.91, 0.45]}
 
 
@@ -182,3 +184,21 @@ def test_study_without_results_says_so_in_the_page(tmp_path):
     with serving(make_app(study, Engine(study, tmp_path / "cache"))) as url:
         status, html = get(url + "/")
     assert status == 200 and "has no results yet" in html and "make mini" in html
+
+
+def test_clip_score_of_the_validation_set_is_clipscores_definition(tmp_path, tiny_clip):
+    from diffrep import clipscore
+    from diffrep.app import adapter
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/tiny_clip").symlink_to(tiny_clip)
+    on = {"clipscore": {"enabled": True, "model": "tiny_clip"}}
+    assert (
+        adapter.clip_model({"clipscore": {"enabled": False, "model": "tiny_clip"}}, tmp_path, "cpu") is None
+    )
+    assert adapter.clip_model({"clipscore": {"enabled": True, "model": "absent"}}, tmp_path, "cpu") is None
+    clip = adapter.clip_model(on, tmp_path, "cpu")
+    images = [Image.new("RGB", (32, 32), (200, 30 * i, 0)) for i in range(3)]
+    prompts = ["a red square", "an orange square", "a yellow square"]
+    cos = clipscore.cosines(*clip, images, prompts)
+    assert adapter.clip_scores(clip, images, prompts, "cpu") == pytest.approx([100 * max(c, 0) for c in cos])

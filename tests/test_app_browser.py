@@ -185,6 +185,18 @@ def test_both_tabs_in_headless_chromium(browser, app_url, micro_run, tmp_path):
     assert len(rows) == 1 + 3  # header + top_k of tests/micro/config.yaml
     assert "the threshold" in browser.find_element(By.ID, "try-out").text
 
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=validation]").click()
+    Select(browser.find_element(By.ID, "v-run")).select_by_value("base")
+    Select(browser.find_element(By.ID, "v-run2")).select_by_value(FINETUNED)
+    browser.find_element(By.ID, "v-go").click()
+    _wait(
+        browser,
+        lambda d: _images_loaded(d, "#val-table img", 4 * 2 * 2),
+        TRY_TIMEOUT,
+        "the validation prompts return two models' images and their top-1 matches",
+    )
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#val-table tr")) == 1 + 4  # header + 4 prompts
+
     shot = tmp_path / "app.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 0

@@ -78,6 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the study's config file (default: found from the study name under the working folder)",
     )
     p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="validation prompt set, one prompt per line (default: caption [0] of the first 4 training images)",
+    )
+    p.add_argument(
         "--no-warmup",
         action="store_true",
         help="do not load the base model and training indexes in the background at start",
@@ -138,7 +144,15 @@ def main(argv=None) -> int:
         args.port,
         engine.cache,
     )
-    uvicorn.run(make_app(study, engine), host=host, port=args.port, log_level="warning")
+    prompts = None
+    if args.prompts is not None:
+        from diffrep.app.validation import read_prompt_file
+
+        try:
+            prompts = read_prompt_file(args.prompts)
+        except ValueError as err:
+            raise SystemExit(f"diffrep.app: {err}") from None
+    uvicorn.run(make_app(study, engine, prompts), host=host, port=args.port, log_level="warning")
     return 0
 
 

@@ -76,26 +76,45 @@ def token_count(pipe, prompt: str) -> tuple[int, int]:
     return len(ids), int(pipe.tokenizer.model_max_length)
 
 
-def generate_image(pipe, prompt: str, seed: int, preset: dict, resolution: int, dev: str):
-    """(PIL image, prompt as used) of one prompt and generator seed under a preset.
+def generate_images(pipe, prompts: list[str], seeds: list[int], preset: dict, resolution: int, dev: str):
+    """(PIL images, prompts as used) of prompts and their generator seeds under a preset, one batch.
 
-    The preset's prompt mitigation is applied as the generate rule applies it to image 0; the
-    scheduler is set from the pipeline's original one (``pipe._diffrep_scheduler``) every call.
+    The preset's prompt mitigation is applied to prompt ``i`` with seed ``seeds[i]`` as the generate
+    rule applies it; the scheduler is set from the pipeline's original one every call.
     """
     import pandas as pd
 
     from diffrep import generation
 
-    used = generation.mitigate_prompts(
-        pd.DataFrame({"index": [0], "prompt": [prompt]}), preset, seed, pipe.tokenizer
-    )[0]
+    used = [
+        generation.mitigate_prompts(pd.DataFrame({"index": [0], "prompt": [p]}), preset, s, pipe.tokenizer)[0]
+        for p, s in zip(prompts, seeds)
+    ]
     original = getattr(pipe, "_diffrep_scheduler", None)
     if original is None:
         original = pipe._diffrep_scheduler = pipe.scheduler
     pipe.scheduler = original
     generation.set_scheduler(pipe, preset.get("scheduler", "default"))
-    image = generation.generate_batch(pipe, [used], [seed], preset, resolution, dev)[0]
-    return image, used
+    return generation.generate_batch(pipe, used, list(seeds), preset, resolution, dev), used
+
+
+def clip_model(config: dict, resources: Path, dev: str):
+    """(model, processor) of the study's CLIP model, or None where CLIP score is off or not fetched."""
+    cfg = config.get("clipscore") or {}
+    model_dir = resources / "models" / str(cfg.get("model", "clip"))
+    if not cfg.get("enabled", True) or not (model_dir / "config.json").is_file():
+        return None
+    from diffrep.clipscore import load_clip
+
+    return load_clip(model_dir, dev)
+
+
+def clip_scores(clip, images: list, prompts: list[str], dev: str) -> list[float]:
+    """CLIP score 100·max(cos, 0) of each image against its prompt (torchmetrics' definition)."""
+    from diffrep.clipscore import cosines
+
+    model, processor = clip
+    return [100.0 * max(float(c), 0.0) for c in cosines(model, processor, images, prompts, device=dev)]
 
 
 def make_embedder(cfg: dict, resources: Path):

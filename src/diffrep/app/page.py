@@ -20,6 +20,7 @@ table.summary{border-collapse:collapse;font-size:.85em} table.summary th{text-al
 .thumb.gen img{outline:2px solid #333} .thumb.above img{outline:3px solid #c0392b}
 .threshold{color:#c0392b;font-weight:bold;margin:.5em 0}
 table.matches img{width:64px;height:64px;image-rendering:pixelated} tr.above td{color:#c0392b}
+#val-table img{width:64px;height:64px;image-rendering:pixelated} td.above{color:#c0392b}
 .try-out{display:flex;gap:2em} .try-out .thumb.gen{width:192px} .try-out .gen img{width:192px;height:192px}
 textarea{width:40em;height:4em}
 """
@@ -39,6 +40,9 @@ async function tryPrompt(ev){ev.preventDefault();const v=k=>document.getElementB
  const body=JSON.stringify({dataset:v('dataset'),run:v('run'),preset:v('preset'),embedder:v('embedder'),
   seed:v('seed'),prompt:v('prompt')});
  await fetchInto('try-out','/api/try',{method:'POST',headers:{'Content-Type':'application/json'},body});}
+async function validate(ev){ev.preventDefault();const v=k=>document.getElementById('v-'+k).value;
+ const body=JSON.stringify({dataset:v('dataset'),runs:[v('run'),v('run2')],preset:v('preset'),embedder:v('embedder')});
+ await fetchInto('val-out','/api/validate',{method:'POST',headers:{'Content-Type':'application/json'},body});}
 window.addEventListener('load',()=>{if(document.getElementById('b-run'))browse();});
 """
 
@@ -72,13 +76,27 @@ def try_tab(datasets: list[str], runs: list[str], presets: list[str], embedders:
     )
 
 
-def page(title: str, browse_html: str, try_html: str) -> str:
+def validation_tab(datasets: list[str], runs: list[str], presets: list[str], embedders: list[str]) -> str:
+    return (
+        '<form id="val-form" onsubmit="validate(event)">'
+        + select("v-dataset", "dataset", datasets)
+        + select("v-run", "model", runs)
+        + select("v-run2", "compare with", runs, empty="—")
+        + select("v-preset", "preset", presets)
+        + select("v-embedder", "embedder", embedders)
+        + '<button id="v-go" type="submit">Run the validation prompts</button></form><div id="val-out"></div>'
+    )
+
+
+def page(title: str, browse_html: str, try_html: str, validation_html: str = "") -> str:
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
         f"<h1>{escape(title)}</h1>"
         '<nav><button data-tab="browse" class="active" onclick="tab(\'browse\')">Browse</button>'
-        '<button data-tab="try" onclick="tab(\'try\')">Try a prompt</button></nav>'
+        '<button data-tab="try" onclick="tab(\'try\')">Try a prompt</button>'
+        '<button data-tab="validation" onclick="tab(\'validation\')">Validation prompts</button></nav>'
         f'<section id="browse" class="active">{browse_html}</section>'
-        f'<section id="try">{try_html}</section></body></html>'
+        f'<section id="try">{try_html}</section>'
+        f'<section id="validation">{validation_html}</section></body></html>'
     )

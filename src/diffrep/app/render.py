@@ -168,3 +168,27 @@ def try_result(res: dict, dataset: str) -> str:
         f'<table id="try-matches" class="matches"><tr><th>rank</th><th>training image</th><th>id</th>'
         f"<th>similarity</th></tr>{rows}</table></div></div>"
     )
+
+
+def validation_table(res: dict, dataset: str) -> str:
+    """Prompts as rows, one column per model: image, top-1 training match and similarity, CLIP score."""
+    runs = list(res["results"])
+    head = "".join(f"<th>{escape(r)}</th>" for r in runs)
+    body = []
+    for i, prompt in enumerate(res["prompts"]):
+        cells = []
+        for run in runs:
+            r = res["results"][run][i]
+            above = "above" if r["similarity"] > res["threshold"] else ""
+            clip = "CLIP score off" if r["clip"] is None else f"CLIP score {r['clip']:.1f}"
+            cells.append(
+                f'<td class="{above}"><img src="/media/try/{escape(r["image"])}" alt="{escape(run)}">'
+                f'<img src="{escape(train_src(dataset, r["train_id"] or ""))}" alt="top-1 match">'
+                f"<br>top-1 {escape(str(r['train_id']))} · {r['similarity']:.3f}<br>{clip}</td>"
+            )
+        body.append(f"<tr><td>{escape(prompt)}<br>seed {i}</td>{''.join(cells)}</tr>")
+    return (
+        f'<p class="msg info">{len(res["prompts"])} prompts, same seeds for every model; {res["seconds"]} s; '
+        f"threshold {res['threshold']:g}</p>"
+        f'<table id="val-table" class="matches"><tr><th>prompt</th>{head}</tr>{"".join(body)}</table>'
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +71,9 @@ class Study:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / "generations").is_dir())
 
-    @cached_property
+    @property
     def measured(self) -> list[Selection]:
-        """Every selection with a similarity table, sorted."""
+        """Every selection with a similarity table, sorted (read on every call: a running study adds some)."""
         out = []
         for ds in self.datasets():
             for table in sorted((self.root / ds / "similarity").glob("*/*/*.parquet")):

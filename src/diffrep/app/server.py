@@ -67,7 +67,8 @@ def index_page(study: Study, engine: Engine) -> str:
     )
     presets = list(adapter.presets(study.config)) if study.config else choices["preset"]
     embedders = list((study.config or {}).get("embedders") or choices["embedder"])
-    return page.page(title, browse, page.try_tab(study.datasets(), runs, presets, embedders))
+    lists = (study.datasets(), runs, presets, embedders)
+    return page.page(title, browse, page.try_tab(*lists), page.validation_tab(*lists))
 
 
 def browse_fragment(study: Study, params) -> str:
@@ -85,34 +86,56 @@ def browse_fragment(study: Study, params) -> str:
     )
 
 
-async def _try(request: Request, study: Study, engine: Engine) -> Response:
+async def _json_work(request: Request, work) -> Response:
+    """Parse a JSON object body, then run `work(body) -> HTML` in a worker thread, errors as messages."""
     from starlette.concurrency import run_in_threadpool
 
     try:
         body = json.loads(await request.body() or b"{}")
-        if not isinstance(body, dict):
-            raise InputError("The request body must be a JSON object.")
     except json.JSONDecodeError:
         return HTMLResponse(render.message("The request body is not JSON."), status_code=400)
-
-    def work(_request):
-        args = {k: body.get(k, "") for k in ("dataset", "run", "preset", "embedder", "seed", "prompt")}
-        res = engine.try_prompt(**args)
-        return render.try_result(res, args["dataset"])
-
-    return await run_in_threadpool(_fragment(work), request)
+    if not isinstance(body, dict):
+        return HTMLResponse(render.message("The request body must be a JSON object."), status_code=400)
+    return await run_in_threadpool(_fragment(lambda _r: work(body)), request)
 
 
-def make_app(study: Study, engine: Engine) -> Starlette:
-    """The ASGI app of one study (read-only over its results, writing only to the engine's cache)."""
+def try_fragment(engine: Engine, body: dict) -> str:
+    args = {k: body.get(k, "") for k in ("dataset", "run", "preset", "embedder", "seed", "prompt")}
+    return render.try_result(engine.try_prompt(**args), args["dataset"])
+
+
+def validation_fragment(engine: Engine, body: dict, prompts: list[str] | None) -> str:
+    from diffrep.app.validation import compare
+
+    runs = body.get("runs") if isinstance(body.get("runs"), list) else []
+    res = compare(
+        engine,
+        str(body.get("dataset", "")),
+        [str(r) for r in runs],
+        str(body.get("preset", "")),
+        str(body.get("embedder", "")),
+        prompts,
+    )
+    return render.validation_table(res, str(body.get("dataset", "")))
+
+
+def make_app(study: Study, engine: Engine, prompts: list[str] | None = None) -> Starlette:
+    """The ASGI app of one study (read-only over its results, writing only to the engine's cache).
+
+    `prompts`: the validation prompt set (default: caption [0] of the first training images).
+    """
 
     async def try_endpoint(request: Request) -> Response:
-        return await _try(request, study, engine)
+        return await _json_work(request, lambda body: try_fragment(engine, body))
+
+    async def validate_endpoint(request: Request) -> Response:
+        return await _json_work(request, lambda body: validation_fragment(engine, body, prompts))
 
     routes = [
         Route("/", _fragment(lambda r: index_page(study, engine))),
         Route("/api/browse", _fragment(lambda r: browse_fragment(study, r.query_params))),
         Route("/api/try", try_endpoint, methods=["POST"]),
+        Route("/api/validate", validate_endpoint, methods=["POST"]),
         Route(
             "/media/gen/{dataset}/{run}/{preset}/{file}",
             _media(lambda p: study.generation_image(p["dataset"], p["run"], p["preset"], p["file"])),

@@ -72,6 +72,7 @@ class Engine:
         self._indexes: dict[tuple[str, str], tuple[list[str], object]] = {}
         self._embedders: dict[str, object] = {}
         self._device = None
+        self.clip = None  # (model, processor) once loaded; False where CLIP score is off or not fetched
 
     @property
     def device(self) -> str:
@@ -162,7 +163,10 @@ class Engine:
                     f"The prompt is {n_tokens} tokens long; the text encoder reads the first {limit}, "
                     "the rest is cut."
                 )
-            image, used = adapter.generate_image(pipe, prompt, seed, settings, self.resolution(), self.device)
+            images, used = adapter.generate_images(
+                pipe, [prompt], [seed], settings, self.resolution(), self.device
+            )
+            image, used = images[0], used[0]
             self.cache.mkdir(parents=True, exist_ok=True)
             out = self.cache / f"try-{uuid.uuid4().hex[:12]}.png"
             image.save(out)
