@@ -56,10 +56,10 @@ def parse_run(name: str) -> str:
 
 
 def device() -> str:
-    """``cuda`` where a GPU is visible, else ``cpu``."""
-    from diffrep.embeddings import resolve_device
+    """``cuda`` where a GPU is visible, else ``cpu``: the rule of the library's resolve_device (which is moving)."""
+    import torch
 
-    return resolve_device(None)
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_pipeline(model_dir: Path, dev: str):

@@ -63,13 +63,22 @@ def browse_tab(choices: dict[str, list[str]]) -> str:
     )
 
 
+def _model_fields(prefix: str, datasets, runs, presets, embedders, compare: bool) -> str:
+    """The dataset, model (and a second model), preset and embedder selects of a generating tab."""
+    second = select(f"{prefix}-run2", "compare with", runs, empty="—") if compare else ""
+    return (
+        select(f"{prefix}-dataset", "dataset", datasets)
+        + select(f"{prefix}-run", "model", runs)
+        + second
+        + select(f"{prefix}-preset", "preset", presets)
+        + select(f"{prefix}-embedder", "embedder", embedders)
+    )
+
+
 def try_tab(datasets: list[str], runs: list[str], presets: list[str], embedders: list[str]) -> str:
     return (
         '<form id="try-form" onsubmit="tryPrompt(event)">'
-        + select("t-dataset", "dataset", datasets)
-        + select("t-run", "model", runs)
-        + select("t-preset", "preset", presets)
-        + select("t-embedder", "embedder", embedders)
+        + _model_fields("t", datasets, runs, presets, embedders, compare=False)
         + '<label>seed <input id="t-seed" value="0" size="8"></label><br>'
         '<textarea id="t-prompt" placeholder="a prompt, e.g. a caption of a training image"></textarea><br>'
         '<button id="t-go" type="submit">Generate</button></form><div id="try-out"></div>'
@@ -79,11 +88,7 @@ def try_tab(datasets: list[str], runs: list[str], presets: list[str], embedders:
 def validation_tab(datasets: list[str], runs: list[str], presets: list[str], embedders: list[str]) -> str:
     return (
         '<form id="val-form" onsubmit="validate(event)">'
-        + select("v-dataset", "dataset", datasets)
-        + select("v-run", "model", runs)
-        + select("v-run2", "compare with", runs, empty="—")
-        + select("v-preset", "preset", presets)
-        + select("v-embedder", "embedder", embedders)
+        + _model_fields("v", datasets, runs, presets, embedders, compare=True)
         + '<button id="v-go" type="submit">Run the validation prompts</button></form><div id="val-out"></div>'
     )
 
