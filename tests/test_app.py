@@ -202,3 +202,25 @@ def test_clip_score_of_the_validation_set_is_clipscores_definition(tmp_path, tin
     prompts = ["a red square", "an orange square", "a yellow square"]
     cos = clipscore.cosines(*clip, images, prompts)
     assert adapter.clip_scores(clip, images, prompts, "cpu") == pytest.approx([100 * max(c, 0) for c in cos])
+
+
+def test_without_a_config_try_a_prompt_says_how_to_give_one(tree, tmp_path):
+    study = Study("t", tree / "t", tree.parent / "resources")
+    with pytest.raises(StudyError, match="start the app with --config"):
+        Engine(study, tmp_path / "cache").try_prompt("ds", "base", "default", "pixel", "1", "a cat")
+
+
+def test_the_cache_keeps_the_newest_images(tree, tmp_path, monkeypatch):
+    import os
+
+    from diffrep.app import tryprompt
+
+    monkeypatch.setattr(tryprompt, "MAX_CACHED_IMAGES", 3)
+    engine = Engine(study_of(tree), tmp_path / "cache")
+    engine.cache.mkdir()
+    for i in range(5):
+        (engine.cache / f"try-{i}.png").write_bytes(b"x")
+        os.utime(engine.cache / f"try-{i}.png", (1000 + i, 1000 + i))
+    new = engine.new_image_path()
+    assert sorted(p.name for p in engine.cache.iterdir()) == ["try-3.png", "try-4.png"]
+    assert new.parent == engine.cache and not new.exists()

@@ -184,6 +184,16 @@ def test_both_tabs_in_headless_chromium(browser, app_url, micro_run, tmp_path):
     rows = browser.find_elements(By.CSS_SELECTOR, "#try-matches tr")
     assert len(rows) == 1 + 3  # header + top_k of tests/micro/config.yaml
     assert "the threshold" in browser.find_element(By.ID, "try-out").text
+    prompt = browser.find_element(By.ID, "t-prompt")
+    prompt.clear()
+    prompt.send_keys("a red circle " * 40)
+    browser.find_element(By.ID, "t-go").click()
+    _wait(
+        browser,
+        lambda d: "the rest is cut" in d.find_element(By.ID, "try-out").text,
+        TRY_TIMEOUT,
+        "an over-long prompt is generated with a note that it was cut",
+    )
 
     browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=validation]").click()
     Select(browser.find_element(By.ID, "v-run")).select_by_value("base")

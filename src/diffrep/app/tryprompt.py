@@ -21,6 +21,7 @@ from diffrep.app.results import Study, StudyError
 log = logging.getLogger("diffrep.app")
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**63 - 1
+MAX_CACHED_IMAGES = 500
 
 
 class InputError(ValueError):
@@ -110,6 +111,14 @@ class Engine:
             return
         log.info("warm-up done: base model and training indexes loaded")
 
+    def new_image_path(self) -> Path:
+        """A fresh file name in the cache; the oldest images beyond MAX_CACHED_IMAGES are removed."""
+        self.cache.mkdir(parents=True, exist_ok=True)
+        old = sorted(self.cache.glob("try-*.png"), key=lambda p: p.stat().st_mtime)
+        for path in old[: max(0, len(old) - MAX_CACHED_IMAGES + 1)]:
+            path.unlink(missing_ok=True)
+        return self.cache / f"try-{uuid.uuid4().hex[:12]}.png"
+
     def index(self, dataset: str, embedder: str):
         """(training ids, faiss index) of a dataset × embedder, loaded once."""
         key = (dataset, embedder)
@@ -127,7 +136,11 @@ class Engine:
         return self._embedders[name]
 
     def preset(self, name: str) -> dict:
-        presets = adapter.presets(self.study.config) if self.study.config else {}
+        if not self.study.config:
+            raise StudyError(
+                "the study's config was not found: start the app with --config <the study's config file>"
+            )
+        presets = adapter.presets(self.study.config)
         if name not in presets:
             raise InputError(f"Unknown preset {name!r}; the study's presets: {', '.join(presets) or 'none'}.")
         return presets[name]
@@ -167,8 +180,7 @@ class Engine:
                 pipe, [prompt], [seed], settings, self.resolution(), self.device
             )
             image, used = images[0], used[0]
-            self.cache.mkdir(parents=True, exist_ok=True)
-            out = self.cache / f"try-{uuid.uuid4().hex[:12]}.png"
+            out = self.new_image_path()
             image.save(out)
             sims, rows = adapter.search(index, adapter.embed(emb, [out]), self.top_k)
         matches = [(ids[r], float(s)) for s, r in zip(sims[0], rows[0]) if r >= 0]

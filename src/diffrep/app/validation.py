@@ -9,7 +9,6 @@ CLIP model is there and CLIP score is on, its CLIP score against the prompt.
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 from diffrep.app import adapter
@@ -56,8 +55,7 @@ def run_model(
         images, _ = adapter.generate_images(
             pipe, prompts, seeds, settings, engine.resolution(), engine.device
         )
-        engine.cache.mkdir(parents=True, exist_ok=True)
-        files = [engine.cache / f"try-{uuid.uuid4().hex[:12]}.png" for _ in images]
+        files = [engine.new_image_path() for _ in images]
         for image, f in zip(images, files):
             image.save(f)
         sims, rows = adapter.search(index, adapter.embed(emb, files), 1)
