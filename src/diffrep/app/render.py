@@ -148,6 +148,9 @@ def gallery(rows: list[dict], dataset: str, run: str, preset: str, threshold: fl
 def try_result(res: dict, dataset: str) -> str:
     """The try-a-prompt answer: the image, notes, and the matches table."""
     notes = "".join(message(n, "note") for n in res["notes"])
+    settings = ", ".join(
+        f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in res.get("settings", {}).items()
+    )
     verdict = (
         f"top-1 similarity {res['matches'][0][1]:.3f} "
         f"{'crosses' if res['crosses'] else 'stays below'} the threshold {res['threshold']:g}"
@@ -165,6 +168,7 @@ def try_result(res: dict, dataset: str) -> str:
         f'src="/media/try/{escape(res["image"])}" alt="generated image">'
         f"<figcaption>{escape(res['prompt_used'])} · seed {res['seed']} · {res['seconds']} s</figcaption></figure>"
         f'<div><p class="verdict {"above" if res["crosses"] else ""}">{escape(verdict)}</p>'
+        f'<p class="preset">{escape(res["run"])} · preset {escape(res["preset"])}: {escape(settings)}</p>'
         f'<table id="try-matches" class="matches"><tr><th>rank</th><th>training image</th><th>id</th>'
         f"<th>similarity</th></tr>{rows}</table></div></div>"
     )

@@ -22,6 +22,7 @@ log = logging.getLogger("diffrep.app")
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**63 - 1
 MAX_CACHED_IMAGES = 500
+PRESET_SHOWN = ("scheduler", "steps", "guidance_scale", "negative_prompt", "mitigation")
 
 
 class InputError(ValueError):
@@ -191,6 +192,7 @@ class Engine:
             "seed": seed,
             "run": run,
             "preset": preset,
+            "settings": {k: settings.get(k) for k in PRESET_SHOWN},
             "matches": matches,
             "threshold": threshold,
             "crosses": bool(matches and matches[0][1] > threshold),
