@@ -224,3 +224,17 @@ def test_the_cache_keeps_the_newest_images(tree, tmp_path, monkeypatch):
     new = engine.new_image_path()
     assert sorted(p.name for p in engine.cache.iterdir()) == ["try-3.png", "try-4.png"]
     assert new.parent == engine.cache and not new.exists()
+
+
+def test_messages_name_the_command_that_runs_the_study(tmp_path):
+    from diffrep.app.__main__ import snakemake_command
+
+    assert (
+        snakemake_command("mini", tmp_path / "profiles/mini/study.yaml", tmp_path)
+        == "snakemake --profile profiles/mini"
+    )
+    assert snakemake_command("paper", tmp_path / "config.yaml", tmp_path) == "snakemake"
+    assert (
+        snakemake_command("micro", tmp_path / "tests/micro/config.yaml", tmp_path)
+        == "snakemake --configfile tests/micro/config.yaml --replace-workflow-config"
+    )

@@ -50,6 +50,19 @@ def find_config(study: str, workdir: Path) -> Path | None:
     return None
 
 
+def snakemake_command(study: str, config_path: Path | None, workdir: Path) -> str:
+    """How the study is run, for the app's messages: ``snakemake`` and the options that pick the study."""
+    if config_path is None:
+        return f"snakemake --profile profiles/{study}"
+    path = Path(config_path).resolve()
+    rel = path.relative_to(workdir.resolve()) if path.is_relative_to(workdir.resolve()) else path
+    if rel == Path(f"profiles/{study}/study.yaml"):
+        return f"snakemake --profile profiles/{study}"
+    if rel == Path("config.yaml"):
+        return "snakemake"
+    return f"snakemake --configfile {rel} --replace-workflow-config"
+
+
 def default_cache(study: str) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "diffrep-app" / study
@@ -108,12 +121,7 @@ def build(args: argparse.Namespace):
             raise SystemExit(f"diffrep.app: {config_path}: invalid study config: {err}") from None
     else:
         log.warning("no config found for study %s: pass --config; try-a-prompt needs it", args.study)
-    command = ""
-    if (
-        config_path is not None
-        and Path(config_path).resolve() != (Path.cwd() / f"profiles/{args.study}/study.yaml").resolve()
-    ):
-        command = f"snakemake --configfile {config_path} --replace-workflow-config"
+    command = snakemake_command(args.study, config_path, Path.cwd())
     study = Study(args.study, args.results / args.study, args.resources, config, command)
     try:
         engine = Engine(study, args.cache or default_cache(args.study))

@@ -99,18 +99,20 @@ class Engine:
         Run in a background thread at start, so that the page is served at once and the first
         try-a-prompt request does not pay for importing torch and diffusers.
         """
+        datasets = self.study.datasets()
+        if not datasets:
+            log.info("warm-up: nothing to load, %s has no results yet", self.study.root)
+            return
         try:
             with self.lock:
-                for ds in self.study.datasets():
-                    for emb in (self.study.config or {}).get("embedders") or {}:
-                        self.index(ds, emb)
-                        self.embedder(emb)
-                    self.pipeline(self.study.model_dir(ds, adapter.BASE_RUN))
-                    break
+                for emb in (self.study.config or {}).get("embedders") or {}:
+                    self.index(datasets[0], emb)
+                    self.embedder(emb)
+                self.pipeline(self.study.model_dir(datasets[0], adapter.BASE_RUN))
         except Exception as err:  # noqa: BLE001 - a request will report the same problem in the page
             log.info("warm-up stopped: %s", err)
             return
-        log.info("warm-up done: base model and training indexes loaded")
+        log.info("warm-up done: base model and training indexes of %s loaded", datasets[0])
 
     def new_image_path(self) -> Path:
         """A fresh file name in the cache; the oldest images beyond MAX_CACHED_IMAGES are removed."""
