@@ -24,7 +24,11 @@ Sections:
   about 10x larger (datasets replicated), in a fresh copy of the workflow; no-op re-run of the
   micro study after a complete run, vs the complete run;
 - generation: images/s of the mini model architecture on CPU, batched (the mini profile's
-  generate_batch_size) vs one image at a time, with diffrep.generation.generate_batch.
+  generate_batch_size) vs one image at a time, with diffrep.generation.generate_batch;
+- app: `python -m diffrep.app` on a completed study (results/mini when it exists, else the micro
+  study): start time (process start to the page served), and a try-a-prompt request answered with
+  the model and the faiss index cached (the app's way) vs the first request, which loads both
+  (what a per-request load would cost every time; `--no-warmup`, so that nothing is preloaded).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
-SECTIONS = ("retrieval", "fid", "embeddings", "snakemake", "generation")
+SECTIONS = ("retrieval", "fid", "embeddings", "snakemake", "generation", "app")
 COLUMNS = ("section", "measure", "diffrep", "naive", "unit", "ratio", "diffrep_how", "naive_how", "detail")
 THREADS = 2
 
@@ -481,6 +485,81 @@ def bench_generation(n_images: int, batch: int, steps: int = 20, resolution: int
                 f"{THREADS} threads; random weights, architecture of mini_sd", higher_is_better=True)]
 
 
+# ---------------------------------------------------------------- app
+
+
+def app_study(app_dir: Path | None, study: str | None, micro_dir: Path | None, tmp: str) -> tuple[Path, str]:
+    """(workflow folder, study) to serve: the given one, results/mini of this checkout, or a micro run."""
+    from conftest import MICRO, copy_workflow
+
+    if app_dir is not None:
+        return app_dir, study or "mini"
+    if (REPO / "results/mini/tables/summary.csv").is_file():
+        return REPO, "mini"
+    if micro_dir is not None:
+        return micro_dir, "micro"
+    wf = copy_workflow(Path(tmp) / "micro")
+    proc, _ = _snakemake(["--cores", "2", *MICRO], wf, timeout=1500)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the micro study failed:\n{proc.stderr[-2000:]}")
+    return wf, "micro"
+
+
+def _try_request(url: str, study_dir: Path) -> tuple[float, str]:
+    """(seconds, response) of one try-a-prompt request on a finetuned run of the study."""
+    import pandas as pd
+
+    from app_server import get
+
+    runs = sorted(p.parent.name for p in study_dir.glob("*/models/*/model_index.json"))
+    gens = sorted(study_dir.glob(f"*/generations/{runs[0]}/*/prompts.parquet"))
+    prompt = str(pd.read_parquet(gens[0])["prompt"].iloc[0])
+    body = {"dataset": gens[0].parents[3].name, "run": runs[0], "preset": gens[0].parent.name,
+            "embedder": sorted(p.name for p in (gens[0].parents[3] / "embeddings").iterdir())[0],
+            "seed": "3", "prompt": prompt}
+    with timer() as t:
+        status, text = get(url + "/api/try", json.dumps(body).encode())
+    if status != 200 or "try-matches" not in text:
+        raise RuntimeError(f"try-a-prompt failed ({status}): {text[:500]}")
+    return t["s"], f"run {runs[0]}, preset {body['preset']}, prompt {prompt!r}"
+
+
+def bench_app(app_dir: Path | None, study: str | None, micro_dir: Path | None):
+    from app_server import free_port, get
+
+    print("app (start time; try-a-prompt with the model and index cached vs loaded)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="diffrep-bench-") as tmp:
+        wf, study = app_study(app_dir, study, micro_dir, tmp)
+        port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "diffrep.app", "--study", study, "--port", str(port),
+                                 "--cache", str(Path(tmp) / "cache"), "--no-warmup"], cwd=wf, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            while True:
+                with contextlib.suppress(OSError):
+                    if get(url + "/")[0] == 200:
+                        break
+                if proc.poll() is not None or time.perf_counter() - t0 > 120:
+                    raise RuntimeError(f"the app did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+                time.sleep(0.05)
+            t_start = time.perf_counter() - t0
+            t_cold, how = _try_request(url, wf / "results" / study)
+            t_warm, _ = _try_request(url, wf / "results" / study)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return [
+        row("app", f"start time, {study} study (process start to page served)", t_start, None, "s",
+            "`python -m diffrep.app`", "-", "the issue asks for < 10 s on the mini study"),
+        row("app", f"try-a-prompt request, {study} study", t_warm, t_cold, "s",
+            "model and faiss index cached (second request)", "first request: loads the model and the index",
+            f"{how}; the issue asks for < 5 s on the 2-core machine"),
+    ]
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -517,6 +596,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench/results.csv")
     ap.add_argument("--no-micro", action="store_true", help="skip the micro study run (no-op re-run time)")
     ap.add_argument("--micro-dir", type=Path, help="a completed micro study copy to time the no-op re-run in")
+    ap.add_argument("--app-dir", type=Path, help="app section: a workflow folder with a completed study")
+    ap.add_argument("--app-study", help="app section: the study of --app-dir (default mini)")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
@@ -536,6 +617,7 @@ def main(argv=None) -> int:
         "snakemake": lambda: bench_snakemake(factor=2 if q else 10, micro=not (q or args.no_micro),
                                              micro_dir=args.micro_dir),
         "generation": lambda: bench_generation(n_images=4 if q else 16, batch=4 if q else 16, steps=4 if q else 20),
+        "app": lambda: bench_app(args.app_dir, args.app_study, args.micro_dir),
     }
     print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
     rows = []
