@@ -66,10 +66,19 @@ def row(section, measure, diffrep, naive, unit, diffrep_how, naive_how, detail="
     else:
         ratio = naive / diffrep if diffrep else None
     r = dict(
-        section=section, measure=measure, diffrep=_round(diffrep), naive=_round(naive), unit=unit,
-        ratio=_round(ratio), diffrep_how=diffrep_how, naive_how=naive_how, detail=detail,
+        section=section,
+        measure=measure,
+        diffrep=_round(diffrep),
+        naive=_round(naive),
+        unit=unit,
+        ratio=_round(ratio),
+        diffrep_how=diffrep_how,
+        naive_how=naive_how,
+        detail=detail,
     )
-    print(f"  {measure}: diffrep {r['diffrep']} vs naive {r['naive']} {unit} -> ratio {r['ratio']}", flush=True)
+    print(
+        f"  {measure}: diffrep {r['diffrep']} vs naive {r['naive']} {unit} -> ratio {r['ratio']}", flush=True
+    )
     return r
 
 
@@ -164,11 +173,15 @@ def retrieval_child(method: str, n_gen: int, n_train: int, dim: int, k: int, out
     seconds = time.perf_counter() - t0
     peak_kb = _rss_kb("VmHWM") if peak_ok else None
     np.save(out, np.asarray(top1, dtype=np.int64))
-    print(json.dumps({
-        "seconds": seconds,
-        "peak_mb": (peak_kb - base_kb) / 1024 if peak_kb else None,
-        "recall_source": float(np.mean(np.asarray(top1) == src)),
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_mb": (peak_kb - base_kb) / 1024 if peak_kb else None,
+                "recall_source": float(np.mean(np.asarray(top1) == src)),
+            }
+        )
+    )
 
 
 def bench_retrieval(sizes, dim=512, k=10):
@@ -182,24 +195,55 @@ def bench_retrieval(sizes, dim=512, k=10):
             for method in ("faiss", "torch"):
                 out = Path(tmp) / f"{method}-{n_gen}.npy"
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--child", "retrieval", method, str(n_gen), str(n_train),
-                     str(dim), str(k), str(out)],
-                    capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        "retrieval",
+                        method,
+                        str(n_gen),
+                        str(n_train),
+                        str(dim),
+                        str(k),
+                        str(out),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
                 )
                 if proc.returncode != 0:
-                    raise RuntimeError(f"retrieval child {method} {n_gen}x{n_train} failed:\n{proc.stderr[-3000:]}")
+                    raise RuntimeError(
+                        f"retrieval child {method} {n_gen}x{n_train} failed:\n{proc.stderr[-3000:]}"
+                    )
                 res[method] = json.loads(proc.stdout.strip().splitlines()[-1])
                 res[method]["top1"] = np.load(out)
             agree = float(np.mean(res["faiss"]["top1"] == res["torch"]["top1"]))
             size = f"{n_gen // 1000}k gen x {n_train // 1000}k train x {dim}-d, top-{k}"
             detail = f"top-1 agreement {agree:.4f}; {THREADS} threads"
-            rows.append(row("retrieval", f"time, {size}", res["faiss"]["seconds"], res["torch"]["seconds"], "s",
-                            "faiss IndexFlatIP (diffrep.similarity)", "torch.mm(train, gen.T) + topk (upstream DCR)",
-                            detail))
-            rows.append(row("retrieval", f"peak memory, {size}", res["faiss"]["peak_mb"], res["torch"]["peak_mb"],
-                            "MB", "faiss IndexFlatIP (diffrep.similarity)",
-                            "torch.mm(train, gen.T) + topk (upstream DCR)",
-                            "resident memory above the descriptors (VmHWM - VmRSS before search)"))
+            rows.append(
+                row(
+                    "retrieval",
+                    f"time, {size}",
+                    res["faiss"]["seconds"],
+                    res["torch"]["seconds"],
+                    "s",
+                    "faiss IndexFlatIP (diffrep.similarity)",
+                    "torch.mm(train, gen.T) + topk (upstream DCR)",
+                    detail,
+                )
+            )
+            rows.append(
+                row(
+                    "retrieval",
+                    f"peak memory, {size}",
+                    res["faiss"]["peak_mb"],
+                    res["torch"]["peak_mb"],
+                    "MB",
+                    "faiss IndexFlatIP (diffrep.similarity)",
+                    "torch.mm(train, gen.T) + topk (upstream DCR)",
+                    "resident memory above the descriptors (VmHWM - VmRSS before search)",
+                )
+            )
     return rows
 
 
@@ -282,8 +326,10 @@ def bench_fid(n_runs: int, n_ref: int, n_gen: int, size: int = 32):
             with timer() as t_reuse:
                 ref = tmp / "reference.npz"
                 fid.reference_statistics(images, metadata, model, ref, size, device="cpu")
-                reused = [fid.fid_of_generations(g, ref, model, tmp / f"reuse-{g.name}.json", size, device="cpu")
-                          for g in gens]
+                reused = [
+                    fid.fid_of_generations(g, ref, model, tmp / f"reuse-{g.name}.json", size, device="cpu")
+                    for g in gens
+                ]
             n_reuse = passes["n"]
             # naive: every run's FID job recomputes the training statistics
             passes["n"] = 0
@@ -292,19 +338,42 @@ def bench_fid(n_runs: int, n_ref: int, n_gen: int, size: int = 32):
                 for g in gens:
                     ref_g = tmp / f"reference-{g.name}.npz"
                     fid.reference_statistics(images, metadata, model, ref_g, size, device="cpu")
-                    naive.append(fid.fid_of_generations(g, ref_g, model, tmp / f"naive-{g.name}.json", size,
-                                                        device="cpu"))
+                    naive.append(
+                        fid.fid_of_generations(
+                            g, ref_g, model, tmp / f"naive-{g.name}.json", size, device="cpu"
+                        )
+                    )
             n_naive = passes["n"]
     same = max(abs(a["fid"] - b["fid"]) for a, b in zip(reused, naive))
     how_d = "reference statistics once (fid_reference rule), reused by every fid job"
     how_n = "reference statistics recomputed in every run's fid job"
     paper = n_runs * (10000 + 4000) / (10000 + n_runs * 4000)
-    rows.append(row("fid", f"Inception passes (images), {n_runs} runs", n_reuse, n_naive, "images", how_d, how_n,
-                    f"{n_ref} reference + {n_gen} generated per run at {size} px; the same count at paper scale "
-                    f"(10k reference, 4000 per run) gives {paper:.2f}x"))
-    rows.append(row("fid", f"wall time, {n_runs} runs", t_reuse["s"], t_naive["s"], "s", how_d, how_n,
-                    f"max |FID difference| between the two ways {same:.2e}; InceptionV3 random weights, "
-                    f"{THREADS} threads"))
+    rows.append(
+        row(
+            "fid",
+            f"Inception passes (images), {n_runs} runs",
+            n_reuse,
+            n_naive,
+            "images",
+            how_d,
+            how_n,
+            f"{n_ref} reference + {n_gen} generated per run at {size} px; the same count at paper scale "
+            f"(10k reference, 4000 per run) gives {paper:.2f}x",
+        )
+    )
+    rows.append(
+        row(
+            "fid",
+            f"wall time, {n_runs} runs",
+            t_reuse["s"],
+            t_naive["s"],
+            "s",
+            how_d,
+            how_n,
+            f"max |FID difference| between the two ways {same:.2e}; InceptionV3 random weights, "
+            f"{THREADS} threads",
+        )
+    )
     return rows
 
 
@@ -336,8 +405,11 @@ def bench_embeddings(n_runs: int, n_train: int, n_gen: int, size: int = 64):
         gens = make_generation_dirs(tmp / "gen", n_runs, n_gen, size)
         sscd_dir = sscd_like_model(tmp / "sscd")
         variants = [
-            ("SSCD-sized ResNet-50 TorchScript, upstream preprocessing",
-             {"type": "sscd", "model": "sscd_like", "preprocess": "upstream"}, sscd_dir),
+            (
+                "SSCD-sized ResNet-50 TorchScript, upstream preprocessing",
+                {"type": "sscd", "model": "sscd_like", "preprocess": "upstream"},
+                sscd_dir,
+            ),
             ("pixel descriptor (mini study), size 16", {"type": "pixel", "size": 16}, None),
         ]
         for label, cfg, model_dir in variants:
@@ -346,26 +418,60 @@ def bench_embeddings(n_runs: int, n_train: int, n_gen: int, size: int = 64):
                 passes["n"] = 0
                 with timer() as t_once:
                     train_out = tmp / "train.npz"
-                    embeddings.embed_to_file(cfg, train_out, images_dir=images, metadata=metadata,
-                                             model_dir=model_dir, device="cpu")
+                    embeddings.embed_to_file(
+                        cfg,
+                        train_out,
+                        images_dir=images,
+                        metadata=metadata,
+                        model_dir=model_dir,
+                        device="cpu",
+                    )
                     for g in gens:
-                        embeddings.embed_to_file(cfg, tmp / f"once-{g.name}.npz", generations=g,
-                                                 model_dir=model_dir, device="cpu")
+                        embeddings.embed_to_file(
+                            cfg, tmp / f"once-{g.name}.npz", generations=g, model_dir=model_dir, device="cpu"
+                        )
                 n_once = passes["n"]
                 passes["n"] = 0
                 with timer() as t_per_run:
                     for g in gens:
-                        embeddings.embed_to_file(cfg, tmp / f"train-{g.name}.npz", images_dir=images,
-                                                 metadata=metadata, model_dir=model_dir, device="cpu")
-                        embeddings.embed_to_file(cfg, tmp / f"per-{g.name}.npz", generations=g,
-                                                 model_dir=model_dir, device="cpu")
+                        embeddings.embed_to_file(
+                            cfg,
+                            tmp / f"train-{g.name}.npz",
+                            images_dir=images,
+                            metadata=metadata,
+                            model_dir=model_dir,
+                            device="cpu",
+                        )
+                        embeddings.embed_to_file(
+                            cfg, tmp / f"per-{g.name}.npz", generations=g, model_dir=model_dir, device="cpu"
+                        )
                 n_per_run = passes["n"]
             how_d = "training set embedded once (embed_train rule), generations per run"
             how_n = "training set re-embedded with every run's generations"
-            rows.append(row("embeddings", f"images embedded, {n_runs} runs, {label.split(',')[0]}", n_once,
-                            n_per_run, "images", how_d, how_n, f"{n_train} training + {n_gen} generated per run"))
-            rows.append(row("embeddings", f"wall time, {n_runs} runs, {label}", t_once["s"], t_per_run["s"], "s",
-                            how_d, how_n, f"{size} px images, {THREADS} threads"))
+            rows.append(
+                row(
+                    "embeddings",
+                    f"images embedded, {n_runs} runs, {label.split(',')[0]}",
+                    n_once,
+                    n_per_run,
+                    "images",
+                    how_d,
+                    how_n,
+                    f"{n_train} training + {n_gen} generated per run",
+                )
+            )
+            rows.append(
+                row(
+                    "embeddings",
+                    f"wall time, {n_runs} runs, {label}",
+                    t_once["s"],
+                    t_per_run["s"],
+                    "s",
+                    how_d,
+                    how_n,
+                    f"{size} px images, {THREADS} threads",
+                )
+            )
     return rows
 
 
@@ -374,10 +480,17 @@ def bench_embeddings(n_runs: int, n_train: int, n_gen: int, size: int = 64):
 
 def _snakemake(args, cwd, timeout=1800):
     with timer() as t:
-        proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if proc.returncode != 0:
-        raise RuntimeError(f"snakemake {' '.join(args)} failed in {cwd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"snakemake {' '.join(args)} failed in {cwd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc, t["s"]
 
 
@@ -395,8 +508,9 @@ def larger_config(config: dict, factor: int) -> dict:
     import copy
 
     big = copy.deepcopy(config)
-    big["datasets"] = {f"{name}_{i:02d}": copy.deepcopy(ds) for name, ds in config["datasets"].items()
-                       for i in range(factor)}
+    big["datasets"] = {
+        f"{name}_{i:02d}": copy.deepcopy(ds) for name, ds in config["datasets"].items() for i in range(factor)
+    }
     for block in big["experiments"]:
         block["datasets"] = [f"{d}_{i:02d}" for d in block["datasets"] for i in range(factor)]
     for sweep in big.get("sweeps", {}).values():
@@ -418,13 +532,32 @@ def bench_snakemake(factor: int, micro: bool, micro_dir: Path | None):
         (wf / "big.yaml").write_text(yaml.safe_dump(larger_config(cfg, factor)))
         big, t_big = _snakemake(["-n", "--configfile", "big.yaml", "--replace-workflow-config"], wf)
         j_paper, j_big = total_jobs(paper.stdout), total_jobs(big.stdout)
-        rows.append(row("snakemake", "dry-run jobs, paper matrix vs larger matrix", j_paper, j_big, "jobs",
-                        "config.yaml (paper study)", f"paper config with datasets x{factor}",
-                        "job count of `snakemake -n` (the size of the planned DAG)", higher_is_better=False))
-        rows.append(row("snakemake", "dry-run (DAG build) time, paper matrix vs larger matrix", t_paper, t_big, "s",
-                        f"`snakemake -n`, {j_paper} jobs", f"`snakemake -n`, {j_big} jobs",
-                        f"ms per job: {1000 * t_paper / max(j_paper, 1):.1f} (paper) vs "
-                        f"{1000 * t_big / max(j_big, 1):.1f} (larger); ratio ~ job ratio means linear growth"))
+        rows.append(
+            row(
+                "snakemake",
+                "dry-run jobs, paper matrix vs larger matrix",
+                j_paper,
+                j_big,
+                "jobs",
+                "config.yaml (paper study)",
+                f"paper config with datasets x{factor}",
+                "job count of `snakemake -n` (the size of the planned DAG)",
+                higher_is_better=False,
+            )
+        )
+        rows.append(
+            row(
+                "snakemake",
+                "dry-run (DAG build) time, paper matrix vs larger matrix",
+                t_paper,
+                t_big,
+                "s",
+                f"`snakemake -n`, {j_paper} jobs",
+                f"`snakemake -n`, {j_big} jobs",
+                f"ms per job: {1000 * t_paper / max(j_paper, 1):.1f} (paper) vs "
+                f"{1000 * t_big / max(j_big, 1):.1f} (larger); ratio ~ job ratio means linear growth",
+            )
+        )
         if not micro:
             print("  no-op re-run: skipped (--no-micro)", flush=True)
             return rows
@@ -440,14 +573,35 @@ def bench_snakemake(factor: int, micro: bool, micro_dir: Path | None):
                 raise RuntimeError(f"the re-run of the micro study did something:\n{noop.stderr[-2000:]}")
             dry, t_dry = _snakemake(["-n", *MICRO], mwf)
         except RuntimeError as err:
-            print(f"  no-op re-run: skipped, the micro study does not run end to end yet ({str(err)[:300]})",
-                  flush=True)
-            rows.append(row("snakemake", "no-op re-run of the micro study", None, None, "s",
-                            "re-run after a complete run", full_how, "skipped: micro study failed"))
+            print(
+                f"  no-op re-run: skipped, the micro study does not run end to end yet ({str(err)[:300]})",
+                flush=True,
+            )
+            rows.append(
+                row(
+                    "snakemake",
+                    "no-op re-run of the micro study",
+                    None,
+                    None,
+                    "s",
+                    "re-run after a complete run",
+                    full_how,
+                    "skipped: micro study failed",
+                )
+            )
             return rows
-        rows.append(row("snakemake", "no-op re-run of the micro study vs the complete run", t_noop, t_full, "s",
-                        "same command again after a complete run (`Nothing to be done`)", full_how,
-                        f"dry run of the complete study: {t_dry:.2f} s"))
+        rows.append(
+            row(
+                "snakemake",
+                "no-op re-run of the micro study vs the complete run",
+                t_noop,
+                t_full,
+                "s",
+                "same command again after a complete run (`Nothing to be done`)",
+                full_how,
+                f"dry run of the complete study: {t_dry:.2f} s",
+            )
+        )
     return rows
 
 
@@ -460,11 +614,15 @@ def bench_generation(n_images: int, batch: int, steps: int = 20, resolution: int
     from diffrep import generation, tinysd
 
     set_threads()
-    print(f"generation ({n_images} images, mini architecture, {steps} DDIM steps, batch {batch} vs 1)", flush=True)
+    print(
+        f"generation ({n_images} images, mini architecture, {steps} DDIM steps, batch {batch} vs 1)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="diffrep-bench-") as tmp:
         captions = [f"a red circle number {i}" for i in range(50)]
-        model = tinysd.build_tiny_pipeline(Path(tmp) / "model", captions, seed=0, resolution=resolution,
-                                           prediction_type="v_prediction")
+        model = tinysd.build_tiny_pipeline(
+            Path(tmp) / "model", captions, seed=0, resolution=resolution, prediction_type="v_prediction"
+        )
         pipe = generation.load_pipeline(model, "cpu", generation.resolve_dtype("fp32", "cpu"))
         preset = {"steps": steps, "guidance_scale": 3.0}
         prompts = [captions[i % len(captions)] for i in range(n_images)]
@@ -475,14 +633,25 @@ def bench_generation(n_images: int, batch: int, steps: int = 20, resolution: int
             with timer() as t:
                 imgs = []
                 for s in range(0, n_images, b):
-                    imgs += generation.generate_batch(pipe, prompts[s:s + b], seeds[s:s + b], preset, resolution,
-                                                      "cpu")
+                    imgs += generation.generate_batch(
+                        pipe, prompts[s : s + b], seeds[s : s + b], preset, resolution, "cpu"
+                    )
             out[b] = (t["s"], np.stack([np.asarray(im, dtype=np.int16) for im in imgs]))
     diff = int(np.abs(out[batch][1] - out[1][1]).max())
-    return [row("generation", f"images/s, mini architecture, {resolution} px, {steps} steps", n_images / out[batch][0],
-                n_images / out[1][0], "images/s", f"batches of {batch} (diffrep.generation.generate_batch)",
-                "one image at a time", f"max pixel difference batched vs single {diff} (of 255); "
-                f"{THREADS} threads; random weights, architecture of mini_sd", higher_is_better=True)]
+    return [
+        row(
+            "generation",
+            f"images/s, mini architecture, {resolution} px, {steps} steps",
+            n_images / out[batch][0],
+            n_images / out[1][0],
+            "images/s",
+            f"batches of {batch} (diffrep.generation.generate_batch)",
+            "one image at a time",
+            f"max pixel difference batched vs single {diff} (of 255); "
+            f"{THREADS} threads; random weights, architecture of mini_sd",
+            higher_is_better=True,
+        )
+    ]
 
 
 # ---------------------------------------------------------------- app
@@ -514,9 +683,14 @@ def _try_request(url: str, study_dir: Path) -> tuple[float, str]:
     runs = sorted(p.parent.name for p in study_dir.glob("*/models/*/model_index.json"))
     gens = sorted(study_dir.glob(f"*/generations/{runs[0]}/*/prompts.parquet"))
     prompt = str(pd.read_parquet(gens[0])["prompt"].iloc[0])
-    body = {"dataset": gens[0].parents[3].name, "run": runs[0], "preset": gens[0].parent.name,
-            "embedder": sorted(p.name for p in (gens[0].parents[3] / "embeddings").iterdir())[0],
-            "seed": "3", "prompt": prompt}
+    body = {
+        "dataset": gens[0].parents[3].name,
+        "run": runs[0],
+        "preset": gens[0].parent.name,
+        "embedder": sorted(p.name for p in (gens[0].parents[3] / "embeddings").iterdir())[0],
+        "seed": "3",
+        "prompt": prompt,
+    }
     with timer() as t:
         status, text = get(url + "/api/try", json.dumps(body).encode())
     if status != 200 or "try-matches" not in text:
@@ -533,9 +707,25 @@ def bench_app(app_dir: Path | None, study: str | None, micro_dir: Path | None):
         port = free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "diffrep.app", "--study", study, "--port", str(port),
-                                 "--cache", str(Path(tmp) / "cache"), "--no-warmup"], cwd=wf, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "diffrep.app",
+                "--study",
+                study,
+                "--port",
+                str(port),
+                "--cache",
+                str(Path(tmp) / "cache"),
+                "--no-warmup",
+            ],
+            cwd=wf,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             while True:
@@ -543,7 +733,9 @@ def bench_app(app_dir: Path | None, study: str | None, micro_dir: Path | None):
                     if get(url + "/")[0] == 200:
                         break
                 if proc.poll() is not None or time.perf_counter() - t0 > 120:
-                    raise RuntimeError(f"the app did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+                    raise RuntimeError(
+                        f"the app did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
+                    )
                 time.sleep(0.05)
             t_start = time.perf_counter() - t0
             t_cold, how = _try_request(url, wf / "results" / study)
@@ -552,11 +744,26 @@ def bench_app(app_dir: Path | None, study: str | None, micro_dir: Path | None):
             proc.terminate()
             proc.wait(timeout=30)
     return [
-        row("app", f"start time, {study} study (process start to page served)", t_start, None, "s",
-            "`python -m diffrep.app`", "-", "the issue asks for < 10 s on the mini study"),
-        row("app", f"try-a-prompt request, {study} study", t_warm, t_cold, "s",
-            "model and faiss index cached (second request)", "first request: loads the model and the index",
-            f"{how}; the issue asks for < 5 s on the 2-core machine"),
+        row(
+            "app",
+            f"start time, {study} study (process start to page served)",
+            t_start,
+            None,
+            "s",
+            "`python -m diffrep.app`",
+            "-",
+            "the issue asks for < 10 s on the mini study",
+        ),
+        row(
+            "app",
+            f"try-a-prompt request, {study} study",
+            t_warm,
+            t_cold,
+            "s",
+            "model and faiss index cached (second request)",
+            "first request: loads the model and the index",
+            f"{how}; the issue asks for < 5 s on the 2-core machine",
+        ),
     ]
 
 
@@ -568,9 +775,13 @@ def print_table(rows) -> None:
     print(f"{'section':<11} {'measure':<62} {'diffrep':>10} {'naive':>10} {'ratio':>7}")
     for r in rows:
         fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-        print(f"{r['section']:<11} {r['measure'][:62]:<62} {fmt(r['diffrep']):>10} {fmt(r['naive']):>10} "
-              f"{fmt(r['ratio']):>7}")
-    print("ratio = naive / diffrep (images/s: diffrep / naive); > 1 means the diffrep way is cheaper or faster")
+        print(
+            f"{r['section']:<11} {r['measure'][:62]:<62} {fmt(r['diffrep']):>10} {fmt(r['naive']):>10} "
+            f"{fmt(r['ratio']):>7}"
+        )
+    print(
+        "ratio = naive / diffrep (images/s: diffrep / naive); > 1 means the diffrep way is cheaper or faster"
+    )
 
 
 def write_csv(rows, path: Path) -> None:
@@ -610,13 +821,17 @@ def main(argv=None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     t0 = time.perf_counter()
     sections = {
-        "retrieval": lambda: bench_retrieval([(1000, 1000), (5000, 1000)] if q else [(10_000, 10_000),
-                                                                                      (100_000, 10_000)]),
+        "retrieval": lambda: bench_retrieval(
+            [(1000, 1000), (5000, 1000)] if q else [(10_000, 10_000), (100_000, 10_000)]
+        ),
         "fid": lambda: bench_fid(n_runs=12, n_ref=4 if q else 8, n_gen=2 if q else 4),
         "embeddings": lambda: bench_embeddings(n_runs=12, n_train=4 if q else 16, n_gen=2 if q else 8),
-        "snakemake": lambda: bench_snakemake(factor=2 if q else 10, micro=not (q or args.no_micro),
-                                             micro_dir=args.micro_dir),
-        "generation": lambda: bench_generation(n_images=4 if q else 16, batch=4 if q else 16, steps=4 if q else 20),
+        "snakemake": lambda: bench_snakemake(
+            factor=2 if q else 10, micro=not (q or args.no_micro), micro_dir=args.micro_dir
+        ),
+        "generation": lambda: bench_generation(
+            n_images=4 if q else 16, batch=4 if q else 16, steps=4 if q else 20
+        ),
         "app": lambda: bench_app(args.app_dir, args.app_study, args.micro_dir),
     }
     print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)

@@ -11,13 +11,13 @@ from diffrep.workflow import setup_logging
 setup_logging(snakemake)
 params = snakemake.params.captions
 inputs = snakemake.input
-tokenizer = load_tokenizer(params["tokenizer_dir"]) if "tokenizer" in inputs.keys() else None
+tokenizer = load_tokenizer(params["tokenizer_dir"]) if "tokenizer" in inputs.keys() else None  # noqa: SIM118 (a Namedlist: `in` tests values)
 data = make_captions(
     read_metadata(inputs.metadata),
     params["conditioning"],
     dataset=snakemake.params.dataset,
     n_captions=params["n_captions"],
-    blip=read_blip(inputs.blip) if "blip" in inputs.keys() else None,
+    blip=read_blip(inputs.blip) if "blip" in inputs.keys() else None,  # noqa: SIM118
     tokenizer=tokenizer,
     random_per_image=params["random_per_image"],
     random_tokens=params["random_tokens"],

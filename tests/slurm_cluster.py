@@ -143,11 +143,11 @@ class SlurmCluster:
         self._munge_dir: Path | None = None
 
     # -- bring-up ---------------------------------------------------------------------------
-    def start(self, timeout: float = 60.0) -> "SlurmCluster":
+    def start(self, timeout: float = 60.0) -> SlurmCluster:
         """Write the configuration, start munged, slurmctld and slurmd; wait until the node is idle."""
         if os.geteuid() != 0:
             raise RuntimeError("a test SLURM cluster needs root (slurmd runs jobs as root)")
-        self._lock = open(LOCK_FILE, "w")
+        self._lock = open(LOCK_FILE, "w")  # noqa: SIM115 (held until stop())
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # waits for another session's cluster to stop
         try:
             _end_leftovers()
@@ -183,9 +183,7 @@ class SlurmCluster:
         enc = subprocess.run([_which("munge"), "-n"], capture_output=True)
         if enc.returncode != 0:
             return False
-        dec = subprocess.run(
-            [shutil.which("unmunge") or "unmunge"], input=enc.stdout, capture_output=True
-        )
+        dec = subprocess.run([shutil.which("unmunge") or "unmunge"], input=enc.stdout, capture_output=True)
         return dec.returncode == 0
 
     def _start_munge(self) -> None:
@@ -209,13 +207,11 @@ class SlurmCluster:
         while not (MUNGE_SOCKET.exists() and self._munge_works()):
             self._check_alive()
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"munged did not answer on {MUNGE_SOCKET}; log: {munge_dir}/munged.log"
-                )
+                raise RuntimeError(f"munged did not answer on {MUNGE_SOCKET}; log: {munge_dir}/munged.log")
             time.sleep(0.2)
 
     def _spawn(self, name: str, cmd: list[str], env: dict, user: str | None = None) -> None:
-        out = open(self.root / f"{name}.out", "w")
+        out = open(self.root / f"{name}.out", "w")  # noqa: SIM115 (the daemon's output, closed at stop)
         as_user = {"user": user, "group": user, "extra_groups": []} if user else {}
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, **as_user
@@ -236,9 +232,7 @@ class SlurmCluster:
         state = ""
         while time.monotonic() < deadline:
             self._check_alive()
-            res = self.run(
-                ["sinfo", "--noheader", "--format=%T", "--nodes", self.host], check=False
-            )
+            res = self.run(["sinfo", "--noheader", "--format=%T", "--nodes", self.host], check=False)
             state = res.stdout.strip()
             if res.returncode == 0 and state.startswith("idle"):
                 return
@@ -264,9 +258,7 @@ class SlurmCluster:
 
     def jobs(self, name: str) -> list[dict[str, str]]:
         """Jobs named `name` still known to slurmctld (all states), as `scontrol show job` fields."""
-        ids = self.run(
-            ["squeue", "--states=all", "--noheader", "--format=%i", "--name", name]
-        ).stdout.split()
+        ids = self.run(["squeue", "--states=all", "--noheader", "--format=%i", "--name", name]).stdout.split()
         return [self.job(i) for i in ids]
 
     def job(self, job_id: str) -> dict[str, str]:

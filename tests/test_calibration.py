@@ -103,9 +103,23 @@ def test_calibrate_files_rejects_unknown_augmentations_and_stale_embeddings(tmp_
     outs = [tmp_path / "s.parquet", tmp_path / "t.csv", tmp_path / "s.json"]
     common = {"n_images": 4, "max_fpr": 0.01, "seed": 0}
     with pytest.raises(cal.CalibrationError, match="allowed crop, flip"):
-        cal.calibrate_files(images, tmp_path / "metadata.parquet", tmp_path / "train.npz", {"type": "pixel", "size": 16},
-                            *outs, augmentations=["rotate"], **common)
+        cal.calibrate_files(
+            images,
+            tmp_path / "metadata.parquet",
+            tmp_path / "train.npz",
+            {"type": "pixel", "size": 16},
+            *outs,
+            augmentations=["rotate"],
+            **common,
+        )
     with pytest.raises(cal.CalibrationError, match="re-run embed_train"):
-        cal.calibrate_files(images, tmp_path / "metadata.parquet", tmp_path / "train.npz", {"type": "pixel", "size": 16},
-                            *outs, augmentations=["blur"], **common)
+        cal.calibrate_files(
+            images,
+            tmp_path / "metadata.parquet",
+            tmp_path / "train.npz",
+            {"type": "pixel", "size": 16},
+            *outs,
+            augmentations=["blur"],
+            **common,
+        )
     assert not any(p.exists() for p in outs)

@@ -11,7 +11,11 @@ META = pd.DataFrame(
     {
         "id": ["a", "b", "c"],
         "class": ["tench", "church", "tench"],
-        "captions": [["a fish", "v1", "v2", "v3"], ["a church", "w1", "w2", "w3"], ["fish again", "x1", "x2", "x3"]],
+        "captions": [
+            ["a fish", "v1", "v2", "v3"],
+            ["a church", "w1", "w2", "w3"],
+            ["fish again", "x1", "x2", "x3"],
+        ],
     }
 )
 
@@ -20,7 +24,11 @@ def test_nolevel_and_classlevel(tmp_path):
     data = make_captions(META, "nolevel", dataset="toy")
     assert data["captions"] == {"a": ["An image"], "b": ["An image"], "c": ["An image"]}
     data = make_captions(META, "classlevel", dataset="toy")
-    assert data["captions"] == {"a": ["An image of tench"], "b": ["An image of church"], "c": ["An image of tench"]}
+    assert data["captions"] == {
+        "a": ["An image of tench"],
+        "b": ["An image of church"],
+        "c": ["An image of tench"],
+    }
     write_captions(data, tmp_path / "classlevel.json")
     on_disk = json.loads((tmp_path / "classlevel.json").read_text())
     assert on_disk["conditioning"] == "classlevel" and on_disk["dataset"] == "toy"
@@ -29,7 +37,9 @@ def test_nolevel_and_classlevel(tmp_path):
 
 def test_classlevel_without_labels_is_a_clear_error():
     meta = META.assign(**{"class": [None, None, None]})
-    with pytest.raises(CaptionError, match=r"classlevel captions: dataset 'laion' has no class labels \(3 of 3"):
+    with pytest.raises(
+        CaptionError, match=r"classlevel captions: dataset 'laion' has no class labels \(3 of 3"
+    ):
         make_captions(meta, "classlevel", dataset="laion")
 
 
@@ -45,7 +55,10 @@ def test_instancelevel_blip_caption0_first_then_variants():
     assert data["variants"] == "dataset + blip"
     # Imagenette: no own captions, BLIP's first caption is caption [0]
     no_own = META.assign(captions=[[], [], []])
-    assert make_captions(no_own, "instancelevel_blip", n_captions=21, blip=blip)["captions"]["c"] == ["blip c1", "blip c2"]
+    assert make_captions(no_own, "instancelevel_blip", n_captions=21, blip=blip)["captions"]["c"] == [
+        "blip c1",
+        "blip c2",
+    ]
     with pytest.raises(CaptionError, match="image a .* has no caption .*blip_captions: true"):
         make_captions(no_own, "instancelevel_blip", n_captions=1)
 
@@ -55,15 +68,23 @@ def model_dir(tmp_path_factory):
     """A model folder with only what captions read: tokenizer/ (a tiny CLIP BPE vocabulary)."""
     tinysd = pytest.importorskip("diffrep.tinysd")
     root = tmp_path_factory.mktemp("model")
-    tinysd.make_tokenizer(["a red circle on a blue background", "picture one two three"], max_length=16).save_pretrained(root / "tokenizer")
+    tinysd.make_tokenizer(
+        ["a red circle on a blue background", "picture one two three"], max_length=16
+    ).save_pretrained(root / "tokenizer")
     return root
 
 
 def test_instancelevel_random_is_seeded_and_decoded_with_the_models_tokenizer(model_dir):
     tok = load_tokenizer(model_dir)
-    a = make_captions(META, "instancelevel_random", tokenizer=tok, random_per_image=10, random_tokens=4, seed=1)
-    b = make_captions(META, "instancelevel_random", tokenizer=tok, random_per_image=10, random_tokens=4, seed=1)
-    c = make_captions(META, "instancelevel_random", tokenizer=tok, random_per_image=10, random_tokens=4, seed=2)
+    a = make_captions(
+        META, "instancelevel_random", tokenizer=tok, random_per_image=10, random_tokens=4, seed=1
+    )
+    b = make_captions(
+        META, "instancelevel_random", tokenizer=tok, random_per_image=10, random_tokens=4, seed=1
+    )
+    c = make_captions(
+        META, "instancelevel_random", tokenizer=tok, random_per_image=10, random_tokens=4, seed=2
+    )
     assert a == b and a["captions"] != c["captions"]
     assert all(len(v) == 10 for v in a["captions"].values())
     assert a["vocab_limit"] == len(tok) < 49400  # capped at the tokenizer's size

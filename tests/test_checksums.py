@@ -25,7 +25,10 @@ def sha(data: bytes) -> str:
 def model(tmp_path):
     """resources/models/toy/ with two files, its manifest, and the bytes written."""
     root = tmp_path / "resources/models"
-    files = {"model_index.json": b'{"a": 1}\n', "unet/diffusion_pytorch_model.safetensors": b"\x00weights" * 100}
+    files = {
+        "model_index.json": b'{"a": 1}\n',
+        "unet/diffusion_pytorch_model.safetensors": b"\x00weights" * 100,
+    }
     for rel, data in files.items():
         (root / "toy" / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / "toy" / rel).write_bytes(data)

@@ -28,8 +28,14 @@ def tiny_clip(tmp_path_factory):
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), max_position_embeddings=24, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], **layers),
+        text_config=dict(
+            vocab_size=len(vocab),
+            max_position_embeddings=24,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+            **layers,
+        ),
         vision_config=dict(image_size=224, patch_size=32, **layers),
         projection_dim=16,
     )
@@ -45,9 +51,17 @@ def _generations(folder, prompts, used=None, size=(224, 224)):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(len(prompts)):
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
-    pd.DataFrame({"index": range(len(prompts)), "file": [f"{i:05d}.png" for i in range(len(prompts))],
-                  "prompt": prompts, "prompt_used": used or prompts}).to_parquet(folder / "prompts.parquet")
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+            folder / f"{i:05d}.png"
+        )
+    pd.DataFrame(
+        {
+            "index": range(len(prompts)),
+            "file": [f"{i:05d}.png" for i in range(len(prompts))],
+            "prompt": prompts,
+            "prompt_used": used or prompts,
+        }
+    ).to_parquet(folder / "prompts.parquet")
     return folder
 
 
@@ -73,7 +87,9 @@ def _torchmetrics_clip_score(model, processor, images, texts):
     txt_features = txt_features / txt_features.norm(p=2, dim=-1, keepdim=True)
     score = 100 * (img_features * txt_features).sum(axis=-1)
     total, n_samples = score.sum(0), len(texts)
-    return float(torch.max(total / n_samples, torch.zeros_like(total))), float(total / n_samples)  # (compute, unclamped)
+    return float(torch.max(total / n_samples, torch.zeros_like(total))), float(
+        total / n_samples
+    )  # (compute, unclamped)
 
 
 def _upstream_gen_clipscore(model, tokenizer, image_paths, prompts_txt):
@@ -83,24 +99,34 @@ def _upstream_gen_clipscore(model, tokenizer, image_paths, prompts_txt):
     become the folder's CLIPModel and tokenizer (truncated to its positions)."""
     from torchvision import transforms
 
-    ret_transform = transforms.Compose([
-        transforms.Resize(256),
-        transforms.CenterCrop(224),
-        transforms.ToTensor(),
-        transforms.Normalize([0.5], [0.5]),
-    ])
+    ret_transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.5]),
+        ]
+    )
     with open(prompts_txt) as file_in:
         prompts = [line for line in file_in]
     images = torch.stack([ret_transform(Image.open(p).convert("RGB")) for p in image_paths])
-    caps = tokenizer(prompts, padding=True, truncation=True, max_length=model.config.text_config.max_position_embeddings,
-                     return_tensors="pt")
+    caps = tokenizer(
+        prompts,
+        padding=True,
+        truncation=True,
+        max_length=model.config.text_config.max_position_embeddings,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         image_features = model.get_image_features(pixel_values=images)
-        text_features = model.get_text_features(input_ids=caps["input_ids"], attention_mask=caps["attention_mask"])
+        text_features = model.get_text_features(
+            input_ids=caps["input_ids"], attention_mask=caps["attention_mask"]
+        )
         image_features = getattr(image_features, "pooler_output", image_features)
         text_features = getattr(text_features, "pooler_output", text_features)
-        image_features, text_features = [x / torch.linalg.norm(x, axis=-1, keepdims=True)
-                                         for x in [image_features, text_features]]
+        image_features, text_features = [
+            x / torch.linalg.norm(x, axis=-1, keepdims=True) for x in [image_features, text_features]
+        ]
         sims = (image_features * text_features).sum(axis=-1).cpu().numpy()
     return float(np.mean(list(sims)))
 
@@ -109,7 +135,8 @@ def _load(folder):
     from transformers import CLIPModel, CLIPProcessor
 
     return CLIPModel.from_pretrained(folder, local_files_only=True).eval(), CLIPProcessor.from_pretrained(
-        folder, local_files_only=True)
+        folder, local_files_only=True
+    )
 
 
 def test_summary_clamps_after_the_mean_as_torchmetrics():
@@ -124,33 +151,52 @@ def test_summary_clamps_after_the_mean_as_torchmetrics():
         C.summarise(np.array([]))
     with pytest.raises(C.ClipScoreError, match="finite"):
         C.summarise(np.array([0.1, np.nan]))
-    with pytest.raises(C.ClipScoreError, match="clipscore.convention 'paper' unknown; allowed: torchmetrics, upstream"):
+    with pytest.raises(
+        C.ClipScoreError, match="clipscore.convention 'paper' unknown; allowed: torchmetrics, upstream"
+    ):
         C.summarise(cos, "paper")
 
 
 # (colour, prompt) pairs whose cosines under the tiny CLIP have both signs: five positive, two negative
-MIXED = [((255, 255, 255), "two dogs"), ((255, 0, 0), "blue"), ((0, 0, 255), "a red circle"),
-         ((128, 128, 128), "two dogs"), ((0, 0, 0), "blue"), ((0, 255, 0), "a cat"), (None, "an image")]
+MIXED = [
+    ((255, 255, 255), "two dogs"),
+    ((255, 0, 0), "blue"),
+    ((0, 0, 255), "a red circle"),
+    ((128, 128, 128), "two dogs"),
+    ((0, 0, 0), "blue"),
+    ((0, 255, 0), "a cat"),
+    (None, "an image"),
+]
 
 
 def _mixed_generations(folder, pairs):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i, (colour, _) in enumerate(pairs):
-        img = Image.new("RGB", (224, 224), colour) if colour else Image.fromarray(
-            rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+        img = (
+            Image.new("RGB", (224, 224), colour)
+            if colour
+            else Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+        )
         img.save(folder / f"{i:05d}.png")
     prompts = [p for _, p in pairs]
-    pd.DataFrame({"index": range(len(pairs)), "file": [f"{i:05d}.png" for i in range(len(pairs))],
-                  "prompt": prompts, "prompt_used": prompts}).to_parquet(folder / "prompts.parquet")
+    pd.DataFrame(
+        {
+            "index": range(len(pairs)),
+            "file": [f"{i:05d}.png" for i in range(len(pairs))],
+            "prompt": prompts,
+            "prompt_used": prompts,
+        }
+    ).to_parquet(folder / "prompts.parquet")
     return folder, [Image.open(folder / f"{i:05d}.png").convert("RGB") for i in range(len(pairs))], prompts
 
 
 @pytest.mark.parametrize("pairs, clamped", [(MIXED[:5], False), (MIXED, True)])
 def test_torchmetrics_convention_equals_transcription(tmp_path, tiny_clip, pairs, clamped):
     gen, images, prompts = _mixed_generations(tmp_path / "gen", pairs)
-    result = C.clipscore_of_generations(gen, tiny_clip, tmp_path / "clip.json", "tiny_clip", batch_size=4,
-                                        device="cpu")
+    result = C.clipscore_of_generations(
+        gen, tiny_clip, tmp_path / "clip.json", "tiny_clip", batch_size=4, device="cpu"
+    )
     model, processor = _load(tiny_clip)
     with torch.no_grad():
         theirs, unclamped = _torchmetrics_clip_score(model, processor, images, prompts)
@@ -169,19 +215,27 @@ def test_upstream_convention_equals_transcription(tmp_path, tiny_clip):
     """Upstream: its transform, the mitigated prompt (prompt_used), the raw mean cosine."""
     drawn = ["a red circle", "a cat", "two dogs", "an image"]
     used = ["a red 4711 circle", "a cat cat", "two 99 dogs", "an image"]
-    gen = _generations(tmp_path / "gen", drawn, used=used, size=(300, 240))  # non-square: resize + crop matter
-    (tmp_path / "prompts.txt").write_text("".join(f"{line}\n" for line in used))  # as diff_inference.py writes it
-    result = C.clipscore_of_generations(gen, tiny_clip, tmp_path / "clip.json", "tiny_clip", batch_size=3,
-                                        device="cpu", convention="upstream")
+    gen = _generations(
+        tmp_path / "gen", drawn, used=used, size=(300, 240)
+    )  # non-square: resize + crop matter
+    (tmp_path / "prompts.txt").write_text(
+        "".join(f"{line}\n" for line in used)
+    )  # as diff_inference.py writes it
+    result = C.clipscore_of_generations(
+        gen, tiny_clip, tmp_path / "clip.json", "tiny_clip", batch_size=3, device="cpu", convention="upstream"
+    )
     model, processor = _load(tiny_clip)
-    theirs = _upstream_gen_clipscore(model, processor.tokenizer, [gen / f"{i:05d}.png" for i in range(4)],
-                                     tmp_path / "prompts.txt")
+    theirs = _upstream_gen_clipscore(
+        model, processor.tokenizer, [gen / f"{i:05d}.png" for i in range(4)], tmp_path / "prompts.txt"
+    )
     assert result["convention"] == "upstream" and result["prompt_column"] == "prompt_used"
     assert result["clipscore"] == pytest.approx(theirs, abs=1e-5)
     assert result["clip_cosine_mean"] == result["clipscore"]
     assert "clipscore_prompt_used" not in result
     torchmetrics = C.clipscore_of_generations(gen, tiny_clip, tmp_path / "tm.json", "tiny_clip", device="cpu")
-    assert torchmetrics["clip_cosine_mean_prompt_used"] != pytest.approx(theirs, abs=1e-6)  # preprocessing differs
+    assert torchmetrics["clip_cosine_mean_prompt_used"] != pytest.approx(
+        theirs, abs=1e-6
+    )  # preprocessing differs
 
 
 def test_training_set_baseline_equals_transcription(tmp_path, tiny_clip):
@@ -189,24 +243,48 @@ def test_training_set_baseline_equals_transcription(tmp_path, tiny_clip):
     training loader."""
     images = _generations(tmp_path / "images", ["x"] * 5, size=(256, 320))
     ids = [f"img{i}" for i in range(5)]
-    pd.DataFrame({"id": ids, "file": [f"{i:05d}.png" for i in range(5)]}).to_parquet(tmp_path / "metadata.parquet")
+    pd.DataFrame({"id": ids, "file": [f"{i:05d}.png" for i in range(5)]}).to_parquet(
+        tmp_path / "metadata.parquet"
+    )
     caps = {i: [f"caption {k} of {i}", "a variant"] for k, i in enumerate(ids)}
-    (tmp_path / "captions.json").write_text(json.dumps({"conditioning": "instancelevel_blip", "captions": caps}))
-    result = C.clipscore_of_training_set(images, tmp_path / "metadata.parquet", tmp_path / "captions.json", tiny_clip,
-                                         tmp_path / "bg.json", "tiny_clip", "shapes", batch_size=2, device="cpu",
-                                         convention="upstream")
+    (tmp_path / "captions.json").write_text(
+        json.dumps({"conditioning": "instancelevel_blip", "captions": caps})
+    )
+    result = C.clipscore_of_training_set(
+        images,
+        tmp_path / "metadata.parquet",
+        tmp_path / "captions.json",
+        tiny_clip,
+        tmp_path / "bg.json",
+        "tiny_clip",
+        "shapes",
+        batch_size=2,
+        device="cpu",
+        convention="upstream",
+    )
     (tmp_path / "prompts.txt").write_text("".join(f"{caps[i][0]}\n" for i in ids))
     model, processor = _load(tiny_clip)
-    theirs = _upstream_gen_clipscore(model, processor.tokenizer, [images / f"{i:05d}.png" for i in range(5)],
-                                     tmp_path / "prompts.txt")
+    theirs = _upstream_gen_clipscore(
+        model, processor.tokenizer, [images / f"{i:05d}.png" for i in range(5)], tmp_path / "prompts.txt"
+    )
     assert result["clipscore"] == pytest.approx(theirs, abs=1e-5)
     assert result["n"] == 5 and result["dataset"] == "shapes" and result["kind"] == "train_baseline"
     assert json.loads((tmp_path / "bg.json").read_text()) == result
     del caps["img3"]
     (tmp_path / "captions.json").write_text(json.dumps({"captions": caps}))
-    with pytest.raises(C.ClipScoreError, match="captions.json: no caption for 1 training image\\(s\\), e.g. 'img3'"):
-        C.clipscore_of_training_set(images, tmp_path / "metadata.parquet", tmp_path / "captions.json", tiny_clip,
-                                    tmp_path / "bg2.json", "tiny_clip", "shapes", device="cpu")
+    with pytest.raises(
+        C.ClipScoreError, match="captions.json: no caption for 1 training image\\(s\\), e.g. 'img3'"
+    ):
+        C.clipscore_of_training_set(
+            images,
+            tmp_path / "metadata.parquet",
+            tmp_path / "captions.json",
+            tiny_clip,
+            tmp_path / "bg2.json",
+            "tiny_clip",
+            "shapes",
+            device="cpu",
+        )
     assert not (tmp_path / "bg2.json").exists()
 
 
@@ -221,13 +299,16 @@ def test_clipscore_equals_clip_models_own_logits(tmp_path, tiny_clip):
 
     prompts = ["a red circle", "two blue squares on a long long long long long long green field", "an image"]
     gen = _generations(tmp_path / "gen", prompts)
-    result = C.clipscore_of_generations(gen, tiny_clip, tmp_path / "clip.json", "tiny_clip", batch_size=2,
-                                        device="cpu")
+    result = C.clipscore_of_generations(
+        gen, tiny_clip, tmp_path / "clip.json", "tiny_clip", batch_size=2, device="cpu"
+    )
     # independent path: CLIPModel's forward gives logit_scale * cosine for every image-text pair
     model = CLIPModel.from_pretrained(tiny_clip, local_files_only=True).eval()
     proc = CLIPProcessor.from_pretrained(tiny_clip, local_files_only=True)
     images = [Image.open(gen / f"{i:05d}.png").convert("RGB") for i in range(3)]
-    inputs = proc(text=prompts, images=images, return_tensors="pt", padding=True, truncation=True, max_length=24)
+    inputs = proc(
+        text=prompts, images=images, return_tensors="pt", padding=True, truncation=True, max_length=24
+    )
     with torch.no_grad():
         out = model(**inputs)
         cos = (out.logits_per_image.diagonal() / model.logit_scale.exp()).double().numpy()

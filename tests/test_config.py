@@ -91,7 +91,10 @@ def test_presets_fill_defaults(paper_config):
             "dataset 'laion' is not defined in datasets; defined: imagenette, laion10k",
         ),
         (lambda c: c.update(base_model="sscd_disc_large"), "has kind 'sscd', expected 'diffusers'"),
-        (lambda c: c["embedders"]["sscd_large"].update(model="nope"), "embedders.sscd_large.model: model 'nope'"),
+        (
+            lambda c: c["embedders"]["sscd_large"].update(model="nope"),
+            "embedders.sscd_large.model: model 'nope'",
+        ),
         (
             lambda c: c["sweeps"]["samplers"].update(runs=["nodup.nolevel.allcaps"]),
             "not in the experiments matrix",
@@ -157,7 +160,6 @@ def test_schema_enums_are_the_python_name_sets():
     """Each setting name set is defined once, in diffrep.config; the schema's enums repeat it exactly
     (order included), and the scheduler table of the generation code covers the same names."""
     from conftest import REPO
-
     from diffrep.families import FLOW_SCHEDULERS
     from diffrep.generation import SCHEDULERS as SCHEDULER_CLASSES
 

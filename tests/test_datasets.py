@@ -40,15 +40,22 @@ def laion_folder(tmp_path, n=4):
     folder = tmp_path / "laion_10k"
     caps = {}
     for i in range(n):
-        p = picture(folder / "train" / f"{i:05d}.jpg", i)
-        caps[f"/fs/cml/laion_10k/train/{i:05d}.jpg"] = [f"original caption {i}"] + [f"blip {i}.{j}" for j in range(20)]
+        picture(folder / "train" / f"{i:05d}.jpg", i)
+        caps[f"/fs/cml/laion_10k/train/{i:05d}.jpg"] = [f"original caption {i}"] + [
+            f"blip {i}.{j}" for j in range(20)
+        ]
     (folder / "laion_combined_captions.json").write_text(json.dumps(caps))
     return folder
 
 
 def laion_cfg(folder, **extra):
     return {
-        "source": {"type": "folder", "path": str(folder), "layout": "laion", "captions_file": "laion_combined_captions.json"},
+        "source": {
+            "type": "folder",
+            "path": str(folder),
+            "layout": "laion",
+            "captions_file": "laion_combined_captions.json",
+        },
         "bad_images": "fail",
         "min_size": 64,
         "max_pixels": 100_000_000,
@@ -82,13 +89,20 @@ def test_imagefolder_layout_names_imagenette_classes(tmp_path):
     prepare_dataset("ds", cfg, **out)
     meta = read_metadata(out["metadata"])
     assert dict(zip(meta["id"], meta["class"])) == {
-        "n01440764_0": "tench", "n01440764_1": "tench", "n03028079_0": "church", "n03028079_1": "church",
+        "n01440764_0": "tench",
+        "n01440764_1": "tench",
+        "n03028079_0": "church",
+        "n03028079_1": "church",
     }
     assert all(c == [] for c in meta["captions"]) and meta["file"][0] == "n01440764_0.jpg"
     other = tmp_path / "plain"
     picture(other / "cat" / "a.png", 0)
     picture(other / "dog" / "a.png", 1)  # same stem in two classes: ids from the relative path
-    prepare_dataset("p", {"source": {"type": "folder", "path": str(other), "layout": "imagefolder"}}, **outputs(tmp_path, "p"))
+    prepare_dataset(
+        "p",
+        {"source": {"type": "folder", "path": str(other), "layout": "imagefolder"}},
+        **outputs(tmp_path, "p"),
+    )
     meta = read_metadata(outputs(tmp_path, "p")["metadata"])
     assert list(meta["id"]) == ["cat__a", "dog__a"] and list(meta["class"]) == ["cat", "dog"]
 
@@ -101,8 +115,12 @@ def test_build_source_uses_the_registered_builder(tmp_path, monkeypatch):
         staging_dir.mkdir()
         for i in range(n):
             picture(staging_dir / f"toy_{i}.png", seed + i)
-        (staging_dir / "captions.json").write_text(json.dumps({f"toy_{i}.png": [f"toy {i}", "a toy"] for i in range(n)}))
-        (staging_dir / "classes.json").write_text(json.dumps({f"toy_{i}.png": ["odd", "even"][i % 2 == 0] for i in range(n)}))
+        (staging_dir / "captions.json").write_text(
+            json.dumps({f"toy_{i}.png": [f"toy {i}", "a toy"] for i in range(n)})
+        )
+        (staging_dir / "classes.json").write_text(
+            json.dumps({f"toy_{i}.png": ["odd", "even"][i % 2 == 0] for i in range(n)})
+        )
 
     monkeypatch.setattr(diffrep.builders, "dataset_builder", lambda name: {"toy": fake_builder}[name])
     out = outputs(tmp_path)
@@ -152,8 +170,11 @@ def test_config_pin_detects_a_changed_image(tmp_path):
     pin = read_manifest(out["manifest"])
     prepare_dataset("ds", laion_cfg(folder, sha256=pin), **out)  # same data: passes
     picture(folder / "train/00003.jpg", 99)
-    with pytest.raises(DatasetError, match=r"(?s)differs from its pin \(config datasets.ds.sha256\).*"
-                       r"images/00003\.jpg: sha256 mismatch: expected [0-9a-f]{64}, actual [0-9a-f]{64}"):
+    with pytest.raises(
+        DatasetError,
+        match=r"(?s)differs from its pin \(config datasets.ds.sha256\).*"
+        r"images/00003\.jpg: sha256 mismatch: expected [0-9a-f]{64}, actual [0-9a-f]{64}",
+    ):
         prepare_dataset("ds", laion_cfg(folder, sha256=pin), **out)
 
 
@@ -232,7 +253,9 @@ def test_url_list_with_dead_links(tmp_path, server, monkeypatch):
     assert (tmp_path / "resources/data/web.pinned.sha256").exists()
     (cache / "000001").unlink()
     picture(root / "1.jpg", 42, fmt="JPEG")
-    with pytest.raises(DatasetError, match=r"(?s)web.pinned.sha256; delete it.*images/000001\.jpg: sha256 mismatch"):
+    with pytest.raises(
+        DatasetError, match=r"(?s)web.pinned.sha256; delete it.*images/000001\.jpg: sha256 mismatch"
+    ):
         prepare_dataset("web", cfg, threads=4, **out)
 
 
@@ -245,7 +268,11 @@ def _short(fn):
 
 def test_mini_dataset_builder_prepares(tmp_path):
     out = outputs(tmp_path, "micro")
-    cfg = {"source": {"type": "build", "builder": "mini_dataset", "options": {"micro": True}}, "has_classes": True, "min_size": 16}
+    cfg = {
+        "source": {"type": "build", "builder": "mini_dataset", "options": {"micro": True}},
+        "has_classes": True,
+        "min_size": 16,
+    }
     rep = prepare_dataset("micro", cfg, seed=0, **out)
     meta = read_metadata(out["metadata"])
     assert rep["n_kept"] == len(meta) == 20 and meta["class"].notna().all()
@@ -277,7 +304,9 @@ def test_micro_data_rules_run_and_plans_repeat(tmp_path):
     plan = pd.read_parquet(wf / DATA_TARGETS[3])
     assert list(plan["id"]) == list(meta["id"]) and plan["duplicated"].sum() == 1  # int(0.05 * 20)
     first = (wf / DATA_TARGETS[3]).read_bytes()
-    snakemake(["--cores", "2", *MICRO, *DATA_TARGETS[2:], "--forcerun", "duplication_plan"], cwd=wf, check=True)
+    snakemake(
+        ["--cores", "2", *MICRO, *DATA_TARGETS[2:], "--forcerun", "duplication_plan"], cwd=wf, check=True
+    )
     assert (wf / DATA_TARGETS[3]).read_bytes() == first
 
 
@@ -295,20 +324,30 @@ def test_img2dataset_engine_outputs_are_ingested(tmp_path, monkeypatch):
         out.mkdir(parents=True)
         (out / "000000000.jpg").write_bytes(src_img.read_bytes())
         pd.DataFrame(
-            {"key": ["000000000", "000000001"], "status": ["success", "failed_to_download"],
-             "error_message": [None, "HTTP Error 404: Not Found"], "diffrep_id": list(rows["diffrep_id"])}
+            {
+                "key": ["000000000", "000000001"],
+                "status": ["success", "failed_to_download"],
+                "error_message": [None, "HTTP Error 404: Not Found"],
+                "diffrep_id": list(rows["diffrep_id"]),
+            }
         ).to_parquet(out.parent / "00000.parquet")
 
     table = tmp_path / "urls.csv"
-    pd.DataFrame({"url": ["http://a/1.jpg", "http://a/2.jpg"], "caption": ["one", "two"]}).to_csv(table, index=False)
+    pd.DataFrame({"url": ["http://a/1.jpg", "http://a/2.jpg"], "caption": ["one", "two"]}).to_csv(
+        table, index=False
+    )
     cfg = {"source": {"type": "urls", "path": str(table), "engine": "img2dataset"}}
     monkeypatch.setitem(sys.modules, "img2dataset", None)
-    with pytest.raises(DatasetError, match=r"img2dataset is not installed here.*envs/optional/img2dataset\.yaml"):
+    with pytest.raises(
+        DatasetError, match=r"img2dataset is not installed here.*envs/optional/img2dataset\.yaml"
+    ):
         prepare_dataset("web", cfg, **outputs(tmp_path, "web"))
     monkeypatch.setitem(sys.modules, "img2dataset", types.SimpleNamespace(download=download))
     out = outputs(tmp_path, "web")
     rep = prepare_dataset("web", cfg, **out)
-    assert rep["failed_downloads"] == [{"url": "http://a/2.jpg", "reason": "img2dataset: HTTP Error 404: Not Found"}]
+    assert rep["failed_downloads"] == [
+        {"url": "http://a/2.jpg", "reason": "img2dataset: HTTP Error 404: Not Found"}
+    ]
     assert (out["images_dir"] / "000000.jpg").read_bytes() == src_img.read_bytes()
     assert list(read_metadata(out["metadata"])["captions"]) == [["one"]]
 
@@ -316,12 +355,16 @@ def test_img2dataset_engine_outputs_are_ingested(tmp_path, monkeypatch):
 def test_non_rgb_convert_reencodes_and_lists(tmp_path):
     folder = laion_folder(tmp_path, n=4)
     Image.new("L", (80, 80), 200).save(folder / "train/00001.jpg", format="JPEG")
-    Image.new("RGBA", (80, 80), (10, 20, 30, 0)).save(folder / "train/00002.jpg", format="PNG")  # wrong suffix too
+    Image.new("RGBA", (80, 80), (10, 20, 30, 0)).save(
+        folder / "train/00002.jpg", format="PNG"
+    )  # wrong suffix too
     Image.fromarray(np.full((80, 80), 0x3412, np.uint16)).save(folder / "train/00003.jpg", format="PNG")
     out = outputs(tmp_path)
     rep = prepare_dataset("ds", laion_cfg(folder, non_rgb="convert"), **out)
     assert {c["source"].split("/")[-1]: c["reason"].split(" (")[0] for c in rep["converted"]} == {
-        "00001.jpg": "non-RGB: mode L", "00002.jpg": "non-RGB: mode RGBA", "00003.jpg": "non-RGB: mode I;16",
+        "00001.jpg": "non-RGB: mode L",
+        "00002.jpg": "non-RGB: mode RGBA",
+        "00003.jpg": "non-RGB: mode I;16",
     }
     assert rep["n_kept"] == 4 and rep["dropped"] == []
     meta = read_metadata(out["metadata"])
@@ -337,7 +380,10 @@ def test_non_rgb_convert_reencodes_and_lists(tmp_path):
 
 def test_missing_folder_says_where_to_put_the_data(tmp_path):
     cfg = laion_cfg(tmp_path / "data/laion_10k")
-    with pytest.raises(DatasetError, match=r"dataset laion10k: .*data/laion_10k does not exist; put a folder in the laion layout there"):
+    with pytest.raises(
+        DatasetError,
+        match=r"dataset laion10k: .*data/laion_10k does not exist; put a folder in the laion layout there",
+    ):
         prepare_dataset("laion10k", cfg, **outputs(tmp_path, "laion10k"))
 
 
@@ -348,10 +394,20 @@ def test_metadata_missing_column_or_duplicate_id_names_the_file(tmp_path):
 
     path = tmp_path / "metadata.parquet"
     pd.DataFrame({"id": ["a"], "file": ["a.png"]}).to_parquet(path)
-    with pytest.raises(DatasetError, match=r"metadata\.parquet: metadata table lacks column\(s\) class, captions"):
+    with pytest.raises(
+        DatasetError, match=r"metadata\.parquet: metadata table lacks column\(s\) class, captions"
+    ):
         read_metadata(path)
-    row = {"id": "a", "file": "a.png", "class": None, "captions": [["x"]], "width": 1, "height": 1,
-           "sha256": "0", "source": "s"}
+    row = {
+        "id": "a",
+        "file": "a.png",
+        "class": None,
+        "captions": [["x"]],
+        "width": 1,
+        "height": 1,
+        "sha256": "0",
+        "source": "s",
+    }
     pd.DataFrame({k: [v] * 2 if k != "captions" else v * 2 for k, v in row.items()}).to_parquet(path)
     with pytest.raises(DatasetError, match="duplicated image id"):
         read_metadata(path)

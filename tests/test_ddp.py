@@ -13,9 +13,10 @@ import sys
 import textwrap
 
 import pytest
+
 from test_training import argv, build_inputs
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import sys
     import torch
     from accelerate import Accelerator
@@ -51,18 +52,33 @@ WORKER = textwrap.dedent('''
         grads["__processes__"] = torch.tensor([float(processes)])
         save_file(grads, out)
     accelerator.wait_for_everyone()
-''')
+""")
 
 
 def run(tmp_path, inputs, name, nproc, batch, accum=1):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     out = tmp_path / f"{name}.safetensors"
-    a = argv(inputs["root"], "unused", "unused", train_batch_size=batch, gradient_accumulation_steps=accum,
-             train_mitigation="gaussnoise", random_flip="true")
+    a = argv(
+        inputs["root"],
+        "unused",
+        "unused",
+        train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        train_mitigation="gaussnoise",
+        random_flip="true",
+    )
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(worker), str(out), *a]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(worker),
+        str(out),
+        *a,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     from safetensors.torch import load_file

@@ -42,9 +42,9 @@ def test_dup_both_and_dup_image_share_the_set_nodup_is_uniform():
 def upstream_sampling_weights(n: int, weight_pc: float, dup_weight: int, chosen) -> list:
     """Transcription of upstream datasets.py (dup_both / dup_image), with the random choice passed in:
 
-        samplingweights = [1]*len(self.samples)
-        ow_samples = np.random.choice(len(self.samples), int(args.weight_pc*len(self.samples)), replace=False)
-        for i in ow_samples: samplingweights[i] = samplingweights[i]*args.dup_weight//1
+    samplingweights = [1]*len(self.samples)
+    ow_samples = np.random.choice(len(self.samples), int(args.weight_pc*len(self.samples)), replace=False)
+    for i in ow_samples: samplingweights[i] = samplingweights[i]*args.dup_weight//1
     """
     samplingweights = [1] * n
     ow_samples = list(chosen)[: int(weight_pc * n)]

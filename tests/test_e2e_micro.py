@@ -43,7 +43,9 @@ def _dry_run_with(micro_run, tmp_path, edit):
 
     path = tmp_path / "edited.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(["-n", "--configfile", str(path), "--replace-workflow-config"], cwd=micro_run, check=True)
+    proc = snakemake(
+        ["-n", "--configfile", str(path), "--replace-workflow-config"], cwd=micro_run, check=True
+    )
     return job_counts(proc.stdout)
 
 
@@ -59,7 +61,9 @@ def test_generation_setting_reruns_generation_and_downstream_only(micro_run, tmp
 
 def test_new_matrix_setting_adds_only_its_jobs(micro_run, tmp_path):
     counts = _dry_run_with(
-        micro_run, tmp_path, lambda c: c["experiments"][0].update(duplication=["nodup", "dup_both", "dup_image"])
+        micro_run,
+        tmp_path,
+        lambda c: c["experiments"][0].update(duplication=["nodup", "dup_both", "dup_image"]),
     )
     assert counts["finetune"] == 1 and counts["generate"] == 1 and counts["duplication_plan"] == 1
     assert counts["tables"] == 1
@@ -70,8 +74,10 @@ def test_figure_option_reruns_only_that_figure(micro_run, tmp_path):
     counts = _dry_run_with(
         micro_run,
         tmp_path,
-        lambda c: c.setdefault("figures", {}).setdefault("per_figure", {}).update(
-            sim95_by_dup_cond={"palette": "colorblind"}
+        lambda c: (
+            c.setdefault("figures", {})
+            .setdefault("per_figure", {})
+            .update(sim95_by_dup_cond={"palette": "colorblind"})
         ),
     )
     assert counts == {"summary_figure": 1, "all": 1}

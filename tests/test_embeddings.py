@@ -33,8 +33,16 @@ def make_dataset(root, n=12, seed=0, sizes=None):
             im = im.resize(sizes[i % len(sizes)])
         file = f"img{i:03d}.png"
         im.save(root / "images" / file)
-        rows.append({"id": f"img{i:03d}", "file": file, "class": None, "captions": [f"image {i}"],
-                     "width": im.width, "height": im.height})
+        rows.append(
+            {
+                "id": f"img{i:03d}",
+                "file": file,
+                "class": None,
+                "captions": [f"image {i}"],
+                "width": im.width,
+                "height": im.height,
+            }
+        )
     pd.DataFrame(rows).to_parquet(root / "metadata.parquet")
     return root
 
@@ -64,8 +72,13 @@ def make_sscd_standin(folder, name="sscd_standin"):
 def test_pixel_descriptors_are_l2_normalised_and_written_per_format(tmp_path):
     data = make_dataset(tmp_path / "data", n=6)
     out = tmp_path / "train.npz"
-    summary = E.embed_to_file({"type": "pixel", "size": 8}, out, images_dir=data / "images",
-                              metadata=data / "metadata.parquet", batch_size=4)
+    summary = E.embed_to_file(
+        {"type": "pixel", "size": 8},
+        out,
+        images_dir=data / "images",
+        metadata=data / "metadata.parquet",
+        batch_size=4,
+    )
     got = E.read_embeddings(out)
     assert got["ids"] == [f"img{i:03d}" for i in range(6)]
     assert got["embeddings"].dtype == np.float32 and got["embeddings"].shape == (6, 3 * 8 * 8)
@@ -104,16 +117,23 @@ def test_sscd_torchscript_path_normalises_and_handles_mixed_sizes(tmp_path, prep
     data = make_dataset(tmp_path / "data", n=5, sizes=[(64, 64), (80, 64), (64, 96)])
     model = make_sscd_standin(tmp_path / "models" / "sscd_standin")
     out = tmp_path / "train.npz"
-    E.embed_to_file({"type": "sscd", "model": "sscd_standin", "preprocess": preprocess}, out,
-                    images_dir=data / "images", metadata=data / "metadata.parquet", model_dir=model,
-                    batch_size=4, device="cpu")
+    E.embed_to_file(
+        {"type": "sscd", "model": "sscd_standin", "preprocess": preprocess},
+        out,
+        images_dir=data / "images",
+        metadata=data / "metadata.parquet",
+        model_dir=model,
+        batch_size=4,
+        device="cpu",
+    )
     got = E.read_embeddings(out)
     assert got["embeddings"].shape == (5, 48)
     np.testing.assert_allclose(np.linalg.norm(got["embeddings"], axis=1), 1.0, atol=1e-6)
     assert got["embedder"] == "sscd:sscd_standin" and got["preprocess"] == preprocess
     # batching and shape grouping do not change a descriptor
     single = E.make_embedder({"type": "sscd", "preprocess": preprocess}, model).embed(
-        [data / "images" / "img001.png"], batch_size=1, device="cpu")
+        [data / "images" / "img001.png"], batch_size=1, device="cpu"
+    )
     np.testing.assert_allclose(single[0], got["embeddings"][1], atol=1e-5)
 
 

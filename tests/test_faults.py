@@ -52,7 +52,9 @@ def test_pickle_fid_weights_refused_unless_weights_only(tmp_path):
 
     marker = tmp_path / "code-ran"
     bad = _malicious_pickle(tmp_path / "pt_inception-2015-12-05-6726825d.pth", marker)
-    with pytest.raises(fid.FIDError, match=r"pt_inception-2015-12-05-6726825d.pth: not a weights-only state dict"):
+    with pytest.raises(
+        fid.FIDError, match=r"pt_inception-2015-12-05-6726825d.pth: not a weights-only state dict"
+    ):
         fid.load_state_dict(bad)
     assert not marker.exists()
     good = tmp_path / "plain.pth"
@@ -89,7 +91,7 @@ def test_pickle_unet_in_a_model_folder_is_not_executed(tmp_path):
         f.unlink()
     marker = tmp_path / "code-ran"
     _malicious_pickle(unet / "diffusion_pytorch_model.bin", marker)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (any refusal will do: the point is that no code ran)
         generation.load_pipeline(model, "cpu", generation.resolve_dtype("fp32", "cpu"))
     assert not marker.exists()
 
@@ -121,8 +123,13 @@ def test_config_cannot_set_trust_remote_code(paper_config, where):
 
 def test_source_never_sets_trust_remote_code():
     """No loader in the code base passes trust_remote_code (other than False)."""
-    files = [REPO / "Snakefile", *REPO.glob("rules/*.smk"), *REPO.glob("scripts/*.py"),
-             *REPO.glob("src/diffrep/*.py"), *REPO.glob("bench/*.py")]
+    files = [
+        REPO / "Snakefile",
+        *REPO.glob("rules/*.smk"),
+        *REPO.glob("scripts/*.py"),
+        *REPO.glob("src/diffrep/*.py"),
+        *REPO.glob("bench/*.py"),
+    ]
     assert len(files) > 20
     bad = []
     for path in files:
@@ -141,8 +148,9 @@ def full_disk(tmp_path):
     """A 64 KiB tmpfs (a real full disk); skipped where mounting is not allowed."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the injected-ENOSPC test still runs")
     try:
@@ -157,22 +165,29 @@ def _writers():
     rng = np.random.default_rng(0)
     ids = [f"img{i:05d}" for i in range(4000)]
     return {
-        "embeddings": lambda d: embeddings.write_embeddings(d / "train.npz", ids, rng.random((4000, 64)), "x", "y"),
-        "fid_reference": lambda d: fid.write_reference(d / "reference.npz", np.zeros(2048), np.eye(2048), 10, 32,
-                                                      "w.safetensors"),
+        "embeddings": lambda d: embeddings.write_embeddings(
+            d / "train.npz", ids, rng.random((4000, 64)), "x", "y"
+        ),
+        "fid_reference": lambda d: fid.write_reference(
+            d / "reference.npz", np.zeros(2048), np.eye(2048), 10, 32, "w.safetensors"
+        ),
         "similarity_table": lambda d: similarity.write_parquet(
-            d / "matches.parquet", pd.DataFrame({"similarity": rng.random(40000)})),
+            d / "matches.parquet", pd.DataFrame({"similarity": rng.random(40000)})
+        ),
         "duplication_plan": lambda d: duplication.write_plan(
-            duplication.make_plan([f"img{i:07d}" for i in range(40000)], "dup_both"), d / "dup_both.parquet"),
+            duplication.make_plan([f"img{i:07d}" for i in range(40000)], "dup_both"), d / "dup_both.parquet"
+        ),
         "captions": lambda d: captions.write_captions(
             {"conditioning": "nolevel", "dataset": "x", "captions": {i: ["An image " * 20] for i in ids}},
-            d / "nolevel.json"),
+            d / "nolevel.json",
+        ),
         "manifest": lambda d: checksums.write_manifest(d / "m.sha256", {f"{i}.png": "0" * 64 for i in ids}),
     }
 
 
-@pytest.mark.parametrize("writer", ["embeddings", "fid_reference", "similarity_table", "duplication_plan",
-                                    "captions", "manifest"])
+@pytest.mark.parametrize(
+    "writer", ["embeddings", "fid_reference", "similarity_table", "duplication_plan", "captions", "manifest"]
+)
 def test_full_disk_leaves_no_partial_file(full_disk, writer):
     out = full_disk / "out"
     out.mkdir()
@@ -198,13 +213,26 @@ def test_injected_enospc_during_generation_then_rerun_completes(tmp_path, monkey
     from diffrep import generation, tinysd
 
     caps = {f"id{i}": [f"a red circle number {i}"] for i in range(4)}
-    model = tinysd.build_tiny_pipeline(tmp_path / "model", [c[0] for c in caps.values()], seed=0, resolution=32)
-    (tmp_path / "captions.json").write_text(json.dumps({"conditioning": "instancelevel_blip", "captions": caps}))
-    pd.DataFrame({"id": list(caps), "duplicated": [True, False, False, False], "weight": [5.0, 1, 1, 1]}).to_parquet(
-        tmp_path / "plan.parquet")
+    model = tinysd.build_tiny_pipeline(
+        tmp_path / "model", [c[0] for c in caps.values()], seed=0, resolution=32
+    )
+    (tmp_path / "captions.json").write_text(
+        json.dumps({"conditioning": "instancelevel_blip", "captions": caps})
+    )
+    pd.DataFrame(
+        {"id": list(caps), "duplicated": [True, False, False, False], "weight": [5.0, 1, 1, 1]}
+    ).to_parquet(tmp_path / "plan.parquet")
     out = tmp_path / "gen" / "default"
-    args = (model, tmp_path / "captions.json", tmp_path / "plan.parquet", out,
-            {"steps": 2, "guidance_scale": 3.0}, 6, 32, 0)
+    args = (
+        model,
+        tmp_path / "captions.json",
+        tmp_path / "plan.parquet",
+        out,
+        {"steps": 2, "guidance_scale": 3.0},
+        6,
+        32,
+        0,
+    )
     real_save, calls = Image.Image.save, {"n": 0}
 
     def save_until_full(self, fp, *a, **kw):
@@ -257,8 +285,9 @@ def test_ctrl_c_of_the_workflow_then_rerun_incomplete_completes(tmp_path):
     wf = copy_workflow(tmp_path)
     targets = ["resources/models/fid_inception_micro.sha256", "resources/data/micro_shapes/metadata.parquet"]
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *MICRO, *targets]
-    proc = subprocess.Popen(cmd, cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     log = wf / "logs/models/build_fid_inception_micro.log"
     deadline = time.time() + 600
     while not (log.exists() and log.stat().st_size > 0) and proc.poll() is None and time.time() < deadline:
@@ -283,7 +312,9 @@ def test_ctrl_c_of_the_workflow_then_rerun_incomplete_completes(tmp_path):
 def test_dataset_path_that_does_not_exist_is_named(tmp_path):
     from diffrep import datasets
 
-    with pytest.raises(datasets.DatasetError, match=r"dataset folder .*nowhere does not exist \(datasets.\*.source.path\)"):
+    with pytest.raises(
+        datasets.DatasetError, match=r"dataset folder .*nowhere does not exist \(datasets.\*.source.path\)"
+    ):
         datasets.collect_laion(tmp_path / "nowhere", None, "fail")
     with pytest.raises(datasets.DatasetError, match=r"URL table .*urls.csv does not exist"):
         datasets.read_url_table(tmp_path / "urls.csv")

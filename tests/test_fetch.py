@@ -103,7 +103,9 @@ def url_model(server, path, mode, **src):
 
 def fetch_into(tmp_path, name, spec, **kw):
     root = tmp_path / "resources/models"
-    return fetch.fetch_model(name, spec, root / name, root / f"{name}.sha256", download_options=FAST, **kw), root
+    return fetch.fetch_model(
+        name, spec, root / name, root / f"{name}.sha256", download_options=FAST, **kw
+    ), root
 
 
 def assert_no_output(root, name):
@@ -142,7 +144,10 @@ def test_url_corrupted_file_fails_naming_file_and_both_hashes(server, tmp_path):
 def test_url_hash_prefix_is_checked(server, tmp_path):
     spec = url_model(server, "/pt_inception-2015-12-05-deadbeef.pth", "good", hash_prefix="deadbeef")
     spec["kind"] = "fid_inception"
-    with pytest.raises(fetch.FetchError, match=rf"expected sha256 starting with deadbeef \(hash_prefix\), actual {PAYLOAD_SHA}"):
+    with pytest.raises(
+        fetch.FetchError,
+        match=rf"expected sha256 starting with deadbeef \(hash_prefix\), actual {PAYLOAD_SHA}",
+    ):
         fetch_into(tmp_path, "fid", spec)
     spec["sources"][0].update(url=server.url("/pt_inception-ok.pth"), hash_prefix=PAYLOAD_SHA[:8])
     server.mode["/pt_inception-ok.pth"] = "good"
@@ -194,9 +199,13 @@ def test_url_not_found_is_not_retried(server, tmp_path):
 # ---------------------------------------------------------------- hub sources (fakes)
 
 REPO_FILES = {
-    "model_index.json": json.dumps({"unet": ["diffusers", "UNet2DConditionModel"],
-                                    "text_encoder": ["transformers", "CLIPTextModel"],
-                                    "tokenizer": ["transformers", "CLIPTokenizer"]}).encode(),
+    "model_index.json": json.dumps(
+        {
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+        }
+    ).encode(),
     "unet/config.json": b"{}",
     "unet/diffusion_pytorch_model.safetensors": b"unet fp32",
     "unet/diffusion_pytorch_model.fp16.safetensors": b"unet fp16",
@@ -226,8 +235,14 @@ class FakeHub:
         if self.fail is not None:
             raise self.fail
         if kwargs.get("dry_run"):
-            return [type("Info", (), {"filename": f, "file_size": len(d), "will_download": True,
-                                      "commit_hash": "c0ffee"})() for f, d in self.files.items()]
+            return [
+                type(
+                    "Info",
+                    (),
+                    {"filename": f, "file_size": len(d), "will_download": True, "commit_hash": "c0ffee"},
+                )()
+                for f, d in self.files.items()
+            ]
         snap = self.cache / "snapshot"
         for rel, data in self.files.items():
             (snap / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -241,9 +256,16 @@ def sd_spec(*sources, **extra):
 
 HF = {"type": "huggingface", "repo": "stabilityai/stable-diffusion-2-1", "revision": "5cae40e6"}
 MS = {"type": "modelscope", "repo": "AI-ModelScope/stable-diffusion-2-1", "revision": "master"}
-WANTED = {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-          "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json",
-          "tokenizer/merges.txt", "scheduler/scheduler_config.json"}
+WANTED = {
+    "model_index.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "scheduler/scheduler_config.json",
+}
 
 
 def test_huggingface_passes_repo_revision_patterns_and_token(tmp_path, monkeypatch, caplog):
@@ -289,8 +311,11 @@ def test_variant_fp16_downloads_only_fp16_weights(tmp_path, monkeypatch):
 
 def test_token_never_logged_even_in_errors(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    monkeypatch.setattr(fetch, "hf_snapshot_download",
-                        FakeHub(tmp_path, fail=RuntimeError(f"401 Unauthorized for token {SECRET}")))
+    monkeypatch.setattr(
+        fetch,
+        "hf_snapshot_download",
+        FakeHub(tmp_path, fail=RuntimeError(f"401 Unauthorized for token {SECRET}")),
+    )
     with caplog.at_level(logging.INFO, logger="diffrep"), pytest.raises(fetch.FetchError) as err:
         fetch_into(tmp_path, "sd21", sd_spec(HF))
     assert "401 Unauthorized" in str(err.value)
@@ -307,7 +332,9 @@ def test_modelscope_call_matches_the_real_signature(tmp_path, monkeypatch):
     inspect.signature(snapshot_download).bind(**call)
     assert call["model_id"] == MS["repo"] and call["revision"] == "master"
     assert call["allow_patterns"] == fetch.allow_patterns("diffusers")
-    assert {p.relative_to(root / "sd21").as_posix() for p in (root / "sd21").rglob("*") if p.is_file()} == WANTED
+    assert {
+        p.relative_to(root / "sd21").as_posix() for p in (root / "sd21").rglob("*") if p.is_file()
+    } == WANTED
 
 
 def test_fallback_to_the_next_source_in_order(tmp_path, monkeypatch, caplog):
@@ -318,10 +345,14 @@ def test_fallback_to_the_next_source_in_order(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="diffrep"):
         info, root = fetch_into(tmp_path, "sd21", sd_spec(MS, HF))
     assert len(ms.calls) == 1 and len(hf.calls) == 2
-    assert info["index"] == 2 and info["failed"][0][0] == "modelscope AI-ModelScope/stable-diffusion-2-1@master"
+    assert (
+        info["index"] == 2 and info["failed"][0][0] == "modelscope AI-ModelScope/stable-diffusion-2-1@master"
+    )
     assert "served by source 2/2 (huggingface" in caplog.text
-    assert "earlier source modelscope AI-ModelScope/stable-diffusion-2-1@master failed: " \
-           "ConnectionError: modelscope.cn unreachable" in caplog.text
+    assert (
+        "earlier source modelscope AI-ModelScope/stable-diffusion-2-1@master failed: "
+        "ConnectionError: modelscope.cn unreachable" in caplog.text
+    )
     assert (root / "sd21.sha256").exists()
 
 
@@ -344,8 +375,13 @@ def test_pinned_mismatch_on_every_source_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(fetch.FetchError) as err:
         fetch_into(tmp_path, "sd21", sd_spec(MS, HF, sha256=pins))
     msg = str(err.value)
-    assert msg.count(f"sd21/unet/diffusion_pytorch_model.safetensors: sha256 mismatch: expected {'a' * 64}, "
-                     f"actual {sha(REPO_FILES['unet/diffusion_pytorch_model.safetensors'])}") == 2
+    assert (
+        msg.count(
+            f"sd21/unet/diffusion_pytorch_model.safetensors: sha256 mismatch: expected {'a' * 64}, "
+            f"actual {sha(REPO_FILES['unet/diffusion_pytorch_model.safetensors'])}"
+        )
+        == 2
+    )
     assert_no_output(tmp_path / "resources/models", "sd21")
 
 
@@ -382,8 +418,10 @@ def broken_builder(out_dir, seed):
 def test_build_source_calls_the_registered_builder(tmp_path, monkeypatch):
     monkeypatch.setitem(builders.MODEL_BUILDERS, "fake_sd", f"{__name__}:fake_builder")
     monkeypatch.setitem(builders.MODEL_BUILDERS, "broken_sd", f"{__name__}:broken_builder")
-    spec = sd_spec({"type": "build", "builder": "broken_sd"},
-                   {"type": "build", "builder": "fake_sd", "options": {"width": 3}})
+    spec = sd_spec(
+        {"type": "build", "builder": "broken_sd"},
+        {"type": "build", "builder": "fake_sd", "options": {"width": 3}},
+    )
     info, root = fetch_into(tmp_path, "mini", spec, seed=7)
     assert json.loads((root / "mini/build_info.json").read_text()) == {"seed": 7, "width": 3}
     assert "RuntimeError: training diverged" in info["failed"][0][1]
@@ -406,10 +444,19 @@ def test_paper_dry_run_fetches_every_model(workflow_copy, paper_config):
     for name in paper_config["models"]:
         assert f"resources/models/{name}.sha256" in proc.stdout
     # the full study fetches every model it uses (and no other)
-    used = {paper_config["base_model"], paper_config["fid"]["model"], paper_config["clipscore"]["model"],
-            paper_config["captions"]["blip"]["model"] if "captions" in paper_config else "blip"}
+    used = {
+        paper_config["base_model"],
+        paper_config["fid"]["model"],
+        paper_config["clipscore"]["model"],
+        paper_config["captions"]["blip"]["model"] if "captions" in paper_config else "blip",
+    }
     used |= {e["model"] for e in paper_config["embedders"].values() if "model" in e}
-    used |= {r.split("-", 1)[1] for s in paper_config["sweeps"].values() for r in s["runs"] if r.startswith("pretrained-")}
+    used |= {
+        r.split("-", 1)[1]
+        for s in paper_config["sweeps"].values()
+        for r in s["runs"]
+        if r.startswith("pretrained-")
+    }
     full = snakemake(["-n"], cwd=workflow_copy, check=True).stdout
     fetched = set(re.findall(r"output: resources/models/([\w-]+), resources/models/\1\.sha256", full))
     assert fetched == used and job_counts(full)["fetch_model"] == len(used)
@@ -448,8 +495,11 @@ def test_wrappers_call_the_real_clients(monkeypatch):
 
     seen = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: seen.append(("hf", kw)) or "x")
-    monkeypatch.setattr(sys.modules["modelscope.hub.snapshot_download"], "snapshot_download",
-                        lambda **kw: seen.append(("ms", kw)) or "y")
+    monkeypatch.setattr(
+        sys.modules["modelscope.hub.snapshot_download"],
+        "snapshot_download",
+        lambda **kw: seen.append(("ms", kw)) or "y",
+    )
     assert fetch.hf_snapshot_download(repo_id="a") == "x"
     assert fetch.ms_snapshot_download(model_id="b") == "y"
     assert seen == [("hf", {"repo_id": "a"}), ("ms", {"model_id": "b"})]
@@ -460,11 +510,15 @@ def gated_error():
     from huggingface_hub.errors import GatedRepoError
 
     err = GatedRepoError.__new__(GatedRepoError)
-    Exception.__init__(err, "403 Client Error. Cannot access gated repo for url https://huggingface.co/api/models")
+    Exception.__init__(
+        err, "403 Client Error. Cannot access gated repo for url https://huggingface.co/api/models"
+    )
     return err
 
 
-@pytest.mark.parametrize("token, why", [(SECRET, "has not been granted access"), (None, "HF_TOKEN is not set")])
+@pytest.mark.parametrize(
+    "token, why", [(SECRET, "has not been granted access"), (None, "HF_TOKEN is not set")]
+)
 def test_gated_repo_names_the_licence_page_and_hf_token(tmp_path, monkeypatch, token, why):
     repo = "stabilityai/stable-diffusion-3.5-medium"
     monkeypatch.setattr(fetch, "hf_snapshot_download", FakeHub(tmp_path, fail=gated_error()))
@@ -473,7 +527,9 @@ def test_gated_repo_names_the_licence_page_and_hf_token(tmp_path, monkeypatch, t
     else:
         monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(fetch.FetchError) as err:
-        fetch_into(tmp_path, "sd35_medium", sd_spec({"type": "huggingface", "repo": repo, "revision": "main"}))
+        fetch_into(
+            tmp_path, "sd35_medium", sd_spec({"type": "huggingface", "repo": repo, "revision": "main"})
+        )
     msg = str(err.value)
     assert f"huggingface {repo} is a gated repository" in msg and why in msg
     assert f"Accept the licence on https://huggingface.co/{repo}" in msg and "export HF_TOKEN=" in msg
@@ -481,9 +537,15 @@ def test_gated_repo_names_the_licence_page_and_hf_token(tmp_path, monkeypatch, t
 
 
 SDXL_FILES = {
-    "model_index.json": json.dumps({"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "U"],
-                                    "text_encoder_2": ["transformers", "T"], "tokenizer_2": ["transformers", "C"],
-                                    "vae": ["diffusers", "A"]}).encode(),
+    "model_index.json": json.dumps(
+        {
+            "_class_name": "StableDiffusionXLPipeline",
+            "unet": ["diffusers", "U"],
+            "text_encoder_2": ["transformers", "T"],
+            "tokenizer_2": ["transformers", "C"],
+            "vae": ["diffusers", "A"],
+        }
+    ).encode(),
     "unet/config.json": b"{}",
     "unet/diffusion_pytorch_model.fp16.safetensors": b"unet fp16",
     "vae/config.json": b"{}",

@@ -50,10 +50,7 @@ def _model_folder(tmp_path, weights):
     """(model folder with a .safetensors state dict, TORCH_HOME where pytorch-fid finds the same weights)."""
     from safetensors.torch import save_file
 
-    if weights == "random":
-        state = F.random_inception_state_dict(0)
-    else:
-        state = _converted_weights(tmp_path)
+    state = F.random_inception_state_dict(0) if weights == "random" else _converted_weights(tmp_path)
     model = tmp_path / "fid_model"
     model.mkdir()
     save_file({k: v.contiguous() for k, v in state.items()}, str(model / "inception.safetensors"))
@@ -65,8 +62,13 @@ def _model_folder(tmp_path, weights):
 
 def _pytorch_fid(args, torch_home):
     env = {**os.environ, "TORCH_HOME": str(torch_home), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytorch_fid", "--device", "cpu", "--num-workers", "0", *args],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytorch_fid", "--device", "cpu", "--num-workers", "0", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -98,10 +100,15 @@ def test_fid_equals_pytorch_fid_command_line(tmp_path, folders):
     gen.mkdir()
     for p in list_images(b):
         (gen / p.name).write_bytes(p.read_bytes())
-    pd.DataFrame({"index": range(4), "file": [p.name for p in list_images(b)]}).to_parquet(gen / "prompts.parquet")
-    n = F.reference_statistics(a, tmp_path / "metadata.parquet", model, tmp_path / "reference.npz", 32,
-                               device="cpu")
-    result = F.fid_of_generations(gen, tmp_path / "reference.npz", model, tmp_path / "fid.json", 32, device="cpu")
+    pd.DataFrame({"index": range(4), "file": [p.name for p in list_images(b)]}).to_parquet(
+        gen / "prompts.parquet"
+    )
+    n = F.reference_statistics(
+        a, tmp_path / "metadata.parquet", model, tmp_path / "reference.npz", 32, device="cpu"
+    )
+    result = F.fid_of_generations(
+        gen, tmp_path / "reference.npz", model, tmp_path / "fid.json", 32, device="cpu"
+    )
     assert n == 4
     assert theirs > 1.0  # different folders: a real distance
     assert result["fid"] == pytest.approx(theirs, abs=1e-3)
@@ -118,8 +125,10 @@ def test_only_off_size_images_are_resized(tmp_path):
     Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)).save(tmp_path / "same.png")
     Image.new("RGB", (64, 48), (255, 0, 0)).save(tmp_path / "big.png")
     same = F.image_tensor(tmp_path / "same.png", 32)
-    np.testing.assert_array_equal((same.numpy() * 255).round().astype(np.uint8).transpose(1, 2, 0),
-                                  np.asarray(Image.open(tmp_path / "same.png")))
+    np.testing.assert_array_equal(
+        (same.numpy() * 255).round().astype(np.uint8).transpose(1, 2, 0),
+        np.asarray(Image.open(tmp_path / "same.png")),
+    )
     assert tuple(F.image_tensor(tmp_path / "big.png", 32).shape) == (3, 32, 32)
     assert tuple(F.image_tensor(tmp_path / "big.png", None).shape) == (3, 48, 64)
 
@@ -195,20 +204,22 @@ def _upstream_dcr_activations(files, model, batch_size=50):
     """
     from torchvision import transforms
 
-    transform = transforms.Compose([
-        transforms.Resize(299),
-        transforms.CenterCrop(299),
-        transforms.ToTensor(),
-        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.Resize(299),
+            transforms.CenterCrop(299),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ]
+    )
     pred_arr = np.empty((len(files), 2048))
     start_idx = 0
     for i in range(0, len(files), batch_size):
-        batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in files[i:i + batch_size]])
+        batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in files[i : i + batch_size]])
         with torch.no_grad():
             pred = model(batch)[0]
         pred = pred.squeeze(3).squeeze(2).cpu().numpy()
-        pred_arr[start_idx:start_idx + pred.shape[0]] = pred
+        pred_arr[start_idx : start_idx + pred.shape[0]] = pred
         start_idx = start_idx + pred.shape[0]
     return pred_arr
 
@@ -234,9 +245,13 @@ def test_upstream_convention_equals_transcription_of_dcr_fid(tmp_path, folders, 
         img = Image.open(p)
         (img.resize((48, 40)) if i < 2 else img).save(train / p.name)
     files = list_images(train)
-    pd.DataFrame({"id": [p.stem for p in files], "file": [p.name for p in files]}).to_parquet(tmp_path / "meta.parquet")
+    pd.DataFrame({"id": [p.stem for p in files], "file": [p.name for p in files]}).to_parquet(
+        tmp_path / "meta.parquet"
+    )
     ref, out = tmp_path / "reference.npz", tmp_path / "fid.json"
-    F.reference_statistics(train, tmp_path / "meta.parquet", model, ref, 32, device="cpu", convention="upstream")
+    F.reference_statistics(
+        train, tmp_path / "meta.parquet", model, ref, 32, device="cpu", convention="upstream"
+    )
     theirs_ref = _upstream_dcr_activations(files, upstream_network)
     ours = F.read_reference(ref)
     assert ours["convention"] == "upstream"
@@ -265,7 +280,11 @@ def test_upstream_convention_equals_transcription_of_dcr_fid(tmp_path, folders, 
 
 def test_reference_of_another_convention_is_refused(tmp_path):
     F.write_reference(tmp_path / "ref.npz", np.zeros(2048), np.eye(2048), 10, 32, "w.safetensors", "upstream")
-    with pytest.raises(F.FIDError, match="computed with fid.convention 'upstream', this FID asks 'pytorch-fid'"):
+    with pytest.raises(
+        F.FIDError, match="computed with fid.convention 'upstream', this FID asks 'pytorch-fid'"
+    ):
         F.fid_of_generations(tmp_path, tmp_path / "ref.npz", tmp_path, tmp_path / "fid.json", 32)
-    with pytest.raises(F.FIDError, match="fid.convention 'torchmetrics' unknown; allowed: pytorch-fid, upstream"):
+    with pytest.raises(
+        F.FIDError, match="fid.convention 'torchmetrics' unknown; allowed: pytorch-fid, upstream"
+    ):
         F.image_tensor(tmp_path / "any.png", 32, "torchmetrics")

@@ -43,8 +43,8 @@ def test_converted_state_dict_has_pytorch_fids_keys_and_no_gamma(built):
 
 
 def test_stock_pytorch_fid_inception_matches_the_torchscript_features(built):
-    from safetensors.torch import load_file
     from pytorch_fid.inception import InceptionV3
+    from safetensors.torch import load_file
 
     torch.set_num_threads(2)
     state = load_file(str(built / fid_weights.WEIGHTS_FILE))

@@ -32,8 +32,17 @@ def _tables(st):
 def test_summary_figures_draw_and_save(tmp_path, name):
     st = make_study(tmp_path, presets=("default", "rand_word_add"))
     summary, baselines = _tables(st)
-    fig = F.summary_figure(name, summary, baselines, st["inputs"]["matches"], st["inputs"]["baseline_matches"],
-                           st["inputs"]["plans"], st["plan_ids"], STYLE, "mini")
+    fig = F.summary_figure(
+        name,
+        summary,
+        baselines,
+        st["inputs"]["matches"],
+        st["inputs"]["baseline_matches"],
+        st["inputs"]["plans"],
+        st["plan_ids"],
+        STYLE,
+        "mini",
+    )
     text = _texts(fig)
     assert "mini study" in text and "not the paper's numbers" in text
     png, pdf = tmp_path / "f.png", tmp_path / "f.pdf"
@@ -46,8 +55,15 @@ def test_main_comparison_names_settings_and_reference_lines(tmp_path):
     summary, baselines = _tables(st)
     fig = F.summary_figure("sim95_by_dup_cond", summary, baselines, style=STYLE, study="mini")
     text = _texts(fig)
-    for word in ("nodup", "dup_both", "instancelevel_blip", "base model", "train vs train", "conditioning",
-                 "95th percentile of top-1 similarity"):
+    for word in (
+        "nodup",
+        "dup_both",
+        "instancelevel_blip",
+        "base model",
+        "train vs train",
+        "conditioning",
+        "95th percentile of top-1 similarity",
+    ):
         assert word in text
     assert "not in this study: nolevel, classlevel, instancelevel_random" in text
     ax = fig.axes[0]
@@ -69,8 +85,16 @@ def test_mitigation_tradeoff_says_clipscore_was_skipped(tmp_path):
     "runs, presets, expect",
     [
         (["base"], ("default",), "no finetuned run without mitigation"),  # a single run
-        (["base", "nodup.instancelevel_blip.none"], ("default",), "no train-time or inference-time mitigation"),
-        (["nodup.classlevel.none"], ("default",), "no train-time or inference-time mitigation"),  # no blip runs
+        (
+            ["base", "nodup.instancelevel_blip.none"],
+            ("default",),
+            "no train-time or inference-time mitigation",
+        ),
+        (
+            ["nodup.classlevel.none"],
+            ("default",),
+            "no train-time or inference-time mitigation",
+        ),  # no blip runs
     ],
 )
 def test_a_study_without_a_setting_gets_a_note_not_a_crash(tmp_path, runs, presets, expect):
@@ -78,22 +102,43 @@ def test_a_study_without_a_setting_gets_a_note_not_a_crash(tmp_path, runs, prese
     summary, baselines = _tables(st)
     texts = ""
     for name in F.SUMMARY_FIGURES:
-        fig = F.summary_figure(name, summary, baselines, st["inputs"]["matches"], st["inputs"]["baseline_matches"],
-                               st["inputs"]["plans"], st["plan_ids"], STYLE, "mini")
+        fig = F.summary_figure(
+            name,
+            summary,
+            baselines,
+            st["inputs"]["matches"],
+            st["inputs"]["baseline_matches"],
+            st["inputs"]["plans"],
+            st["plan_ids"],
+            STYLE,
+            "mini",
+        )
         texts += _texts(fig)
     assert expect in texts
 
 
 def test_replication_counts_use_the_plan():
-    matches = pd.DataFrame({"generation": ["a", "b", "c"], "rank": [0, 0, 0], "train_id": ["x", "x", "y"],
-                            "similarity": [0.9, 0.8, 0.7], "source_id": ["x", "x", "z"],
-                            "duplicated": [True, True, False], "is_source": [True, True, False]})
+    matches = pd.DataFrame(
+        {
+            "generation": ["a", "b", "c"],
+            "rank": [0, 0, 0],
+            "train_id": ["x", "x", "y"],
+            "similarity": [0.9, 0.8, 0.7],
+            "source_id": ["x", "x", "z"],
+            "duplicated": [True, True, False],
+            "is_source": [True, True, False],
+        }
+    )
     plan = pd.DataFrame({"id": ["x", "y", "z"], "duplicated": [True, False, False]})
     rc = F.replication_counts(matches, plan).set_index("train_id")
     assert rc.loc["x", "count"] == 2 and rc.loc["z", "count"] == 0 and bool(rc.loc["x", "duplicated"])
     # a nodup plan: nothing duplicated, the study's duplicated set still marks x (the control)
     nodup = plan.assign(duplicated=False, dup_set=[True, False, False])
-    assert F.replication_counts(matches, nodup).set_index("train_id")["duplicated"].tolist() == [True, False, False]
+    assert F.replication_counts(matches, nodup).set_index("train_id")["duplicated"].tolist() == [
+        True,
+        False,
+        False,
+    ]
 
 
 def test_figures_read_what_each_file_says_it_is(tmp_path):
@@ -103,7 +148,10 @@ def test_figures_read_what_each_file_says_it_is(tmp_path):
     assert set(F.read_baseline_matches(st["inputs"]["baseline_matches"])) == {(DS, EMB)}
     plans = F.read_plans(st["inputs"]["plans"], st["plan_ids"])
     assert set(plans) == {(DS, run) for run in RUNS}  # the base model's plan is the nodup plan
-    assert not plans[(DS, "base")]["duplicated"].any() and plans[(DS, "dup_both.instancelevel_blip.none")]["duplicated"].any()
+    assert (
+        not plans[(DS, "base")]["duplicated"].any()
+        and plans[(DS, "dup_both.instancelevel_blip.none")]["duplicated"].any()
+    )
     old = st["inputs"]["matches"][0]
     pd.read_parquet(old).drop(columns=["run"]).to_parquet(old)
     with pytest.raises(SimilarityError, match="does not say its run.*snakemake --forcerun retrieve"):
@@ -124,7 +172,9 @@ def test_gallery_orders_by_similarity_and_shows_values(tmp_path):
     m = pd.read_parquet(st["inputs"]["matches"][0])
     gen_dir = st["R"] / DS / "generations/base/default"
     meta = pd.read_parquet(tmp_path / f"resources/data/{DS}/metadata.parquet")
-    fig = F.gallery(m, gen_dir, tmp_path / f"resources/data/{DS}/images", meta, "mini", "Match gallery", size=4, top_k=2)
+    fig = F.gallery(
+        m, gen_dir, tmp_path / f"resources/data/{DS}/images", meta, "mini", "Match gallery", size=4, top_k=2
+    )
     titles = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("match 1:")]
     shown = [float(re.search(r"match 1: ([0-9.]+)", t).group(1)) for t in titles]
     best = sorted(m[m["rank"] == 0]["similarity"], reverse=True)[:4]
@@ -134,7 +184,9 @@ def test_gallery_orders_by_similarity_and_shows_values(tmp_path):
 
 def test_weightdiff_histograms_count_uncompared_tensors(tmp_path):
     st = make_study(tmp_path, runs=["nodup.instancelevel_blip.none"])
-    fig = F.weightdiff_histograms(pd.read_parquet(st["inputs"]["weightdiff"][0]), STYLE, "mini", "UNet weight change")
+    fig = F.weightdiff_histograms(
+        pd.read_parquet(st["inputs"]["weightdiff"][0]), STYLE, "mini", "UNet weight change"
+    )
     text = _texts(fig)
     assert "1 tensor(s) not compared" in text and "relative L2 change" in text and "mini study" in text
 
@@ -142,10 +194,12 @@ def test_weightdiff_histograms_count_uncompared_tensors(tmp_path):
 def test_sweep_grid_rows_are_cells(tmp_path):
     from test_tables import _png
 
-    cells = {f"s-{i:02d}": {"scheduler": s, "guidance_scale": g, "steps": 4, "negative_prompt": ""}
-             for i, (s, g) in enumerate([("ddim", 1.0), ("ddim", 3.0), ("euler", 1.0), ("euler", 3.0)])}
+    cells = {
+        f"s-{i:02d}": {"scheduler": s, "guidance_scale": g, "steps": 4, "negative_prompt": ""}
+        for i, (s, g) in enumerate([("ddim", 1.0), ("ddim", 3.0), ("euler", 1.0), ("euler", 3.0)])
+    }
     dirs = []
-    for i, cell in enumerate(cells):
+    for i in range(len(cells)):
         d = tmp_path / f"folder{i}"  # any layout: the rule names each folder's run and cell in params
         for j in range(2):
             _png(d / f"{j:05d}.png", j)
@@ -160,7 +214,9 @@ def test_sweep_grid_rows_are_cells(tmp_path):
     with pytest.raises(ValueError, match="4 generation folder.s. but 3 named"):
         F.sweep_cells(dirs, {"runs": ["base"], "cells": cells, "generations": names[:3]})
     with pytest.raises(ValueError, match="sweep cell 's-09' of run 'base': not among"):
-        F.sweep_cells(dirs[:1], {"runs": ["base"], "cells": cells, "generations": [{"run": "base", "cell": "s-09"}]})
+        F.sweep_cells(
+            dirs[:1], {"runs": ["base"], "cells": cells, "generations": [{"run": "base", "cell": "s-09"}]}
+        )
 
 
 # ---------------------------------------------------------------- rules and report
@@ -185,12 +241,23 @@ def test_every_report_caption_exists_and_renders():
         src = (REPO / rel).read_text()
         assert "TODO" not in src, rel
         for figure in F.SUMMARY_FIGURES:
-            wildcards = type("W", (), {"dataset": DS, "embedder": EMB, "run": "base", "gen": "default",
-                                       "sweep": "samplers", "figure": figure})()
+            wildcards = type(
+                "W",
+                (),
+                {
+                    "dataset": DS,
+                    "embedder": EMB,
+                    "run": "base",
+                    "gen": "default",
+                    "sweep": "samplers",
+                    "figure": figure,
+                },
+            )()
             ctx = {"snakemake": type("S", (), {"config": {"study": "mini"}, "wildcards": wildcards})()}
             rst = jinja2.Template(src, undefined=jinja2.StrictUndefined).render(**ctx)
-            html = docutils.core.publish_parts(rst, writer="html", settings_overrides={"report_level": 2,
-                                                                                      "halt_level": 2})
+            html = docutils.core.publish_parts(
+                rst, writer="html", settings_overrides={"report_level": 2, "halt_level": 2}
+            )
             assert "mini" in html["body"], rel
             rendered[(rel, figure)] = html["body"]
     per_figure = {rendered[("report/summary_figure.rst", f)] for f in F.SUMMARY_FIGURES}

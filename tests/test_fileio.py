@@ -28,7 +28,10 @@ def test_staged_dir_refuses_a_non_empty_target_unless_replacing(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    with pytest.raises(FileExistsError, match="model: output folder exists and is not empty"), staged_dir(out):
+    with (
+        pytest.raises(FileExistsError, match="model: output folder exists and is not empty"),
+        staged_dir(out),
+    ):
         pass
     with pytest.raises(RuntimeError), staged_dir(out, replace=True) as tmp:
         (tmp / "new.txt").write_text("half")
@@ -38,7 +41,10 @@ def test_staged_dir_refuses_a_non_empty_target_unless_replacing(tmp_path):
         (tmp / "a/new.txt").parent.mkdir()
         (tmp / "a/new.txt").write_text("new")
     assert listing(tmp_path) == ["model", "model/a", "model/a/new.txt"]
-    assert stat.S_IMODE(out.stat().st_mode) == 0o755 and stat.S_IMODE((out / "a/new.txt").stat().st_mode) == 0o644
+    assert (
+        stat.S_IMODE(out.stat().st_mode) == 0o755
+        and stat.S_IMODE((out / "a/new.txt").stat().st_mode) == 0o644
+    )
 
 
 def test_resumable_dir_keeps_finished_files_across_a_failure(tmp_path):
@@ -88,7 +94,13 @@ def test_checkpoints_replace_older_ones_and_a_failed_save_keeps_the_last(tmp_pat
     first = T.save_checkpoint(ckpt, 2, model, optimizer, scheduler, {"settings_hash": "h"}, rows)
     assert first == ckpt / "checkpoint-2" and T.last_checkpoint(ckpt) == first
     assert sorted(p.name for p in first.iterdir()) == [
-        "lr_scheduler.pt", "optimizer.pt", "rng.pt", "state.json", "train_metrics.csv", "unet.safetensors"]
+        "lr_scheduler.pt",
+        "optimizer.pt",
+        "rng.pt",
+        "state.json",
+        "train_metrics.csv",
+        "unet.safetensors",
+    ]
     T.save_checkpoint(ckpt, 4, model, optimizer, scheduler, {"settings_hash": "h"}, rows)
     assert os.listdir(ckpt) == ["checkpoint-4"]
 

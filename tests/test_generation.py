@@ -7,12 +7,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_training import build_inputs
 
 from diffrep import generation as G
+from test_training import build_inputs
 
-PRESET = {"mitigation": "gaussnoise", "lam": 0.1, "repeats": 4, "scheduler": "euler_ancestral",
-          "guidance_scale": 3.0, "steps": 3, "negative_prompt": "blurry"}
+PRESET = {
+    "mitigation": "gaussnoise",
+    "lam": 0.1,
+    "repeats": 4,
+    "scheduler": "euler_ancestral",
+    "guidance_scale": 3.0,
+    "steps": 3,
+    "negative_prompt": "blurry",
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +30,18 @@ def inputs(tmp_path_factory):
 
 def run(inputs, out, preset=PRESET, batch_size=4, n=6, seed=11):
     root = inputs["root"]
-    return G.generate(root / "base", root / "captions.json", root / "dup_both.parquet", root / out, preset,
-                      n_images=n, resolution=32, seed=seed, batch_size=batch_size, run="base")
+    return G.generate(
+        root / "base",
+        root / "captions.json",
+        root / "dup_both.parquet",
+        root / out,
+        preset,
+        n_images=n,
+        resolution=32,
+        seed=seed,
+        batch_size=batch_size,
+        run="base",
+    )
 
 
 def pngs(path):
@@ -46,7 +63,16 @@ def test_same_seed_same_images_twice_and_across_batch_sizes(inputs):
 def test_prompts_table(inputs):
     out = run(inputs, "words", preset={**PRESET, "mitigation": "rand_word_repeat"}, n=20)
     t = pd.read_parquet(out / "prompts.parquet")
-    assert list(t.columns) == ["index", "file", "source_id", "duplicated", "dup_set", "prompt", "prompt_used", "seed"]
+    assert list(t.columns) == [
+        "index",
+        "file",
+        "source_id",
+        "duplicated",
+        "dup_set",
+        "prompt",
+        "prompt_used",
+        "seed",
+    ]
     caps, plan = inputs["captions"], pd.read_parquet(inputs["root"] / "dup_both.parquet")
     chosen = np.random.default_rng(11).choice(len(plan), 20, replace=True)  # upstream's draw, seeded
     assert t["source_id"].tolist() == [plan["id"][j] for j in chosen]
@@ -73,7 +99,12 @@ def test_killed_job_resumes_to_the_same_complete_set(inputs, monkeypatch):
         run(inputs, "resumed", batch_size=2)
     root = inputs["root"]
     assert not (root / "resumed").exists()
-    assert sorted(p.name for p in (root / ".resumed.partial").glob("*.png")) == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    assert sorted(p.name for p in (root / ".resumed.partial").glob("*.png")) == [
+        "00000.png",
+        "00001.png",
+        "00002.png",
+        "00003.png",
+    ]
     monkeypatch.setattr(G, "generate_batch", real)
     calls.clear()
     out = run(inputs, "resumed", batch_size=2)

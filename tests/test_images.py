@@ -87,7 +87,16 @@ def test_policies(tmp_path):
 
 def test_one_definition_of_an_image_file(tmp_path):
     """Known suffixes in any case; hidden files (temporaries) and other files are not images."""
-    for name in ("b.PNG", "a.jpg", "c.jpeg", "d.webp", "e.tif", ".00007.png.x1y2.png", "notes.txt", "f.png.part"):
+    for name in (
+        "b.PNG",
+        "a.jpg",
+        "c.jpeg",
+        "d.webp",
+        "e.tif",
+        ".00007.png.x1y2.png",
+        "notes.txt",
+        "f.png.part",
+    ):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub/g.png").write_bytes(b"x")
@@ -95,7 +104,13 @@ def test_one_definition_of_an_image_file(tmp_path):
     (tmp_path / ".hidden/h.png").write_bytes(b"x")
     assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.jpeg", "d.webp", "e.tif"]
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)] == [
-        "a.jpg", "b.PNG", "c.jpeg", "d.webp", "e.tif", "sub/g.png"]
+        "a.jpg",
+        "b.PNG",
+        "c.jpeg",
+        "d.webp",
+        "e.tif",
+        "sub/g.png",
+    ]
 
 
 def test_load_rgb_converts_to_8bit_rgb(tmp_path):
@@ -115,7 +130,8 @@ def test_generation_ids_follow_prompts_table_and_missing_files_are_named(tmp_pat
     pd.DataFrame({"index": [0, 1], "file": ["00001.png", "00000.png"]}).to_parquet(gen / "prompts.parquet")
     assert generation_images(gen)[0] == ["00001.png", "00000.png"]  # the table's order
     pd.DataFrame({"index": [0, 1, 2], "file": ["00000.png", "00001.png", "00002.png"]}).to_parquet(
-        gen / "prompts.parquet")
+        gen / "prompts.parquet"
+    )
     with pytest.raises(MissingImageError, match=r"prompts\.parquet: 1 listed image.*00002\.png"):
         generation_images(gen)
     with pytest.raises(MissingImageError, match="no generated images"):

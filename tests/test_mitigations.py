@@ -105,8 +105,12 @@ def test_dup_image_random_captions_follow_upstreams_weight_test(style, dup_weigh
     rng = np.random.default_rng(0)
     for weight in plan["weight"]:
         expected = upstream_caption_choices(CAPS, style, weight)
-        got = Counter(train_caption(CAPS, duplication=style, weight=weight, mitigation="none", p=0.1,
-                                    tokenizer=None, rng=rng) for _ in range(60))
+        got = Counter(
+            train_caption(
+                CAPS, duplication=style, weight=weight, mitigation="none", p=0.1, tokenizer=None, rng=rng
+            )
+            for _ in range(60)
+        )
         assert set(got) == expected
 
 
@@ -170,7 +174,9 @@ def test_random_token_ids_equal_upstreams_with_the_sd_tokenizer():
         assert random_token_ids(tok, n, ours) == upstream_token_ids(theirs, n).tolist()
 
 
-@pytest.mark.parametrize("size, special", [(515, (513, 514)), (50, (0, 1)), (50, (3, 17, 49)), (60000, (49406, 7))])
+@pytest.mark.parametrize(
+    "size, special", [(515, (513, 514)), (50, (0, 1)), (50, (3, 17, 49)), (60000, (49406, 7))]
+)
 def test_random_token_ids_never_draw_a_special_id(size, special):
     """Any tokenizer size: the ids drawn are [0, min(49400, size)) without the special ones, uniformly."""
     tok = FakeTokenizer(size=size, special=special)

@@ -41,8 +41,12 @@ def test_tables_get_the_platform_columns_and_the_log_the_full_fingerprint(caplog
 def test_build_report_carries_measurements_and_platform():
     fp = provenance.platform_fingerprint()
     report = provenance.build_report({"mse": 0.1}, fp, durations_s={"total": 3.0})
-    assert report == {"metrics": {"mse": 0.1}, "durations_s": {"total": 3.0},
-                      "platform_id": provenance.platform_id(fp), "platform": fp}
+    assert report == {
+        "metrics": {"mse": 0.1},
+        "durations_s": {"total": 3.0},
+        "platform_id": provenance.platform_id(fp),
+        "platform": fp,
+    }
 
 
 def test_progress_lines_show_rate_and_eta_every_interval(caplog):

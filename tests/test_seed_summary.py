@@ -8,8 +8,16 @@ from diffrep import seed_summary
 
 def summary(tmp_path, seed, p95s, name=None, machine=None):
     rows = [
-        {"study": "mini", "seed": seed, "dataset": "shapes", "run": run, "preset": "default", "embedder": "pixel",
-         "p95": p95, "fid": "skipped"}
+        {
+            "study": "mini",
+            "seed": seed,
+            "dataset": "shapes",
+            "run": run,
+            "preset": "default",
+            "embedder": "pixel",
+            "p95": p95,
+            "fid": "skipped",
+        }
         for run, p95 in p95s.items()
     ]
     df = pd.DataFrame(rows)
@@ -21,8 +29,10 @@ def summary(tmp_path, seed, p95s, name=None, machine=None):
 
 
 def test_mean_sd_min_max_per_setting(tmp_path):
-    files = [summary(tmp_path, 0, {"nodup": 0.5, "dup_both": 0.8}),
-             summary(tmp_path, 1, {"nodup": 0.7, "dup_both": 0.9})]
+    files = [
+        summary(tmp_path, 0, {"nodup": 0.5, "dup_both": 0.8}),
+        summary(tmp_path, 1, {"nodup": 0.7, "dup_both": 0.9}),
+    ]
     table = seed_summary.spread(seed_summary.read_summaries(files)).set_index("run")
     assert table.loc["nodup", "p95_mean"] == pytest.approx(0.6)
     assert table.loc["nodup", "p95_sd"] == pytest.approx(0.1414213, rel=1e-5)  # ddof 1
@@ -47,7 +57,9 @@ def test_machines_combined_give_a_machine_range_and_a_within_machine_seed_spread
     # pooled within machines: aaa 0.5/0.7 and bbb 0.53/0.9, one degree of freedom each
     assert row["p95_sd"] == pytest.approx(((0.02 + 0.0684500) / 2) ** 0.5, rel=1e-4)
     assert row["p95_mean"] == pytest.approx(0.6575)
-    text = seed_summary.markdown(seed_summary.spread(summaries), machine_table=seed_summary.machines(summaries))
+    text = seed_summary.markdown(
+        seed_summary.spread(summaries), machine_table=seed_summary.machines(summaries)
+    )
     assert "- aaa (seeds 0 1): CPU aaa | AVX2 | 2 threads | torch 2.14.1" in text
     assert "(machines Δ 0.030)" in text
 
@@ -55,7 +67,9 @@ def test_machines_combined_give_a_machine_range_and_a_within_machine_seed_spread
 def test_the_same_seed_twice_on_one_machine_is_refused_naming_both_files(tmp_path):
     a = summary(tmp_path, 0, {"nodup": 0.5}, "a.csv")
     b = summary(tmp_path, 0, {"nodup": 0.6}, "b.csv")
-    with pytest.raises(seed_summary.SeedSummaryError, match=r"b\.csv and .*a\.csv both have seed 0 on machine unknown"):
+    with pytest.raises(
+        seed_summary.SeedSummaryError, match=r"b\.csv and .*a\.csv both have seed 0 on machine unknown"
+    ):
         seed_summary.read_summaries([a, b])
     c = summary(tmp_path, 0, {"nodup": 0.6}, "c.csv", machine="aaa")
     d = summary(tmp_path, 0, {"nodup": 0.6}, "d.csv", machine="aaa")

@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+
 from conftest import copy_workflow, job_counts, snakemake
 
 MICRO = ["--configfile", "tests/microshowcase/config.yaml", "--replace-workflow-config"]

@@ -43,14 +43,16 @@ def test_top1_statistics_match_a_hand_computed_example():
 
 
 def test_statistics_split_by_prompt_duplication_and_source_match():
-    matches = pd.DataFrame({
-        "generation": ["g0", "g0", "g1", "g1", "g2", "g2", "g3", "g3"],
-        "rank": [0, 1] * 4,
-        "train_id": ["a", "b", "b", "a", "c", "a", "a", "c"],
-        "similarity": [0.9, 0.3, 0.7, 0.6, 0.4, 0.2, 0.55, 0.5],
-        "source_id": ["a", "a", "c", "c", "c", "c", "b", "b"],
-        "duplicated": [True, True, True, True, False, False, False, False],
-    })
+    matches = pd.DataFrame(
+        {
+            "generation": ["g0", "g0", "g1", "g1", "g2", "g2", "g3", "g3"],
+            "rank": [0, 1] * 4,
+            "train_id": ["a", "b", "b", "a", "c", "a", "a", "c"],
+            "similarity": [0.9, 0.3, 0.7, 0.6, 0.4, 0.2, 0.55, 0.5],
+            "source_id": ["a", "a", "c", "c", "c", "c", "b", "b"],
+            "duplicated": [True, True, True, True, False, False, False, False],
+        }
+    )
     matches["is_source"] = matches["train_id"] == matches["source_id"]
     s = S.similarity_statistics(matches, threshold=0.5)
     assert s["n"] == 4 and s["mean"] == pytest.approx((0.9 + 0.7 + 0.4 + 0.55) / 4)
@@ -117,8 +119,17 @@ def _generations(tmp_path, data, plant):
     rows = []
     for i, (im, source) in enumerate(plant):
         im.save(gen / f"{i:05d}.png")
-        rows.append({"index": i, "file": f"{i:05d}.png", "source_id": source, "duplicated": i % 2 == 0,
-                     "prompt": "p", "prompt_used": "p", "seed": i})
+        rows.append(
+            {
+                "index": i,
+                "file": f"{i:05d}.png",
+                "source_id": source,
+                "duplicated": i % 2 == 0,
+                "prompt": "p",
+                "prompt_used": "p",
+                "seed": i,
+            }
+        )
     pd.DataFrame(rows).to_parquet(gen / "prompts.parquet")
     return gen
 
@@ -147,17 +158,44 @@ def test_planted_copies_are_found_as_top1(tmp_path, embedder):
     if embedder == "pixel":
         cfg, model = {"type": "pixel", "size": 16}, None
     else:
-        cfg, model = {"type": "sscd", "model": "standin", "preprocess": "upstream"}, make_sscd_standin(
-            tmp_path / "standin")
-    E.embed_to_file(cfg, tmp_path / "train.npz", images_dir=images, metadata=data / "metadata.parquet",
-                    model_dir=model, device="cpu")
+        cfg, model = (
+            {"type": "sscd", "model": "standin", "preprocess": "upstream"},
+            make_sscd_standin(tmp_path / "standin"),
+        )
+    E.embed_to_file(
+        cfg,
+        tmp_path / "train.npz",
+        images_dir=images,
+        metadata=data / "metadata.parquet",
+        model_dir=model,
+        device="cpu",
+    )
     E.embed_to_file(cfg, tmp_path / "gen.npz", generations=gen, model_dir=model, device="cpu")
     ident = {"dataset": "shapes", "embedder": embedder, "run": "base", "preset": "default"}
-    stats = S.retrieve_files(tmp_path / "train.npz", tmp_path / "gen.npz", gen, tmp_path / "m.parquet",
-                             tmp_path / "s.json", {"top_k": 3, "threshold": 0.5, "index": "exact"}, identity=ident)
+    stats = S.retrieve_files(
+        tmp_path / "train.npz",
+        tmp_path / "gen.npz",
+        gen,
+        tmp_path / "m.parquet",
+        tmp_path / "s.json",
+        {"top_k": 3, "threshold": 0.5, "index": "exact"},
+        identity=ident,
+    )
     m = pd.read_parquet(tmp_path / "m.parquet")
-    assert list(m.columns) == ["dataset", "embedder", "run", "preset", "generation", "rank", "train_id",
-                               "similarity", "source_id", "duplicated", "dup_set", "is_source"]
+    assert list(m.columns) == [
+        "dataset",
+        "embedder",
+        "run",
+        "preset",
+        "generation",
+        "rank",
+        "train_id",
+        "similarity",
+        "source_id",
+        "duplicated",
+        "dup_set",
+        "is_source",
+    ]
     assert m[list(ident)].drop_duplicates().to_dict("records") == [ident]  # the table says what it is
     assert len(m) == 4 * 3 and list(m["rank"][:3]) == [0, 1, 2]
     top1 = m[m["rank"] == 0].set_index("generation")
@@ -174,7 +212,9 @@ def test_planted_copies_are_found_as_top1(tmp_path, embedder):
     assert {k: on_disk[k] for k in ident} == ident
     assert on_disk["embedder_model"] == E.read_embeddings(tmp_path / "gen.npz")["embedder"]
     assert on_disk["preprocess"] == {"pixel": "pixel16", "sscd": "upstream"}[embedder]
-    assert on_disk["preprocess_detail"].startswith({"pixel": "Resize 16", "sscd": "Resize 256, CenterCrop 224"}[embedder])
+    assert on_disk["preprocess_detail"].startswith(
+        {"pixel": "Resize 16", "sscd": "Resize 256, CenterCrop 224"}[embedder]
+    )
     assert on_disk["top_k"] == 3 and on_disk["n_train"] == 40 and on_disk["index"] == "exact"
 
 
@@ -182,19 +222,38 @@ def test_train_baseline_files_and_mismatched_embeddings(tmp_path):
     rng = np.random.default_rng(0)
     emb = unit(rng.normal(size=(10, 8)))
     E.write_embeddings(tmp_path / "train.npz", [f"t{i}" for i in range(10)], emb, "pixel(size=8)", "pixel8")
-    stats = S.train_baseline_files(tmp_path / "train.npz", tmp_path / "b.json", tmp_path / "b.parquet",
-                                   {"threshold": 0.5}, identity={"dataset": "shapes", "embedder": "pixel"})
+    stats = S.train_baseline_files(
+        tmp_path / "train.npz",
+        tmp_path / "b.json",
+        tmp_path / "b.parquet",
+        {"threshold": 0.5},
+        identity={"dataset": "shapes", "embedder": "pixel"},
+    )
     table = pd.read_parquet(tmp_path / "b.parquet")
-    assert (stats["dataset"], stats["embedder"], stats["embedder_model"]) == ("shapes", "pixel", "pixel(size=8)")
-    assert S.read_identified(tmp_path / "b.parquet", S.BASELINE_IDENTITY, "train_baseline")[0] == ("shapes", "pixel")
+    assert (stats["dataset"], stats["embedder"], stats["embedder_model"]) == (
+        "shapes",
+        "pixel",
+        "pixel(size=8)",
+    )
+    assert S.read_identified(tmp_path / "b.parquet", S.BASELINE_IDENTITY, "train_baseline")[0] == (
+        "shapes",
+        "pixel",
+    )
     sims = emb @ emb.T
     np.fill_diagonal(sims, -np.inf)
     np.testing.assert_allclose(np.sort(table["similarity"]), np.sort(sims.max(1)), atol=1e-5)
     assert stats["n"] == 10 and json.loads((tmp_path / "b.json").read_text())["preprocess"] == "pixel8"
     E.write_embeddings(tmp_path / "gen.npz", ["g0"], emb[:1], "sscd:sscd_disc_large", "upstream")
     with pytest.raises(S.SimilarityError, match="embedder differs.*train.npz.*pixel.*gen.npz.*sscd"):
-        S.retrieve_files(tmp_path / "train.npz", tmp_path / "gen.npz", tmp_path, tmp_path / "m.parquet",
-                         tmp_path / "s.json", {}, identity={"dataset": "d", "embedder": "e", "run": "base", "preset": "p"})
+        S.retrieve_files(
+            tmp_path / "train.npz",
+            tmp_path / "gen.npz",
+            tmp_path,
+            tmp_path / "m.parquet",
+            tmp_path / "s.json",
+            {},
+            identity={"dataset": "d", "embedder": "e", "run": "base", "preset": "p"},
+        )
     assert not (tmp_path / "m.parquet").exists() and not (tmp_path / "s.json").exists()
 
 
@@ -216,16 +275,27 @@ def test_metric_rules_run_on_planted_inputs(tmp_path):
     wf = copy_workflow(tmp_path)
     data = make_dataset(wf / "resources/data/micro_shapes", n=12, seed=5)
     meta = pd.read_parquet(data / "metadata.parquet")
-    (data / "images.sha256").write_text("".join(
-        f"{hashlib.sha256((data / 'images' / f).read_bytes()).hexdigest()}  images/{f}\n" for f in meta["file"]))
+    (data / "images.sha256").write_text(
+        "".join(
+            f"{hashlib.sha256((data / 'images' / f).read_bytes()).hexdigest()}  images/{f}\n"
+            for f in meta["file"]
+        )
+    )
     models = wf / "resources/models"
     (models / "fid_inception_micro").mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in F.random_inception_state_dict(0).items()},
-              str(models / "fid_inception_micro/inception.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in F.random_inception_state_dict(0).items()},
+        str(models / "fid_inception_micro/inception.safetensors"),
+    )
     (models / "fid_inception_micro.sha256").write_text("0  fid_inception_micro/inception.safetensors\n")
-    unet = {"conv_in.weight": torch.ones(4, 4, 3, 3),
-            "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": torch.ones(4, 4)}
-    for folder in (models / "micro_sd", wf / "results/micro/micro_shapes/models/dup_both.instancelevel_blip.none"):
+    unet = {
+        "conv_in.weight": torch.ones(4, 4, 3, 3),
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": torch.ones(4, 4),
+    }
+    for folder in (
+        models / "micro_sd",
+        wf / "results/micro/micro_shapes/models/dup_both.instancelevel_blip.none",
+    ):
         (folder / "unet").mkdir(parents=True)
         save_file(unet, str(folder / "unet/diffusion_pytorch_model.safetensors"))
         unet = {**unet, "conv_in.weight": torch.ones(4, 4, 3, 3) * 1.1}
@@ -237,32 +307,67 @@ def test_metric_rules_run_on_planted_inputs(tmp_path):
         for i in range(4):
             im = Image.open(data / "images/img003.png") if i == 1 else smooth_image(rng)
             im.save(gen / f"{i:05d}.png")
-        pd.DataFrame({"index": range(4), "file": [f"{i:05d}.png" for i in range(4)],
-                      "source_id": ["img000", "img003", "img005", "img007"], "duplicated": [False, True, False, True],
-                      "prompt": ["p"] * 4, "prompt_used": ["p"] * 4, "seed": range(4)}).to_parquet(
-            gen / "prompts.parquet")
+        pd.DataFrame(
+            {
+                "index": range(4),
+                "file": [f"{i:05d}.png" for i in range(4)],
+                "source_id": ["img000", "img003", "img005", "img007"],
+                "duplicated": [False, True, False, True],
+                "prompt": ["p"] * 4,
+                "prompt_used": ["p"] * 4,
+                "seed": range(4),
+            }
+        ).to_parquet(gen / "prompts.parquet")
     R = "results/micro/micro_shapes"
     (wf / R / "duplication").mkdir(parents=True)
     for style in ("nodup", "dup_both"):  # img003 and img007 form the duplicated set
-        pd.DataFrame({"id": meta["id"], "duplicated": meta["id"].isin(["img003", "img007"]) & (style != "nodup"),
-                      "weight": 1.0, "dup_set": meta["id"].isin(["img003", "img007"])}).to_parquet(
-            wf / R / f"duplication/{style}.parquet")
+        pd.DataFrame(
+            {
+                "id": meta["id"],
+                "duplicated": meta["id"].isin(["img003", "img007"]) & (style != "nodup"),
+                "weight": 1.0,
+                "dup_set": meta["id"].isin(["img003", "img007"]),
+            }
+        ).to_parquet(wf / R / f"duplication/{style}.parquet")
     targets = [f"{R}/similarity/pixel/{run}/default.json" for run in runs] + [
-        f"{R}/similarity/pixel/train_baseline.json", f"{R}/fid/reference.npz",
-        f"{R}/weightdiff/dup_both.instancelevel_blip.none.parquet"]
-    proc = snakemake(["--cores", "2", "--configfile", "tests/micro/config.yaml", "--replace-workflow-config",
-                      "--allowed-rules", "embed_train", "embed_generations", "retrieve", "train_baseline",
-                      "fid_reference", "weightdiff", "--", *targets], cwd=wf)
+        f"{R}/similarity/pixel/train_baseline.json",
+        f"{R}/fid/reference.npz",
+        f"{R}/weightdiff/dup_both.instancelevel_blip.none.parquet",
+    ]
+    proc = snakemake(
+        [
+            "--cores",
+            "2",
+            "--configfile",
+            "tests/micro/config.yaml",
+            "--replace-workflow-config",
+            "--allowed-rules",
+            "embed_train",
+            "embed_generations",
+            "retrieve",
+            "train_baseline",
+            "fid_reference",
+            "weightdiff",
+            "--",
+            *targets,
+        ],
+        cwd=wf,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stderr.count("rule embed_train:") == 1 and proc.stderr.count("rule fid_reference:") == 1
     for run in runs:
         stats = json.loads((wf / f"{R}/similarity/pixel/{run}/default.json").read_text())
-        assert stats["n"] == 4 and stats["embedder_model"] == "pixel(size=8)" and stats["source_match_rate"] >= 0.25
+        assert (
+            stats["n"] == 4
+            and stats["embedder_model"] == "pixel(size=8)"
+            and stats["source_match_rate"] >= 0.25
+        )
         # the rule wrote what each file is (its wildcards), for readers that never parse paths
         assert [stats[k] for k in S.MATCHES_IDENTITY] == ["micro_shapes", "pixel", run, "default"]
         m = pd.read_parquet(wf / f"{R}/similarity/pixel/{run}/default.parquet")
-        assert S.read_identified(wf / f"{R}/similarity/pixel/{run}/default.parquet", S.MATCHES_IDENTITY,
-                                 "retrieve")[0] == ("micro_shapes", "pixel", run, "default")
+        assert S.read_identified(
+            wf / f"{R}/similarity/pixel/{run}/default.parquet", S.MATCHES_IDENTITY, "retrieve"
+        )[0] == ("micro_shapes", "pixel", run, "default")
         top1 = m[(m["generation"] == "00001.png") & (m["rank"] == 0)].iloc[0]
         assert top1["train_id"] == "img003" and top1["similarity"] == pytest.approx(1.0, abs=1e-5)
         assert top1["is_source"] and top1["duplicated"]
@@ -274,12 +379,22 @@ def test_metric_rules_run_on_planted_inputs(tmp_path):
 
 
 def test_top1_in_the_duplicated_set_counts_matches_not_prompts():
-    matches = pd.DataFrame({
-        "generation": ["g0", "g0", "g1", "g2", "g3"], "rank": [0, 1, 0, 0, 0],
-        "train_id": ["a", "b", "b", "a", "c"], "similarity": [0.9, 0.5, 0.8, 0.7, 0.6],
-    })
-    nodup_plan = pd.DataFrame({"id": ["a", "b", "c", "d"], "duplicated": False, "weight": 1.0,
-                               "dup_set": [True, False, False, False]})
+    matches = pd.DataFrame(
+        {
+            "generation": ["g0", "g0", "g1", "g2", "g3"],
+            "rank": [0, 1, 0, 0, 0],
+            "train_id": ["a", "b", "b", "a", "c"],
+            "similarity": [0.9, 0.5, 0.8, 0.7, 0.6],
+        }
+    )
+    nodup_plan = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "duplicated": False,
+            "weight": 1.0,
+            "dup_set": [True, False, False, False],
+        }
+    )
     s = S.dup_set_statistics(matches, nodup_plan)
     assert s == {"top1_in_dup_set": 0.5, "dup_set_share": 0.25}  # g0 and g2 of 4 matched a
     old_plan = nodup_plan.drop(columns="dup_set").assign(duplicated=[False, True, True, False])

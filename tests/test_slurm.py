@@ -58,9 +58,7 @@ def needs_cluster(test):
     for mark in (
         pytest.mark.slurm,
         pytest.mark.slow,
-        pytest.mark.skipif(
-            os.geteuid() != 0, reason="a test SLURM cluster needs root (slurmd runs jobs)"
-        ),
+        pytest.mark.skipif(os.geteuid() != 0, reason="a test SLURM cluster needs root (slurmd runs jobs)"),
         pytest.mark.skipif(
             bool(_missing),
             reason=f"slurm-wlm/munge not installed (missing {', '.join(_missing)}): run .ci/setup-system",
@@ -104,11 +102,9 @@ def test_profile_covers_every_gpu_job_of_the_paper_study(workflow_copy):
         gpu = re.search(r"^\s+resources: .*\bgpu=(\d+)", line)
         if gpu and int(gpu.group(1)) > 0:
             gpu_jobs.setdefault(rule, set()).add(int(gpu.group(1)))
-    assert GPU_RULES <= set(gpu_jobs)
+    assert set(gpu_jobs) >= GPU_RULES
     for rule in gpu_jobs:
-        assert (
-            rule in sized
-        ), f"rule {rule} asks for a GPU but profiles/slurm sets no resources for it"
+        assert rule in sized, f"rule {rule} asks for a GPU but profiles/slurm sets no resources for it"
         assert {"cpus_per_task", "mem_mb", "runtime"} <= set(sized[rule]), (rule, sized[rule])
         assert profile["set-threads"][rule] == sized[rule]["cpus_per_task"], rule
     assert gpu_jobs["finetune"] == {1}  # resources.train_processes of config.yaml
@@ -325,7 +321,7 @@ def test_profile_requests_reach_slurm(cluster, tmp_path):
     (work / "profiles/slurm/config.yaml").write_text(shipped.read_text())
     profile = ci_profile(work)
     gpu_rules = list(profile["set-resources"])
-    assert GPU_RULES <= set(gpu_rules)
+    assert set(gpu_rules) >= GPU_RULES
     rules_text = "".join(PROBE_RULE.format(name=name) for name in gpu_rules)
     (work / "Snakefile").write_text(PROBE_SNAKEFILE.format(rules=gpu_rules, gpu_rules=rules_text))
 
@@ -342,10 +338,7 @@ def test_profile_requests_reach_slurm(cluster, tmp_path):
             assert flags.get(flag) == value, (name, flag, flags)
         # the job ran inside its SLURM allocation, which holds the requested GPUs and CPUs
         out = dict(kv.split("=", 1) for kv in (work / f"probe/{name}.txt").read_text().split())
-        assert (
-            out["gpus"] == flags["--gpus"].split(":")[-1]
-            and out["cpus"] == flags["--cpus-per-task"]
-        )
+        assert out["gpus"] == flags["--gpus"].split(":")[-1] and out["cpus"] == flags["--cpus-per-task"]
         assert out["threads"] == str(profile["set-threads"][name])
     defaults = profile["default-resources"]
     tables = calls["tables"]
@@ -377,9 +370,7 @@ def local_reference(request, tmp_path) -> tuple[Path, str, bool]:
     except AssertionError:  # a micro step still fails: compare the part that runs
         pass
     else:
-        logs = sorted(
-            (wf / ".snakemake/log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime
-        )
+        logs = sorted((wf / ".snakemake/log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
         return wf, next(p.read_text() for p in logs if "Finished jobid" in p.read_text()), True
     wf = copy_workflow(tmp_path / "local")
     cmd = [*MICRO_CONFIG, "-c", str(N_CPUS), "--max-threads", str(JOB_CPUS), "--keep-going"]
@@ -414,18 +405,14 @@ def test_micro_study_on_slurm_matches_local_run(cluster, request, tmp_path):
         assert set(outputs(slurm_jobs, slurm_done)) <= set(outputs(local_jobs, local_done))
     else:
         assert outputs(slurm_jobs, slurm_done) == outputs(local_jobs, local_done), slurm_log[-6000:]
-        assert outputs(slurm_jobs, slurm_failed) == outputs(local_jobs, local_failed), slurm_log[
-            -6000:
-        ]
+        assert outputs(slurm_jobs, slurm_failed) == outputs(local_jobs, local_failed), slurm_log[-6000:]
     for root, jobs, failed in (
         (local, local_jobs, local_failed),
         (remote, slurm_jobs, slurm_failed),
     ):
         for i in failed:
             text = (root / jobs[i]["log"]).read_text() if jobs[i]["log"] else ""
-            assert (
-                "not implemented: issue" in text
-            ), f"{jobs[i]['rule']} failed in {root}:\n{text[-3000:]}"
+            assert "not implemented: issue" in text, f"{jobs[i]['rule']} failed in {root}:\n{text[-3000:]}"
     if not local_failed:
         assert ran.returncode == 0, slurm_log[-6000:]
 

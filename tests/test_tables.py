@@ -13,12 +13,21 @@ from diffrep.tables import SKIPPED, TableError, summary_table, weightdiff_table,
 
 STUDY = "mini"
 DS, EMB = "shapes", "pixel"
-RUNS = ["base", "nodup.instancelevel_blip.none", "dup_both.instancelevel_blip.none",
-        "dup_both.instancelevel_blip.allcaps"]
+RUNS = [
+    "base",
+    "nodup.instancelevel_blip.none",
+    "dup_both.instancelevel_blip.none",
+    "dup_both.instancelevel_blip.allcaps",
+]
 PRESETS = {
     "default": {**PRESET_DEFAULTS, "steps": 20, "guidance_scale": 3.0, "scheduler": "ddim"},
-    "rand_word_add": {**PRESET_DEFAULTS, "mitigation": "rand_word_add", "steps": 20, "guidance_scale": 3.0,
-                      "scheduler": "ddim"},
+    "rand_word_add": {
+        **PRESET_DEFAULTS,
+        "mitigation": "rand_word_add",
+        "steps": 20,
+        "guidance_scale": 3.0,
+        "scheduler": "ddim",
+    },
 }
 TRAIN_IDS = [f"img{i:03d}" for i in range(20)]
 DUPLICATED = set(TRAIN_IDS[:4])
@@ -28,14 +37,39 @@ def _stats(values, dup_values, nodup_values):
     def s(x):
         x = np.asarray(x, float)
         if not x.size:
-            return {"n": 0, "mean": None, "std": None, "p75": None, "p90": None, "p95": None, "frac_above": None,
-                    "source_match_rate": None}
-        return {"n": int(x.size), "mean": float(x.mean()), "std": float(x.std()),
-                "p75": float(np.percentile(x, 75)), "p90": float(np.percentile(x, 90)),
-                "p95": float(np.percentile(x, 95)), "frac_above": float((x > 0.5).mean()), "source_match_rate": 0.25}
-    return {**s(values), "threshold": 0.5, "duplicated": s(dup_values), "not_duplicated": s(nodup_values),
-            "embedder": EMB, "preprocess": "pixel16", "preprocess_detail": "16 px", "index": "exact", "top_k": 3,
-            "n_train": len(TRAIN_IDS)}
+            return {
+                "n": 0,
+                "mean": None,
+                "std": None,
+                "p75": None,
+                "p90": None,
+                "p95": None,
+                "frac_above": None,
+                "source_match_rate": None,
+            }
+        return {
+            "n": int(x.size),
+            "mean": float(x.mean()),
+            "std": float(x.std()),
+            "p75": float(np.percentile(x, 75)),
+            "p90": float(np.percentile(x, 90)),
+            "p95": float(np.percentile(x, 95)),
+            "frac_above": float((x > 0.5).mean()),
+            "source_match_rate": 0.25,
+        }
+
+    return {
+        **s(values),
+        "threshold": 0.5,
+        "duplicated": s(dup_values),
+        "not_duplicated": s(nodup_values),
+        "embedder": EMB,
+        "preprocess": "pixel16",
+        "preprocess_detail": "16 px",
+        "index": "exact",
+        "top_k": 3,
+        "n_train": len(TRAIN_IDS),
+    }
 
 
 def _png(path, seed):
@@ -46,8 +80,15 @@ def _png(path, seed):
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
 
 
-def make_study(root: Path, runs=RUNS, presets=("default",), fid=True, clip=False, images=False,
-               mitigated_presets=("rand_word_add",)) -> dict:
+def make_study(
+    root: Path,
+    runs=RUNS,
+    presets=("default",),
+    fid=True,
+    clip=False,
+    images=False,
+    mitigated_presets=("rand_word_add",),
+) -> dict:
     """Synthetic inputs of the tables and figure rules (similarity JSON + parquet, baselines, FID, CLIP
     score, weightdiff, plans, manifests), the rule's inputs / params pointing at them, and ``plan_ids``
     (the summary_figure rule's params). The files lie flat under opaque names (``files/003.json``):
@@ -61,8 +102,21 @@ def make_study(root: Path, runs=RUNS, presets=("default",), fid=True, clip=False
         return flat / f"{next(counter):03d}{suffix}"
 
     rng = np.random.default_rng(0)
-    inputs = {k: [] for k in ("similarity", "matches", "baselines", "baseline_matches", "fid", "clipscore",
-                              "weightdiff", "model_manifests", "dataset_manifests", "plans")}
+    inputs = {
+        k: []
+        for k in (
+            "similarity",
+            "matches",
+            "baselines",
+            "baseline_matches",
+            "fid",
+            "clipscore",
+            "weightdiff",
+            "model_manifests",
+            "dataset_manifests",
+            "plans",
+        )
+    }
     ids = {k: [] for k in ("fid", "clipscore", "weightdiff", "model_manifests", "dataset_manifests")}
     gens = []
     for run in runs:
@@ -79,27 +133,49 @@ def make_study(root: Path, runs=RUNS, presets=("default",), fid=True, clip=False
             top = [source[j], *rng.choice(TRAIN_IDS, 2, replace=False)]
             sims = sorted(rng.uniform(0.2, 0.9, 3), reverse=True)
             for k in range(3):
-                rows.append({"generation": f"{j:05d}.png", "rank": k, "train_id": top[k],
-                             "similarity": np.float32(sims[k]), "source_id": source[j], "duplicated": bool(dup[j]),
-                             "is_source": top[k] == source[j]})
+                rows.append(
+                    {
+                        "generation": f"{j:05d}.png",
+                        "rank": k,
+                        "train_id": top[k],
+                        "similarity": np.float32(sims[k]),
+                        "source_id": source[j],
+                        "duplicated": bool(dup[j]),
+                        "is_source": top[k] == source[j],
+                    }
+                )
         ident = {"dataset": DS, "embedder": EMB, "run": run, "preset": gen}
         m = pd.DataFrame(rows)
         top1 = m[m["rank"] == 0]
         matches, stats = opaque(".parquet"), opaque(".json")
         m.assign(**ident).to_parquet(matches)
-        stats.write_text(json.dumps({**ident, **_stats(top1["similarity"], top1[top1["duplicated"]]["similarity"],
-                                                       top1[~top1["duplicated"]]["similarity"])}))
+        stats.write_text(
+            json.dumps(
+                {
+                    **ident,
+                    **_stats(
+                        top1["similarity"],
+                        top1[top1["duplicated"]]["similarity"],
+                        top1[~top1["duplicated"]]["similarity"],
+                    ),
+                }
+            )
+        )
         inputs["similarity"].append(str(stats))
         inputs["matches"].append(str(matches))
         key = {"dataset": DS, "run": run, "preset": gen}
         if fid:
             p = opaque(".json")
-            p.write_text(json.dumps({"fid": 100.0 + 10 * i, "n_generated": n, "n_reference": 20, "resolution": 32}))
+            p.write_text(
+                json.dumps({"fid": 100.0 + 10 * i, "n_generated": n, "n_reference": 20, "resolution": 32})
+            )
             inputs["fid"].append(str(p))
             ids["fid"].append(key)
         if clip:
             p = opaque(".json")
-            p.write_text(json.dumps({"clip_cosine_mean": 0.3, "clipscore": 30.0 - i, "n": n, "model": "clip_tiny"}))
+            p.write_text(
+                json.dumps({"clip_cosine_mean": 0.3, "clipscore": 30.0 - i, "n": n, "model": "clip_tiny"})
+            )
             inputs["clipscore"].append(str(p))
             ids["clipscore"].append(key)
         if images:
@@ -107,38 +183,68 @@ def make_study(root: Path, runs=RUNS, presets=("default",), fid=True, clip=False
                 _png(r / DS / "generations" / run / gen / f"{j:05d}.png", seed=100 * i + j)
     bl_matches, bl_stats = opaque(".parquet"), opaque(".json")
     bl_sims = rng.uniform(0.3, 0.6, len(TRAIN_IDS))
-    pd.DataFrame({"dataset": DS, "embedder": EMB, "train_id": TRAIN_IDS, "match_id": TRAIN_IDS[1:] + TRAIN_IDS[:1],
-                  "similarity": bl_sims}).to_parquet(bl_matches)
-    bl_stats.write_text(json.dumps({"dataset": DS, "embedder": EMB, **_stats(bl_sims, [], []), "n": len(TRAIN_IDS)}))
+    pd.DataFrame(
+        {
+            "dataset": DS,
+            "embedder": EMB,
+            "train_id": TRAIN_IDS,
+            "match_id": TRAIN_IDS[1:] + TRAIN_IDS[:1],
+            "similarity": bl_sims,
+        }
+    ).to_parquet(bl_matches)
+    bl_stats.write_text(
+        json.dumps({"dataset": DS, "embedder": EMB, **_stats(bl_sims, [], []), "n": len(TRAIN_IDS)})
+    )
     inputs["baselines"].append(str(bl_stats))
     inputs["baseline_matches"].append(str(bl_matches))
     for run in runs:
         if run == "base":
             continue
         p = opaque(".parquet")
-        names = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
-                 "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
-                 "mid_block.resnets.0.conv1.weight", "conv_in.weight", "up_blocks.1.attentions.0.proj_in.weight"]
+        names = [
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+            "mid_block.resnets.0.conv1.weight",
+            "conv_in.weight",
+            "up_blocks.1.attentions.0.proj_in.weight",
+        ]
         comp = ["attn1", "attn2", "other", "other", "other"]
         blk = ["down_blocks.0", "down_blocks.0", "mid_block", "conv_in", "up_blocks.1"]
         l2 = [0.1, 0.3, 0.2, 0.05, None]
-        pd.DataFrame({"tensor": names, "component": comp, "block": blk, "shape": ["32x32"] * 5,
-                      "base_shape": ["32x32"] * 4 + ["16x32"], "numel": [1024] * 5,
-                      "l1": [x * 10 if x else None for x in l2], "l1_mean": [x / 100 if x else None for x in l2],
-                      "l2": l2, "rel_l2": [x / 2 if x else None for x in l2],
-                      "cosine": [0.99, 0.95, 0.98, 1.0, None],
-                      "shape_mismatch": [False] * 4 + [True],
-                      "status": ["ok"] * 4 + ["shape_mismatch"]}).to_parquet(p)
+        pd.DataFrame(
+            {
+                "tensor": names,
+                "component": comp,
+                "block": blk,
+                "shape": ["32x32"] * 5,
+                "base_shape": ["32x32"] * 4 + ["16x32"],
+                "numel": [1024] * 5,
+                "l1": [x * 10 if x else None for x in l2],
+                "l1_mean": [x / 100 if x else None for x in l2],
+                "l2": l2,
+                "rel_l2": [x / 2 if x else None for x in l2],
+                "cosine": [0.99, 0.95, 0.98, 1.0, None],
+                "shape_mismatch": [False] * 4 + [True],
+                "status": ["ok"] * 4 + ["shape_mismatch"],
+            }
+        ).to_parquet(p)
         inputs["weightdiff"].append(str(p))
         ids["weightdiff"].append({"dataset": DS, "run": run})
     plan_ids = []
     for plan in sorted({"nodup" if run == "base" else run.split(".")[0] for run in runs}):
         p = opaque(".parquet")
         dup = [plan != "nodup" and t in DUPLICATED for t in TRAIN_IDS]
-        pd.DataFrame({"id": TRAIN_IDS, "duplicated": dup, "weight": [5.0 if d else 1.0 for d in dup]}).to_parquet(p)
+        pd.DataFrame(
+            {"id": TRAIN_IDS, "duplicated": dup, "weight": [5.0 if d else 1.0 for d in dup]}
+        ).to_parquet(p)
         inputs["plans"].append(str(p))
-        plan_ids.append({"dataset": DS, "plan": plan,
-                         "runs": [run for run in runs if ("nodup" if run == "base" else run.split(".")[0]) == plan]})
+        plan_ids.append(
+            {
+                "dataset": DS,
+                "plan": plan,
+                "runs": [run for run in runs if ("nodup" if run == "base" else run.split(".")[0]) == plan],
+            }
+        )
     model_manifest, dataset_manifest = opaque(".sha256"), opaque(".sha256")
     model_manifest.write_text("ab" * 32 + "  mini_sd/unet/x.safetensors\n")
     dataset_manifest.write_text("cd" * 32 + "  images/img000.png\n")
@@ -148,11 +254,25 @@ def make_study(root: Path, runs=RUNS, presets=("default",), fid=True, clip=False
         for j, t in enumerate(TRAIN_IDS):
             _png(root / f"resources/data/{DS}/images/{t}.png", seed=10_000 + j)
         pd.DataFrame({"id": TRAIN_IDS, "file": [f"{t}.png" for t in TRAIN_IDS]}).to_parquet(
-            root / f"resources/data/{DS}/metadata.parquet")
-    params = {"study": STUDY, "presets": {g: PRESETS[g] for g in presets}, "base_model": "mini_sd",
-              "fid": fid, "clipscore": clip, "ids": ids}
+            root / f"resources/data/{DS}/metadata.parquet"
+        )
+    params = {
+        "study": STUDY,
+        "presets": {g: PRESETS[g] for g in presets},
+        "base_model": "mini_sd",
+        "fid": fid,
+        "clipscore": clip,
+        "ids": ids,
+    }
     outputs = {k: str(r / "tables" / f"{k}.csv") for k in ("summary", "weightdiff", "baselines")}
-    return {"root": root, "R": r, "inputs": inputs, "params": params, "outputs": outputs, "plan_ids": plan_ids}
+    return {
+        "root": root,
+        "R": r,
+        "inputs": inputs,
+        "params": params,
+        "outputs": outputs,
+        "plan_ids": plan_ids,
+    }
 
 
 @pytest.fixture
@@ -166,8 +286,17 @@ def test_summary_has_one_row_per_setting_with_settings_and_provenance(study):
     assert len(s) == len(RUNS) + 1  # + the rand_word_add preset on dup_both.instancelevel_blip.none
     assert set(s["study"]) == {"mini"}
     row = s[(s["run"] == "dup_both.instancelevel_blip.allcaps") & (s["preset"] == "default")].iloc[0]
-    assert (row["duplication"], row["conditioning"], row["train_mitigation"]) == ("dup_both", "instancelevel_blip", "allcaps")
-    assert (row["inference_mitigation"], row["scheduler"], row["guidance_scale"], row["steps"]) == ("none", "ddim", 3.0, 20)
+    assert (row["duplication"], row["conditioning"], row["train_mitigation"]) == (
+        "dup_both",
+        "instancelevel_blip",
+        "allcaps",
+    )
+    assert (row["inference_mitigation"], row["scheduler"], row["guidance_scale"], row["steps"]) == (
+        "none",
+        "ddim",
+        3.0,
+        20,
+    )
     mit = s[s["preset"] == "rand_word_add"].iloc[0]
     assert mit["inference_mitigation"] == "rand_word_add" and mit["train_mitigation"] == "none"
     base = s[s["run"] == "base"].iloc[0]
@@ -199,9 +328,17 @@ def test_disabled_clipscore_says_skipped(study):
 
 def test_enabled_metric_without_its_file_is_an_error(tmp_path):
     st = make_study(tmp_path, clip=False)
-    with pytest.raises(TableError, match="clipscore is enabled but no CLIP-score file for dataset shapes, run base"):
-        summary_table(st["inputs"]["similarity"], {}, {}, st["inputs"]["baselines"], fid_enabled=False,
-                      clipscore_enabled=True)
+    with pytest.raises(
+        TableError, match="clipscore is enabled but no CLIP-score file for dataset shapes, run base"
+    ):
+        summary_table(
+            st["inputs"]["similarity"],
+            {},
+            {},
+            st["inputs"]["baselines"],
+            fid_enabled=False,
+            clipscore_enabled=True,
+        )
 
 
 def test_clipscore_values_when_enabled(tmp_path):
@@ -227,11 +364,24 @@ def test_weightdiff_aggregates_per_run_component_block(study):
 
 def test_weightdiff_block_l2_is_the_norm_of_the_whole_difference(tmp_path):
     p = tmp_path / "any_name.parquet"
-    pd.DataFrame({"tensor": ["a", "b"], "component": ["other"] * 2, "block": ["mid_block"] * 2,
-                  "l1": [3.0, 4.0], "l2": [3.0, 4.0], "cosine": [1.0, 0.5], "numel": [1, 1],
-                  "rel_l2": [0.1, 0.2]}).to_parquet(p)
+    pd.DataFrame(
+        {
+            "tensor": ["a", "b"],
+            "component": ["other"] * 2,
+            "block": ["mid_block"] * 2,
+            "l1": [3.0, 4.0],
+            "l2": [3.0, 4.0],
+            "cosine": [1.0, 0.5],
+            "numel": [1, 1],
+            "rel_l2": [0.1, 0.2],
+        }
+    ).to_parquet(p)
     w = weightdiff_table({("shapes", "nodup.nolevel.none"): p}, "mini")
-    assert (w.iloc[0]["dataset"], w.iloc[0]["run"], w.iloc[0]["duplication"]) == ("shapes", "nodup.nolevel.none", "nodup")
+    assert (w.iloc[0]["dataset"], w.iloc[0]["run"], w.iloc[0]["duplication"]) == (
+        "shapes",
+        "nodup.nolevel.none",
+        "nodup",
+    )
     assert w.iloc[0]["l2"] == pytest.approx(5.0) and w.iloc[0]["l1"] == pytest.approx(7.0)
     assert w.iloc[0]["cosine_min"] == pytest.approx(0.5)
 
@@ -260,8 +410,12 @@ def test_metric_conventions_and_clipscore_bg_reach_the_summary(tmp_path):
     for p in st["inputs"]["clipscore"]:
         Path(p).write_text(json.dumps({**json.loads(Path(p).read_text()), "convention": "upstream"}))
     bg = st["R"] / "files" / "clip_bg.json"
-    bg.write_text(json.dumps({"clipscore": 0.31, "clip_cosine_mean": 0.31, "dataset": DS, "convention": "upstream"}))
-    write_tables({**st["inputs"], "clipscore_bg": [str(bg)]}, st["outputs"], {**st["params"], "clipscore": True})
+    bg.write_text(
+        json.dumps({"clipscore": 0.31, "clip_cosine_mean": 0.31, "dataset": DS, "convention": "upstream"})
+    )
+    write_tables(
+        {**st["inputs"], "clipscore_bg": [str(bg)]}, st["outputs"], {**st["params"], "clipscore": True}
+    )
     s = pd.read_csv(st["outputs"]["summary"])
     assert set(s["fid_convention"]) == {"upstream"} and set(s["clipscore_convention"]) == {"upstream"}
     assert set(s["clipscore_bg"]) == {0.31}
@@ -276,7 +430,9 @@ def test_statistics_written_before_they_said_what_they_are_ask_for_a_rerun(study
     old = Path(study["inputs"]["similarity"][0])
     stats = json.loads(old.read_text())
     old.write_text(json.dumps({k: v for k, v in stats.items() if k not in ("dataset", "run", "preset")}))
-    with pytest.raises(TableError, match=f"{old} does not say its dataset, run, preset.*snakemake --forcerun retrieve"):
+    with pytest.raises(
+        TableError, match=f"{old} does not say its dataset, run, preset.*snakemake --forcerun retrieve"
+    ):
         write_tables(study["inputs"], study["outputs"], study["params"])
 
 

@@ -95,7 +95,16 @@ def micro_sd(tmp_path_factory):
 
 
 # build_info.json is hashed by the model's manifest: only values fixed by the seed and options
-BUILD_INFO_KEYS = {"builder", "seed", "micro", "options", "trained", "sizes", "sample_prompts", "samples_image"}
+BUILD_INFO_KEYS = {
+    "builder",
+    "seed",
+    "micro",
+    "options",
+    "trained",
+    "sizes",
+    "sample_prompts",
+    "samples_image",
+}
 
 
 def test_micro_mini_sd_is_pretrained_and_recorded(micro_sd):

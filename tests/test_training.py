@@ -25,16 +25,26 @@ def build_inputs(root: Path, pipeline: bool = True) -> dict:
     (root / "images").mkdir(exist_ok=True)
     caps = {}
     for i, id_ in enumerate(ids):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "images" / f"{id_}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+            root / "images" / f"{id_}.png"
+        )
         caps[id_] = [f"a red circle number {i}", f"circle {i} variant", f"shape {i} other"]
-    pd.DataFrame({
-        "id": ids, "file": [f"{i}.png" for i in ids], "class": ["c"] * N_IMAGES,
-        "captions": [caps[i] for i in ids],
-    }).to_parquet(root / "metadata.parquet")
-    (root / "captions.json").write_text(json.dumps({"conditioning": "instancelevel_blip", "dataset": "t", "captions": caps}))
+    pd.DataFrame(
+        {
+            "id": ids,
+            "file": [f"{i}.png" for i in ids],
+            "class": ["c"] * N_IMAGES,
+            "captions": [caps[i] for i in ids],
+        }
+    ).to_parquet(root / "metadata.parquet")
+    (root / "captions.json").write_text(
+        json.dumps({"conditioning": "instancelevel_blip", "dataset": "t", "captions": caps})
+    )
     dup = np.arange(N_IMAGES) == 0
     for name, d in (("dup_both", dup), ("nodup", np.zeros(N_IMAGES, bool))):
-        pd.DataFrame({"id": ids, "duplicated": d, "weight": np.where(d, 5.0, 1.0)}).to_parquet(root / f"{name}.parquet")
+        pd.DataFrame({"id": ids, "duplicated": d, "weight": np.where(d, 5.0, 1.0)}).to_parquet(
+            root / f"{name}.parquet"
+        )
     if pipeline and not (root / "base").exists():
         from diffrep.tinysd import build_tiny_pipeline
 
@@ -49,12 +59,24 @@ def inputs(tmp_path_factory):
 
 def argv(root: Path, out: str, ckpt: str, **over) -> list[str]:
     args = dict(
-        pretrained_model_name_or_path=root / "base", train_data_dir=root / "images",
-        metadata=root / "metadata.parquet", captions=root / "captions.json", plan=root / "dup_both.parquet",
-        output_dir=root / out, checkpoints_dir=root / ckpt, duplication="dup_both",
-        conditioning="instancelevel_blip", train_mitigation="wordrepeat", trainspecial_prob=0.5,
-        resolution=32, train_batch_size=4, max_train_steps=5, checkpointing_steps=2, lr_warmup_steps=1,
-        learning_rate=1e-3, center_crop="false",
+        pretrained_model_name_or_path=root / "base",
+        train_data_dir=root / "images",
+        metadata=root / "metadata.parquet",
+        captions=root / "captions.json",
+        plan=root / "dup_both.parquet",
+        output_dir=root / out,
+        checkpoints_dir=root / ckpt,
+        duplication="dup_both",
+        conditioning="instancelevel_blip",
+        train_mitigation="wordrepeat",
+        trainspecial_prob=0.5,
+        resolution=32,
+        train_batch_size=4,
+        max_train_steps=5,
+        checkpointing_steps=2,
+        lr_warmup_steps=1,
+        learning_rate=1e-3,
+        center_crop="false",
     )
     args.update(over)
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]
@@ -64,8 +86,13 @@ def run_training(args, env_extra=None):
     import os
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "diffrep.training", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "diffrep.training", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 # ------------------------------------------------------------------ pure logic
@@ -94,7 +121,10 @@ def test_uniform_stream_is_a_permutation_per_epoch():
 def test_step_draws_cover_the_total_batch_once(processes, accum):
     micro = T.micro_batch_size(16, processes, accum)
     got = sorted(
-        d for r in range(processes) for batch in T.step_draws(3, 16, accum, processes, r, micro) for d in batch
+        d
+        for r in range(processes)
+        for batch in T.step_draws(3, 16, accum, processes, r, micro)
+        for d in batch
     )
     assert got == list(range(48, 64))  # step 3's draws, whatever the split
 
@@ -109,14 +139,18 @@ def test_captions_per_duplication_style(inputs):
     root = inputs["root"]
     tok = type("Tok", (), {"__len__": lambda s: 10, "decode": lambda s, ids, **k: "x"})()
     for style, expect_varied in (("dup_both", False), ("dup_image", True)):
-        data = T.load_train_data(root / "images", root / "metadata.parquet", root / "captions.json", root / "dup_both.parquet")
+        data = T.load_train_data(
+            root / "images", root / "metadata.parquet", root / "captions.json", root / "dup_both.parquet"
+        )
         args = T.parse_args(argv(root, "o", "c", duplication=style, train_mitigation="none"))
         ds = T.DrawDataset(data, T.DrawStream(data.weights, False, 0), tok, args)
         seen = {}
         for d in range(400):
             ex = ds.example(d)
             seen.setdefault(ex["index"], set()).add(ex["caption"])
-        assert seen[0] == (set(inputs["captions"]["img0"]) if expect_varied else {inputs["captions"]["img0"][0]})
+        assert seen[0] == (
+            set(inputs["captions"]["img0"]) if expect_varied else {inputs["captions"]["img0"][0]}
+        )
         assert all(len(v) == 1 for i, v in seen.items() if i != 0)  # not duplicated: caption [0]
         assert ds.example(17)["caption"] == ds.example(17)["caption"]  # a draw is deterministic
         assert np.array_equal(ds.example(17)["pixel_values"].numpy(), ds.example(17)["pixel_values"].numpy())
@@ -126,7 +160,9 @@ def test_plan_must_match_metadata(inputs, tmp_path):
     root = inputs["root"]
     pd.read_parquet(root / "dup_both.parquet").iloc[::-1].to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="ids differ from"):
-        T.load_train_data(root / "images", root / "metadata.parquet", root / "captions.json", tmp_path / "bad.parquet")
+        T.load_train_data(
+            root / "images", root / "metadata.parquet", root / "captions.json", tmp_path / "bad.parquet"
+        )
 
 
 def test_preprocess_crop_flip_range():
@@ -140,7 +176,9 @@ def test_preprocess_crop_flip_range():
 
 def test_launch_command_per_device():
     cmd, env = launch.launch_command(["--x"], processes=2, cuda=False)
-    assert "torch.distributed.run" in cmd and "--nproc_per_node=2" in cmd and env["ACCELERATE_USE_CPU"] == "true"
+    assert (
+        "torch.distributed.run" in cmd and "--nproc_per_node=2" in cmd and env["ACCELERATE_USE_CPU"] == "true"
+    )
     cmd, env = launch.launch_command(["--x"], processes=1, cuda=False)
     assert "accelerate.commands.launch" in cmd and "--cpu" in cmd
     cmd, _ = launch.launch_command(["--x"], processes=4, mixed_precision="bf16", cuda=True)
@@ -152,22 +190,50 @@ def test_training_argv_reaches_every_training_flag(inputs):
     """Each training config key that diffrep.launch passes is a flag of the training CLI, value intact."""
     root = inputs["root"]
     training = {
-        "resolution": 48, "center_crop": False, "random_flip": False, "train_batch_size": 6,
-        "gradient_accumulation_steps": 3, "learning_rate": 2e-4, "lr_scheduler": "cosine", "lr_warmup_steps": 7,
-        "max_train_steps": 11, "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_weight_decay": 0.03,
-        "adam_epsilon": 1e-6, "max_grad_norm": 0.5, "mixed_precision": "bf16", "gradient_checkpointing": True,
-        "checkpointing_steps": 5, "keep_checkpoints": True, "seed": 9,
+        "resolution": 48,
+        "center_crop": False,
+        "random_flip": False,
+        "train_batch_size": 6,
+        "gradient_accumulation_steps": 3,
+        "learning_rate": 2e-4,
+        "lr_scheduler": "cosine",
+        "lr_warmup_steps": 7,
+        "max_train_steps": 11,
+        "adam_beta1": 0.8,
+        "adam_beta2": 0.99,
+        "adam_weight_decay": 0.03,
+        "adam_epsilon": 1e-6,
+        "max_grad_norm": 0.5,
+        "mixed_precision": "bf16",
+        "gradient_checkpointing": True,
+        "checkpointing_steps": 5,
+        "keep_checkpoints": True,
+        "seed": 9,
     }
     assert set(training) == set(launch.TRAINING_FLAGS)
-    args = T.parse_args(launch.training_argv(
-        base=root / "base", images=root / "images", metadata=root / "metadata.parquet",
-        captions=root / "captions.json", plan=root / "dup_both.parquet", output_dir=root / "o",
-        checkpoints_dir=root / "c", duplication="dup_image", conditioning="instancelevel_blip",
-        mitigation={"name": "randwordadd", "p": 0.3, "rand_noise_lam": 0.2}, training=training, workers=2,
-    ))
+    args = T.parse_args(
+        launch.training_argv(
+            base=root / "base",
+            images=root / "images",
+            metadata=root / "metadata.parquet",
+            captions=root / "captions.json",
+            plan=root / "dup_both.parquet",
+            output_dir=root / "o",
+            checkpoints_dir=root / "c",
+            duplication="dup_image",
+            conditioning="instancelevel_blip",
+            mitigation={"name": "randwordadd", "p": 0.3, "rand_noise_lam": 0.2},
+            training=training,
+            workers=2,
+        )
+    )
     assert {k: getattr(args, k) for k in training} == training
     assert (args.duplication, args.train_mitigation, args.trainspecial_prob, args.rand_noise_lam) == (
-        "dup_image", "randwordadd", 0.3, 0.2)
+        "dup_image",
+        "randwordadd",
+        0.3,
+        0.2,
+    )
     assert args.dataloader_num_workers == 2
 
 
@@ -179,13 +245,28 @@ def test_finetune_few_steps_through_accelerate_launch(inputs):
     """scripts/finetune.py's path: training_argv + launch_command (accelerate launch --cpu)."""
     root = inputs["root"]
     train_argv = launch.training_argv(
-        base=root / "base", images=root / "images", metadata=root / "metadata.parquet",
-        captions=root / "captions.json", plan=root / "dup_both.parquet", output_dir=root / "e2e",
-        checkpoints_dir=root / "e2e_ckpt", duplication="dup_both", conditioning="instancelevel_blip",
+        base=root / "base",
+        images=root / "images",
+        metadata=root / "metadata.parquet",
+        captions=root / "captions.json",
+        plan=root / "dup_both.parquet",
+        output_dir=root / "e2e",
+        checkpoints_dir=root / "e2e_ckpt",
+        duplication="dup_both",
+        conditioning="instancelevel_blip",
         mitigation={"name": "gaussnoise", "p": 0.1, "rand_noise_lam": 0.1},
-        training={"resolution": 32, "train_batch_size": 4, "max_train_steps": 3, "checkpointing_steps": 2,
-                  "lr_warmup_steps": 1, "learning_rate": 1e-3, "center_crop": True, "random_flip": True,
-                  "mixed_precision": "fp16", "keep_checkpoints": False},
+        training={
+            "resolution": 32,
+            "train_batch_size": 4,
+            "max_train_steps": 3,
+            "checkpointing_steps": 2,
+            "lr_warmup_steps": 1,
+            "learning_rate": 1e-3,
+            "center_crop": True,
+            "random_flip": True,
+            "mixed_precision": "fp16",
+            "keep_checkpoints": False,
+        },
     )
     cmd, env = launch.launch_command(train_argv, processes=1, cuda=False)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -237,7 +318,9 @@ def test_killed_run_resumes_to_the_same_weights(inputs):
 def test_checkpoint_resumes_only_with_the_same_result_changing_settings(inputs):
     root = inputs["root"]
     h = T.settings_hash(T.parse_args(argv(root, "o", "c")))
-    assert h == T.settings_hash(T.parse_args(argv(root, "o2", "c2", checkpointing_steps=7, dataloader_num_workers=2)))
+    assert h == T.settings_hash(
+        T.parse_args(argv(root, "o2", "c2", checkpointing_steps=7, dataloader_num_workers=2))
+    )
     assert h != T.settings_hash(T.parse_args(argv(root, "o", "c", learning_rate=2e-3)))
     assert h != T.settings_hash(T.parse_args(argv(root, "o", "c", plan=root / "nodup.parquet")))
 
@@ -261,5 +344,7 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):
     ckpt.mkdir()
     save_file(model.state_dict(), str(ckpt / "unet.safetensors"))
     (ckpt / "optimizer.pt").write_bytes(b"\x00truncated")
-    with pytest.raises(RuntimeError, match=r"checkpoint-200: optimizer\.pt does not load .* Delete .*checkpoint-200"):
+    with pytest.raises(
+        RuntimeError, match=r"checkpoint-200: optimizer\.pt does not load .* Delete .*checkpoint-200"
+    ):
         T.load_checkpoint(ckpt, model, optimizer, scheduler)

@@ -44,21 +44,28 @@ def test_micro_with_upstream_metric_conventions_dry_runs(tmp_path, workflow_copy
     the dataset, on its caption [0] file."""
     cfg = load_yaml(REPO / "tests/micro/config.yaml")
     cfg["models"]["clip_vit_b16"] = {
-        "kind": "clip", "sources": [{"type": "huggingface", "repo": "openai/clip-vit-base-patch16"}]}
+        "kind": "clip",
+        "sources": [{"type": "huggingface", "repo": "openai/clip-vit-base-patch16"}],
+    }
     cfg["clipscore"] = {"enabled": True, "model": "clip_vit_b16", "convention": "upstream"}
     cfg["fid"] = {**cfg["fid"], "convention": "upstream"}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(["-n", "-p", "--configfile", str(path), "--replace-workflow-config"], cwd=workflow_copy,
-                     check=True)
+    proc = snakemake(
+        ["-n", "-p", "--configfile", str(path), "--replace-workflow-config"], cwd=workflow_copy, check=True
+    )
     counts = job_counts(proc.stdout)
-    assert counts["clipscore_train_baseline"] == 1 and counts["clipscore"] == counts["fid"] == counts["retrieve"]
+    assert (
+        counts["clipscore_train_baseline"] == 1 and counts["clipscore"] == counts["fid"] == counts["retrieve"]
+    )
     assert "results/micro/micro_shapes/clipscore/train_baseline.json" in proc.stdout
     assert "results/micro/micro_shapes/captions/instancelevel_blip.json" in proc.stdout
 
 
 def test_mini_profile_does_not_inherit_paper_models(workflow_copy):
-    proc = snakemake(["-n", "--profile", "profiles/mini", "--list-target-rules"], cwd=workflow_copy, check=True)
+    proc = snakemake(
+        ["-n", "--profile", "profiles/mini", "--list-target-rules"], cwd=workflow_copy, check=True
+    )
     out = snakemake(["-n", "--profile", "profiles/mini"], cwd=workflow_copy, check=True).stdout
     assert "resources/models/sd21" not in out and "laion10k" not in out
     assert "results/mini/" in out and "results/paper/" not in out
@@ -94,7 +101,11 @@ def test_unknown_top_level_key_is_named(workflow_copy):
         ),
         (
             lambda c: c["experiments"][3].update(conditioning=["nolevel"]),
-            ["Invalid configuration", "train_mitigations", "train_mitigation 'allcaps' with conditioning 'nolevel'"],
+            [
+                "Invalid configuration",
+                "train_mitigations",
+                "train_mitigation 'allcaps' with conditioning 'nolevel'",
+            ],
         ),
         (lambda c: c.update(experiments=[]), ["should be non-empty", "experiments"]),
     ],
@@ -148,10 +159,9 @@ def test_atomic_outputs_are_readable_by_the_group_and_left_whole(tmp_path):
     with atomic_path(target, suffix=".csv") as tmp:
         tmp.write_text("a\n1\n")
     assert target.read_text() == "a\n1\n" and (target.stat().st_mode & 0o777) == 0o644
-    with pytest.raises(RuntimeError):
-        with atomic_path(target, suffix=".csv") as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target, suffix=".csv") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert target.read_text() == "a\n1\n" and [p.name for p in target.parent.iterdir()] == ["table.csv"]
 
 
@@ -180,8 +190,10 @@ def complete_micro(tmp_path_factory):
             {"generate": 1, "sweep_grid": 1, "all": 1},
         ),
         (  # a figure's own option: that figure only
-            lambda c: c.setdefault("figures", {}).setdefault("per_figure", {}).update(
-                duplicated_vs_not={"palette": "colorblind"}
+            lambda c: (
+                c.setdefault("figures", {})
+                .setdefault("per_figure", {})
+                .update(duplicated_vs_not={"palette": "colorblind"})
             ),
             {"summary_figure": 1, "all": 1},
         ),
@@ -196,5 +208,7 @@ def test_a_config_edit_reruns_exactly_the_affected_jobs(complete_micro, tmp_path
     edit(cfg)
     path = tmp_path / "edited.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(["-n", "--configfile", str(path), "--replace-workflow-config"], cwd=complete_micro, check=True)
+    proc = snakemake(
+        ["-n", "--configfile", str(path), "--replace-workflow-config"], cwd=complete_micro, check=True
+    )
     assert job_counts(proc.stdout) == expected

@@ -30,7 +30,9 @@ def load_blip(model_dir: str | Path, device: str = "cpu"):
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     processor = BlipProcessor.from_pretrained(str(model_dir), local_files_only=True)
-    model = BlipForConditionalGeneration.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+    model = BlipForConditionalGeneration.from_pretrained(
+        str(model_dir), local_files_only=True, use_safetensors=True
+    )
     return processor, model.to(device).eval()
 
 
@@ -54,7 +56,9 @@ def caption_images(
     device = next(model.parameters()).device
     out: dict[str, list[str]] = {}
     for start in tqdm(range(0, len(images), batch_size), desc="BLIP captions", mininterval=10):
-        batch = [im if isinstance(im, Image.Image) else load_rgb(im) for im in images[start : start + batch_size]]
+        batch = [
+            im if isinstance(im, Image.Image) else load_rgb(im) for im in images[start : start + batch_size]
+        ]
         pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
         with torch.no_grad():
             for j, image_id in enumerate(ids[start : start + batch_size]):
@@ -78,7 +82,15 @@ def blip_table(captions: dict[str, list[str]]) -> pd.DataFrame:
     return pd.DataFrame({"id": list(captions), "captions": [list(c) for c in captions.values()]})
 
 
-def caption_dataset(images_dir: str | Path, metadata: pd.DataFrame, model_dir: str | Path, settings: dict, seed: int, batch_size: int = 16, device: str | None = None) -> pd.DataFrame:
+def caption_dataset(
+    images_dir: str | Path,
+    metadata: pd.DataFrame,
+    model_dir: str | Path,
+    settings: dict,
+    seed: int,
+    batch_size: int = 16,
+    device: str | None = None,
+) -> pd.DataFrame:
     """BLIP captions of every image of a prepared dataset, as blip.parquet's table.
 
     `settings`: the config's ``captions.blip`` (n, top_p, min_length, max_length, image_size).
@@ -86,8 +98,15 @@ def caption_dataset(images_dir: str | Path, metadata: pd.DataFrame, model_dir: s
     device = resolve_device(device)
     processor, model = load_blip(model_dir, device)
     size = processor.image_processor.size
-    if settings.get("image_size") and settings["image_size"] not in (size.get("height"), size.get("shortest_edge")):
-        log.warning("captions.blip.image_size %s differs from the model's processor size %s; the model's is used", settings["image_size"], size)
+    if settings.get("image_size") and settings["image_size"] not in (
+        size.get("height"),
+        size.get("shortest_edge"),
+    ):
+        log.warning(
+            "captions.blip.image_size %s differs from the model's processor size %s; the model's is used",
+            settings["image_size"],
+            size,
+        )
     ids = [str(i) for i in metadata["id"]]
     images = [Path(images_dir) / f for f in metadata["file"]]
     caps = caption_images(

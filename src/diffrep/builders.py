@@ -18,7 +18,7 @@ in the laion layout with classes (images, captions.json, classes.json).
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from diffrep.config import ConfigError
 

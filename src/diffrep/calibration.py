@@ -1,7 +1,7 @@
 """Calibrating a copy descriptor: can it tell a copy of a training picture from a distinct one?
 
 A replication threshold means something only if the descriptor separates copies from look-alikes
-on the study's own pictures (FACTS.md: on homogeneous data a fixed 0.5 flags everything). The
+on the study's own pictures (docs/design.md: on homogeneous data a fixed 0.5 flags everything). The
 calibration makes *augmented copies* of training pictures — the kinds of change a generated copy
 shows (:data:`AUGMENTATIONS`) — embeds them with the study's embedder and scores each copy twice
 against the training set:
@@ -32,7 +32,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("crop", "flip", "blur", "jpeg", "color")
-TABLE_COLUMNS = ("augmentation", "n_positive", "n_negative", "auc", "max_fpr", "tpr_at_fpr", "fpr", "threshold")
+TABLE_COLUMNS = (
+    "augmentation",
+    "n_positive",
+    "n_negative",
+    "auc",
+    "max_fpr",
+    "tpr_at_fpr",
+    "fpr",
+    "threshold",
+)
 
 
 class CalibrationError(ValueError):
@@ -74,7 +83,9 @@ def augment(image, kind: str, rng: np.random.Generator):
     raise CalibrationError(f"unknown augmentation {kind!r}; allowed: {', '.join(AUGMENTATIONS)}")
 
 
-def write_augmented(paths: Sequence[Path], kinds: Sequence[str], seed: int, out_dir: str | os.PathLike) -> list[dict]:
+def write_augmented(
+    paths: Sequence[Path], kinds: Sequence[str], seed: int, out_dir: str | os.PathLike
+) -> list[dict]:
     """Write an augmented copy of every picture in `paths` for every kind, as PNG, into `out_dir`.
 
     Returns one row per copy: ``{"source": index into paths, "augmentation": kind, "path": Path}``.
@@ -98,7 +109,9 @@ def write_augmented(paths: Sequence[Path], kinds: Sequence[str], seed: int, out_
 # ---------------------------------------------------------------- scores and ROC
 
 
-def pair_scores(queries: np.ndarray, train: np.ndarray, sources: Sequence[int], chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def pair_scores(
+    queries: np.ndarray, train: np.ndarray, sources: Sequence[int], chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """(positive, negative) scores of L2-normalised `queries` (m × d) against `train` (n × d).
 
     positive[i] = queries[i] · train[sources[i]]; negative[i] = the largest queries[i] · train[j]
@@ -133,7 +146,9 @@ def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return float((below.sum() + 0.5 * (not_above - below).sum()) / (pos.size * neg.size))
 
 
-def roc_curve(positive: Sequence[float], negative: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(
+    positive: Sequence[float], negative: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) as sklearn.metrics.roc_curve without dropping points: at each
     threshold t (+inf, then every distinct score, descending) the fractions of negatives and of
     positives scoring >= t. Starts at (0, 0), ends at (1, 1); its trapezoid area is :func:`roc_auc`."""
@@ -199,9 +214,22 @@ def choose_sample(n: int, n_images: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=n_images, replace=False))
 
 
-def calibrate_files(images_dir, metadata, train_npz, embedder_cfg: dict, scores_out, table_out, summary_out,
-                    *, augmentations: Sequence[str], n_images: int, max_fpr: float, seed: int,
-                    model_dir=None, batch_size: int = 64) -> dict:
+def calibrate_files(
+    images_dir,
+    metadata,
+    train_npz,
+    embedder_cfg: dict,
+    scores_out,
+    table_out,
+    summary_out,
+    *,
+    augmentations: Sequence[str],
+    n_images: int,
+    max_fpr: float,
+    seed: int,
+    model_dir=None,
+    batch_size: int = 64,
+) -> dict:
     """The calibrate rule: augment, embed, score against the training embeddings, write the three files.
 
     scores_out (parquet: source id, augmentation, positive, negative), table_out (csv,
@@ -216,7 +244,9 @@ def calibrate_files(images_dir, metadata, train_npz, embedder_cfg: dict, scores_
 
     unknown = sorted(set(augmentations) - set(AUGMENTATIONS))
     if unknown or not augmentations:
-        raise CalibrationError(f"calibration.augmentations {list(augmentations)}: allowed {', '.join(AUGMENTATIONS)}")
+        raise CalibrationError(
+            f"calibration.augmentations {list(augmentations)}: allowed {', '.join(AUGMENTATIONS)}"
+        )
     ids, paths = train_images(images_dir, metadata)
     train = read_embeddings(train_npz)
     if train["ids"] != ids:
@@ -229,20 +259,36 @@ def calibrate_files(images_dir, metadata, train_npz, embedder_cfg: dict, scores_
     sources = [int(chosen[r["source"]]) for r in rows]
     pos, neg = pair_scores(queries, train["embeddings"], sources)
     scores = pd.DataFrame(
-        {"id": [ids[s] for s in sources], "augmentation": [r["augmentation"] for r in rows], "positive": pos, "negative": neg}
+        {
+            "id": [ids[s] for s in sources],
+            "augmentation": [r["augmentation"] for r in rows],
+            "positive": pos,
+            "negative": neg,
+        }
     )
     table = calibration_table(scores, max_fpr)
     overall = table[table["augmentation"] == "all"].iloc[0].to_dict()
-    summary = {**overall, "embedder": embedder.name, "preprocess": embedder.preprocess, "n_images": len(chosen),
-               "augmentations": list(augmentations), "seed": seed}
+    summary = {
+        **overall,
+        "embedder": embedder.name,
+        "preprocess": embedder.preprocess,
+        "n_images": len(chosen),
+        "augmentations": list(augmentations),
+        "seed": seed,
+    }
     with atomic_path(scores_out, suffix=".parquet") as tmp:
         scores.to_parquet(tmp, index=False)
     with atomic_path(table_out, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(summary_out, suffix=".json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    log.info("calibration: AUC %.4f, TPR %.3f at FPR <= %g, threshold %.4f", overall["auc"], overall["tpr_at_fpr"],
-             max_fpr, overall["threshold"])
+    log.info(
+        "calibration: AUC %.4f, TPR %.3f at FPR <= %g, threshold %.4f",
+        overall["auc"],
+        overall["tpr_at_fpr"],
+        max_fpr,
+        overall["threshold"],
+    )
     return summary
 
 
@@ -262,8 +308,14 @@ def plot_calibration(scores, table, out, title: str = "", dpi: int = 150) -> Non
         fpr, tpr, _ = roc_curve(part["positive"], part["negative"])
         auc = table.loc[table["augmentation"] == kind, "auc"].iloc[0]
         ax_roc.plot(fpr, tpr, lw=2.5 if kind == "all" else 1.2, label=f"{kind} (AUC {auc:.3f})")
-    ax_roc.set(xscale="symlog", xlim=(0, 1), ylim=(0, 1.02), xlabel="false-positive rate (symlog)",
-               ylabel="true-positive rate", title="ROC: copy vs distinct picture")
+    ax_roc.set(
+        xscale="symlog",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="false-positive rate (symlog)",
+        ylabel="true-positive rate",
+        title="ROC: copy vs distinct picture",
+    )
     ax_roc.set_xscale("symlog", linthresh=0.01)
     ax_roc.legend(fontsize=7, loc="lower right")
     bins = np.linspace(min(scores["negative"].min(), scores["positive"].min()), 1.0, 40)

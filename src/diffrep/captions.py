@@ -44,14 +44,21 @@ def load_tokenizer(model_dir: str | Path):
 
     path = Path(model_dir) / "tokenizer"
     if not path.is_dir():
-        raise CaptionError(f"no tokenizer folder {path}: instancelevel_random needs the base model's tokenizer")
+        raise CaptionError(
+            f"no tokenizer folder {path}: instancelevel_random needs the base model's tokenizer"
+        )
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
-def random_captions(ids, tokenizer, per_image: int = 10, n_tokens: int = 4, vocab_limit: int = 49400, seed: int = 0) -> dict[str, list[str]]:
+def random_captions(
+    ids, tokenizer, per_image: int = 10, n_tokens: int = 4, vocab_limit: int = 49400, seed: int = 0
+) -> dict[str, list[str]]:
     """{id: `per_image` decoded captions of `n_tokens` random token ids}, in the order of `ids`."""
     rng = np.random.default_rng(seed)
-    return {i: [mitigations.random_tokens(tokenizer, n_tokens, rng, vocab_limit) for _ in range(per_image)] for i in ids}
+    return {
+        i: [mitigations.random_tokens(tokenizer, n_tokens, rng, vocab_limit) for _ in range(per_image)]
+        for i in ids
+    }
 
 
 def make_captions(
@@ -93,7 +100,10 @@ def make_captions(
             if blip is not None:
                 lst += list(blip.get(i, []))
             if not lst:
-                raise CaptionError(f"instancelevel_blip: image {i} of dataset {dataset!r} has no caption" + ("" if blip is not None else " (set blip_captions: true to caption it with BLIP)"))
+                raise CaptionError(
+                    f"instancelevel_blip: image {i} of dataset {dataset!r} has no caption"
+                    + ("" if blip is not None else " (set blip_captions: true to caption it with BLIP)")
+                )
             if len(lst) < n_captions and blip is None:
                 raise CaptionError(
                     f"instancelevel_blip: image {i} of dataset {dataset!r} has {len(lst)} caption(s), "
@@ -102,10 +112,16 @@ def make_captions(
             caps[i] = lst[:n_captions]
         short = sum(len(c) < n_captions for c in caps.values())
         if short:
-            log.warning("%d image(s) have fewer than n_captions=%d captions even with BLIP captions", short, n_captions)
+            log.warning(
+                "%d image(s) have fewer than n_captions=%d captions even with BLIP captions",
+                short,
+                n_captions,
+            )
         out["variants"] = "dataset + blip" if blip is not None else "dataset"
         if blip is None:
-            log.info("instancelevel_blip: caption variants are the dataset's own captions [1:] (no BLIP captioning)")
+            log.info(
+                "instancelevel_blip: caption variants are the dataset's own captions [1:] (no BLIP captioning)"
+            )
     else:
         if tokenizer is None:
             raise CaptionError("instancelevel_random needs the base model's tokenizer")
@@ -133,7 +149,9 @@ def read_caption_file(path: str | Path) -> dict:
     """A caption file (docs/formats.md) as a dict: ``conditioning``, ``dataset``, ``captions`` ({id: [caption, ...]}), ..."""
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or not isinstance(data.get("captions"), dict):
-        raise CaptionError(f"{path}: not a caption file (expected a JSON object whose 'captions' maps image ids to caption lists)")
+        raise CaptionError(
+            f"{path}: not a caption file (expected a JSON object whose 'captions' maps image ids to caption lists)"
+        )
     return data
 
 

@@ -103,10 +103,14 @@ def compare(actual: dict[str, str], expected: dict[str, str], where: str, exact:
         for rel in sorted(set(actual) - set(expected)):
             problems.append(f"{where}/{rel}: not in the expected list (actual sha256 {actual[rel]})")
     if problems:
-        raise ChecksumError(f"checksum verification failed for {len(problems)} file(s):\n  " + "\n  ".join(problems))
+        raise ChecksumError(
+            f"checksum verification failed for {len(problems)} file(s):\n  " + "\n  ".join(problems)
+        )
 
 
-def verify_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = None, exact: bool = True) -> dict[str, str]:
+def verify_manifest(
+    manifest: str | os.PathLike, root: str | os.PathLike | None = None, exact: bool = True
+) -> dict[str, str]:
     """Check the files a manifest lists (relative to `root`, default the manifest's folder).
 
     With `exact` (default), files in the folders the manifest covers that it does not list are

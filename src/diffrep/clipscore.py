@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -62,7 +62,9 @@ def load_clip(model_dir: str | os.PathLike, device: str = "cpu"):
 
 def check_convention(convention: str) -> str:
     if convention not in CONVENTIONS:
-        raise ClipScoreError(f"clipscore.convention {convention!r} unknown; allowed: {', '.join(CONVENTIONS)}")
+        raise ClipScoreError(
+            f"clipscore.convention {convention!r} unknown; allowed: {', '.join(CONVENTIONS)}"
+        )
     return convention
 
 
@@ -70,12 +72,14 @@ def upstream_transform(image_size: int = 224):
     """DCR's retrieval transform, for a vision tower of ``image_size`` (224: Resize 256, CenterCrop 224)."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.Resize(round(image_size * 256 / 224)),
-        T.CenterCrop(image_size),
-        T.ToTensor(),
-        T.Normalize([0.5], [0.5]),
-    ])
+    return T.Compose(
+        [
+            T.Resize(round(image_size * 256 / 224)),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize([0.5], [0.5]),
+        ]
+    )
 
 
 def pixel_values(model, processor, images: Sequence, convention: str = "torchmetrics"):
@@ -95,7 +99,12 @@ def _as_image(item):
 
 
 def cosines(
-    model, processor, images: Sequence, texts: Sequence[str], batch_size: int = 64, device: str = "cpu",
+    model,
+    processor,
+    images: Sequence,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    device: str = "cpu",
     convention: str = "torchmetrics",
 ) -> np.ndarray:
     """Cosine between CLIP embeddings of ``images[i]`` (PIL or a path, read per batch) and ``texts[i]``, float64 (n,)."""
@@ -110,8 +119,8 @@ def cosines(
     out = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(images), batch_size), desc="clipscore", unit="batch", mininterval=5):
-            imgs = [_as_image(im) for im in images[start:start + batch_size]]
-            txts = [str(t) for t in texts[start:start + batch_size]]
+            imgs = [_as_image(im) for im in images[start : start + batch_size]]
+            txts = [str(t) for t in texts[start : start + batch_size]]
             pix = pixel_values(model, processor, imgs, convention).to(device)
             tok = processor(text=txts, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
             img_emb = model.get_image_features(pixel_values=pix)
@@ -137,7 +146,12 @@ def summarise(cos: np.ndarray, convention: str = "torchmetrics") -> dict:
         raise ClipScoreError(f"CLIP cosines must be finite and non-empty, got {cos.size} values")
     mean = float(cos.mean())
     score = mean if check_convention(convention) == "upstream" else max(100.0 * mean, 0.0)
-    return {"clipscore": score, "clip_cosine_mean": mean, "clip_cosine_std": float(cos.std()), "n": int(cos.size)}
+    return {
+        "clipscore": score,
+        "clip_cosine_mean": mean,
+        "clip_cosine_std": float(cos.std()),
+        "n": int(cos.size),
+    }
 
 
 def _write(result: dict, out) -> dict:
@@ -147,8 +161,15 @@ def _write(result: dict, out) -> dict:
     return result
 
 
-def clipscore_of_generations(gen_dir, model_dir, out, model_name: str, batch_size: int = 64, device: str | None = None,
-                             convention: str = "torchmetrics") -> dict:
+def clipscore_of_generations(
+    gen_dir,
+    model_dir,
+    out,
+    model_name: str,
+    batch_size: int = 64,
+    device: str | None = None,
+    convention: str = "torchmetrics",
+) -> dict:
     """The clipscore rule: score a generation folder against its prompts.parquet; write the JSON."""
     import pandas as pd
 
@@ -167,16 +188,32 @@ def clipscore_of_generations(gen_dir, model_dir, out, model_name: str, batch_siz
     images = [Path(gen_dir) / f for f in prompts["file"]]  # read batch by batch
     texts = list(prompts[column])
     result = summarise(cosines(model, processor, images, texts, batch_size, device, convention), convention)
-    result.update(model=model_name, convention=convention, preprocess=PREPROCESS[convention], prompt_column=column)
-    if convention == "torchmetrics" and "prompt_used" in prompts and (prompts["prompt_used"] != prompts["prompt"]).any():
+    result.update(
+        model=model_name, convention=convention, preprocess=PREPROCESS[convention], prompt_column=column
+    )
+    if (
+        convention == "torchmetrics"
+        and "prompt_used" in prompts
+        and (prompts["prompt_used"] != prompts["prompt"]).any()
+    ):
         texts = list(prompts["prompt_used"])
         used = summarise(cosines(model, processor, images, texts, batch_size, device, convention), convention)
         result.update({f"{k}_prompt_used": v for k, v in used.items() if k != "n"})
     return _write(result, out)
 
 
-def clipscore_of_training_set(images_dir, metadata, captions, model_dir, out, model_name: str, dataset: str,
-                              batch_size: int = 64, device: str | None = None, convention: str = "torchmetrics") -> dict:
+def clipscore_of_training_set(
+    images_dir,
+    metadata,
+    captions,
+    model_dir,
+    out,
+    model_name: str,
+    dataset: str,
+    batch_size: int = 64,
+    device: str | None = None,
+    convention: str = "torchmetrics",
+) -> dict:
     """The clipscore_train_baseline rule (upstream's ``clipscore_bg``): every training image against its
     caption [0] (``captions``: the instancelevel_blip caption file), images read batch by batch."""
     from diffrep.captions import read_captions
@@ -188,10 +225,18 @@ def clipscore_of_training_set(images_dir, metadata, captions, model_dir, out, mo
     caps = read_captions(captions)
     missing = [i for i in ids if not caps.get(i)]
     if missing:
-        raise ClipScoreError(f"{captions}: no caption for {len(missing)} training image(s), e.g. {missing[0]!r}")
+        raise ClipScoreError(
+            f"{captions}: no caption for {len(missing)} training image(s), e.g. {missing[0]!r}"
+        )
     model, processor = load_clip(model_dir, device)
     cos = cosines(model, processor, paths, [caps[i][0] for i in ids], batch_size, device, convention)
     result = summarise(cos, check_convention(convention))
-    result.update(model=model_name, convention=convention, preprocess=PREPROCESS[convention],
-                  prompt_column="caption 0", dataset=dataset, kind="train_baseline")
+    result.update(
+        model=model_name,
+        convention=convention,
+        preprocess=PREPROCESS[convention],
+        prompt_column="caption 0",
+        dataset=dataset,
+        kind="train_baseline",
+    )
     return _write(result, out)

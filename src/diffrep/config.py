@@ -48,7 +48,12 @@ PRESET_DEFAULTS = {
 
 # The summary figures (diffrep.figures draws them; rules/common.smk makes one job each; the schema's
 # figures.per_figure names them): defined here, where the Snakefile can import it without plotting libraries.
-SUMMARY_FIGURES = ("sim95_by_dup_cond", "mitigation_tradeoff", "similarity_distributions", "duplicated_vs_not")
+SUMMARY_FIGURES = (
+    "sim95_by_dup_cond",
+    "mitigation_tradeoff",
+    "similarity_distributions",
+    "duplicated_vs_not",
+)
 
 
 class ConfigError(ValueError):
@@ -81,7 +86,7 @@ class Run:
         return f"{self.duplication}.{self.conditioning}.{self.mitigation}"
 
     @classmethod
-    def parse(cls, name: str) -> "Run":
+    def parse(cls, name: str) -> Run:
         """Parse ``base``, ``pretrained-<model>`` or ``dup.cond.mitigation``; raise ConfigError naming the bad part."""
         if name == BASE_RUN:
             return cls()
@@ -98,9 +103,7 @@ class Run:
             ("duplication", "conditioning", "train mitigation"),
         ):
             if value not in allowed:
-                raise ConfigError(
-                    f"run {name!r}: unknown {what} {value!r}; allowed: {', '.join(allowed)}"
-                )
+                raise ConfigError(f"run {name!r}: unknown {what} {value!r}; allowed: {', '.join(allowed)}")
         return cls(*parts)
 
     def __str__(self) -> str:
@@ -134,12 +137,12 @@ def _require_model(config: dict, name: str, kind: str, key: str) -> None:
     if name not in models:
         raise ConfigError(f"{key}: model {name!r} is not defined in models; defined: {_allowed(models)}")
     if models[name]["kind"] != kind:
-        raise ConfigError(
-            f"{key}: model {name!r} has kind {models[name]['kind']!r}, expected {kind!r}"
-        )
+        raise ConfigError(f"{key}: model {name!r} has kind {models[name]['kind']!r}, expected {kind!r}")
 
 
-def check_combination(dataset: str, ds: dict, duplication: str, conditioning: str, mitigation: str, where: str) -> None:
+def check_combination(
+    dataset: str, ds: dict, duplication: str, conditioning: str, mitigation: str, where: str
+) -> None:
     """Reject a finetune setting that upstream cannot run, saying why."""
     if conditioning == "classlevel" and not ds.get("has_classes", False):
         raise ConfigError(
@@ -177,7 +180,7 @@ def check(config: dict) -> None:
     datasets = config["datasets"]
     _require_model(config, config["base_model"], "diffusers", "base_model")
     presets = config["generation"]["presets"]
-    for name, preset in presets.items():
+    for name in presets:
         if "-" in name and name.split("-")[0] in config.get("sweeps", {}):
             raise ConfigError(
                 f"generation.presets.{name}: names '<sweep>-...' are reserved for the expanded sweep presets"
@@ -186,7 +189,9 @@ def check(config: dict) -> None:
         where = f"experiments[{i}] ({block['name']})"
         for ds in block["datasets"]:
             if ds not in datasets:
-                raise ConfigError(f"{where}: dataset {ds!r} is not defined in datasets; defined: {_allowed(datasets)}")
+                raise ConfigError(
+                    f"{where}: dataset {ds!r} is not defined in datasets; defined: {_allowed(datasets)}"
+                )
         for gen in block["generation"]:
             if gen not in presets:
                 raise ConfigError(
@@ -203,19 +208,25 @@ def check(config: dict) -> None:
     for name, emb in config["embedders"].items():
         if emb["type"] == "sscd":
             if "model" not in emb:
-                raise ConfigError(f"embedders.{name}: type 'sscd' needs a model (a models entry of kind sscd)")
+                raise ConfigError(
+                    f"embedders.{name}: type 'sscd' needs a model (a models entry of kind sscd)"
+                )
             _require_model(config, emb["model"], "sscd", f"embedders.{name}.model")
     if config["fid"]["enabled"]:
         _require_model(config, config["fid"]["model"], "fid_inception", "fid.model")
     if config["clipscore"]["enabled"]:
         _require_model(config, config["clipscore"]["model"], "clip", "clipscore.model")
-    if any(d["blip_captions"] for d in datasets.values()) and "instancelevel_blip" in _used_conditionings(config):
+    if any(d["blip_captions"] for d in datasets.values()) and "instancelevel_blip" in _used_conditionings(
+        config
+    ):
         _require_model(config, config["captions"]["blip"]["model"], "blip", "captions.blip.model")
     matrix = {(ds, r.name) for ds, r in runs({**config, "sweeps": {}})}
     for name, sweep in config.get("sweeps", {}).items():
         where = f"sweeps.{name}"
         if sweep["dataset"] not in datasets:
-            raise ConfigError(f"{where}: dataset {sweep['dataset']!r} is not defined; defined: {_allowed(datasets)}")
+            raise ConfigError(
+                f"{where}: dataset {sweep['dataset']!r} is not defined; defined: {_allowed(datasets)}"
+            )
         for run in sweep["runs"]:
             if Run.parse(run).is_pretrained:
                 _require_model(config, Run.parse(run).model, "diffusers", f"{where}.runs ({run})")
@@ -230,7 +241,9 @@ def check(config: dict) -> None:
                 )
     for name, model in models.items():
         for j, src in enumerate(model["sources"]):
-            need = {"modelscope": "repo", "huggingface": "repo", "url": "url", "build": "builder"}[src["type"]]
+            need = {"modelscope": "repo", "huggingface": "repo", "url": "url", "build": "builder"}[
+                src["type"]
+            ]
             if need not in src:
                 raise ConfigError(f"models.{name}.sources[{j}]: source type {src['type']!r} needs '{need}'")
     check_families(config)
@@ -345,9 +358,12 @@ def generations(config: dict) -> list[tuple[str, Run, str]]:
     out = set()
     for block in config["experiments"]:
         for ds in block["datasets"]:
-            block_runs = [Run(*c) for c in itertools.product(
-                block["duplication"], block["conditioning"], block["train_mitigation"]
-            )]
+            block_runs = [
+                Run(*c)
+                for c in itertools.product(
+                    block["duplication"], block["conditioning"], block["train_mitigation"]
+                )
+            ]
             if block["include_base"]:
                 block_runs.append(Run())
             for r, gen in itertools.product(block_runs, block["generation"]):

@@ -49,7 +49,15 @@ import pyarrow.parquet as pq
 
 from diffrep.checksums import ChecksumError, compare, format_manifest, read_manifest, sha256_file
 from diffrep.fileio import atomic_path, staged_dir
-from diffrep.images import EXTENSIONS, IMAGE_SUFFIXES, ImageInfo, apply_policy, check_image, list_images, to_rgb8
+from diffrep.images import (
+    EXTENSIONS,
+    IMAGE_SUFFIXES,
+    ImageInfo,
+    apply_policy,
+    check_image,
+    list_images,
+    to_rgb8,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +171,11 @@ def collect_laion(folder: Path, captions_file: str | None, policy: str, classes_
         raise DatasetError(f"dataset folder {folder} does not exist (datasets.*.source.path)")
     cap_path = folder / (captions_file or "captions.json")
     captions = _KeyIndex(_load_json(cap_path, "caption file"))
-    classes = _KeyIndex(_load_json(folder / classes_file, "class file")) if (folder / classes_file).exists() else None
+    classes = (
+        _KeyIndex(_load_json(folder / classes_file, "class file"))
+        if (folder / classes_file).exists()
+        else None
+    )
     out, dropped = [], []
     for path in list_images(folder, recursive=True):
         rel = path.relative_to(folder).as_posix()
@@ -176,7 +188,11 @@ def collect_laion(folder: Path, captions_file: str | None, policy: str, classes_
             dropped.append(apply_policy(path, f"empty caption list in {cap_path.name}", policy))
             continue
         cls = classes.find(rel) if classes else None
-        out.append(Candidate(path=path, source=str(path), rel=rel, captions=caps, cls=None if cls is None else str(cls)))
+        out.append(
+            Candidate(
+                path=path, source=str(path), rel=rel, captions=caps, cls=None if cls is None else str(cls)
+            )
+        )
     for key in captions.unused():
         dropped.append(apply_policy(key, f"listed in {cap_path.name}, but no such image in {folder}", policy))
     if not out and not dropped:
@@ -191,11 +207,16 @@ def collect_imagefolder(folder: Path, captions_file: str | None, policy: str):
         raise DatasetError(f"dataset folder {folder} does not exist (datasets.*.source.path)")
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise DatasetError(f"imagefolder dataset {folder}: no class sub-folders (layout: imagefolder expects {folder}/<class>/<image>)")
+        raise DatasetError(
+            f"imagefolder dataset {folder}: no class sub-folders (layout: imagefolder expects {folder}/<class>/<image>)"
+        )
     names = {d.name: d.name for d in class_dirs}
     if all(d.name in IMAGENETTE_CLASSES for d in class_dirs):
         names = {d.name: IMAGENETTE_CLASSES[d.name] for d in class_dirs}
-        log.info("Imagenette class folders: named as upstream (%s)", ", ".join(f"{k}={v}" for k, v in names.items()))
+        log.info(
+            "Imagenette class folders: named as upstream (%s)",
+            ", ".join(f"{k}={v}" for k, v in names.items()),
+        )
     captions = _KeyIndex(_load_json(folder / captions_file, "caption file")) if captions_file else None
     out, dropped = [], []
     for path in list_images(folder, recursive=True):
@@ -207,7 +228,9 @@ def collect_imagefolder(folder: Path, captions_file: str | None, policy: str):
         if captions is not None:
             found = captions.find(rel)
             caps = [] if found is None else _as_captions(found, f"{folder / captions_file}: entry {rel!r}")
-        out.append(Candidate(path=path, source=str(path), rel=rel, captions=caps, cls=names[rel.split("/")[0]]))
+        out.append(
+            Candidate(path=path, source=str(path), rel=rel, captions=caps, cls=names[rel.split("/")[0]])
+        )
     return out, dropped
 
 
@@ -224,11 +247,15 @@ def read_url_table(path: str | Path) -> pd.DataFrame:
         raise DatasetError(f"URL table {path}: unknown format {path.suffix!r}; allowed: .parquet, .csv, .tsv")
     missing = {"url", "caption"} - set(table.columns)
     if missing:
-        raise DatasetError(f"URL table {path}: missing column(s) {', '.join(sorted(missing))}; has {', '.join(table.columns)}")
+        raise DatasetError(
+            f"URL table {path}: missing column(s) {', '.join(sorted(missing))}; has {', '.join(table.columns)}"
+        )
     return table
 
 
-def fetch_with_img2dataset(items: list[tuple[str, str]], cache: Path, threads: int = 4, timeout: float = 10.0) -> dict:
+def fetch_with_img2dataset(
+    items: list[tuple[str, str]], cache: Path, threads: int = 4, timeout: float = 10.0
+) -> dict:
     """The optional engine: img2dataset (its own conda env) fetches; returns {id: path or reason}.
 
     img2dataset writes ``{output}/{shard}/{key}.{ext}`` plus one ``{shard}.parquet`` per shard with
@@ -267,14 +294,20 @@ def fetch_with_img2dataset(items: list[tuple[str, str]], cache: Path, threads: i
     for shard in sorted(out.glob("*.parquet")):
         for row in pd.read_parquet(shard).to_dict("records"):
             if row.get("status") == "success":
-                files = [p for p in (out / shard.stem).glob(f"{row['key']}.*") if p.suffix not in (".txt", ".json")]
+                files = [
+                    p for p in (out / shard.stem).glob(f"{row['key']}.*") if p.suffix not in (".txt", ".json")
+                ]
                 results[str(row["diffrep_id"])] = files[0] if files else "img2dataset: success without a file"
             else:
-                results[str(row["diffrep_id"])] = f"img2dataset: {row.get('error_message') or row.get('status')}"
+                results[str(row["diffrep_id"])] = (
+                    f"img2dataset: {row.get('error_message') or row.get('status')}"
+                )
     return results
 
 
-def collect_urls(table_path: Path, cache: Path, threads: int = 4, timeout: float = 10.0, engine: str = "diffrep"):
+def collect_urls(
+    table_path: Path, cache: Path, threads: int = 4, timeout: float = 10.0, engine: str = "diffrep"
+):
     """Fetch the images of a URL table; returns (candidates, failed_downloads)."""
     from diffrep.imagefetch import download_all
 
@@ -301,7 +334,14 @@ def collect_urls(table_path: Path, cache: Path, threads: int = 4, timeout: float
         cls = row.get("class")
         cls = None if cls is None or (isinstance(cls, float) and cls != cls) else str(cls)
         out.append(
-            Candidate(path=res, source=row["url"], rel=id_, captions=_as_captions(caps, f"{table_path}: row {i}"), cls=cls, id=id_)
+            Candidate(
+                path=res,
+                source=row["url"],
+                rel=id_,
+                captions=_as_captions(caps, f"{table_path}: row {i}"),
+                cls=cls,
+                id=id_,
+            )
         )
     return out, failed
 
@@ -329,7 +369,9 @@ def _from_build(name: str, src: dict, policy: str, *, scratch: Path, seed: int, 
 
 
 def _from_urls(name: str, src: dict, policy: str, *, cache: Path, threads: int, **_):
-    cands, failed = collect_urls(Path(src["path"]), cache, threads=threads, engine=src.get("engine", "diffrep"))
+    cands, failed = collect_urls(
+        Path(src["path"]), cache, threads=threads, engine=src.get("engine", "diffrep")
+    )
     return cands, [], failed
 
 
@@ -345,9 +387,13 @@ def collect(name: str, src: dict, policy: str, **where) -> tuple[list[Candidate]
     re-runs), ``seed`` (of a builder) and ``threads`` (for downloads).
     """
     if src["type"] not in SOURCE_COLLECTORS:
-        raise DatasetError(f"datasets.{name}.source.type {src['type']!r}; allowed: {', '.join(SOURCE_COLLECTORS)}")
+        raise DatasetError(
+            f"datasets.{name}.source.type {src['type']!r}; allowed: {', '.join(SOURCE_COLLECTORS)}"
+        )
     if src["type"] in ("folder", "urls") and not Path(src["path"]).exists():
-        what = {"folder": f"a folder in the {src.get('layout', 'laion')} layout", "urls": "a URL table"}[src["type"]]
+        what = {"folder": f"a folder in the {src.get('layout', 'laion')} layout", "urls": "a URL table"}[
+            src["type"]
+        ]
         raise DatasetError(
             f"dataset {name}: {src['path']} does not exist; put {what} there or set "
             f"datasets.{name}.source.path (docs: diffrep.datasets)"
@@ -374,7 +420,9 @@ def assign_ids(cands: list[Candidate]) -> None:
         c.id = s
 
 
-def ingest(cands: list[Candidate], images: Path, policy: str, min_size: int, max_pixels: int, non_rgb: str = "bad"):
+def ingest(
+    cands: list[Candidate], images: Path, policy: str, min_size: int, max_pixels: int, non_rgb: str = "bad"
+):
     """Check every candidate, copy the usable ones into the folder `images`; return (rows, dropped, converted).
 
     ``non_rgb: convert`` re-encodes decodable non-RGB images as RGB 8-bit PNG (listed in `converted`).
@@ -438,13 +486,19 @@ def check_pin(name: str, ds: dict, root: Path, actual: dict[str, str]) -> str | 
     return pin
 
 
-def check_kept(name: str, ds: dict, rows: list[dict], dropped: list[dict], failed: list[dict], converted: list[dict]) -> None:
+def check_kept(
+    name: str, ds: dict, rows: list[dict], dropped: list[dict], failed: list[dict], converted: list[dict]
+) -> None:
     """Fail unless some image was kept (with a class each when ``has_classes``); log what was not."""
     if not rows:
-        raise DatasetError(f"dataset {name}: no usable image ({len(dropped)} dropped, {len(failed)} not fetched); see the log")
+        raise DatasetError(
+            f"dataset {name}: no usable image ({len(dropped)} dropped, {len(failed)} not fetched); see the log"
+        )
     if ds.get("has_classes") and any(r["class"] is None for r in rows):
         missing = [r["file"] for r in rows if r["class"] is None]
-        raise DatasetError(f"dataset {name} has has_classes: true, but {len(missing)} image(s) have no class, e.g. {missing[0]}")
+        raise DatasetError(
+            f"dataset {name} has has_classes: true, but {len(missing)} image(s) have no class, e.g. {missing[0]}"
+        )
     for d in dropped:
         log.warning("dropped %s: %s", d["source"], d["reason"])
     for f in failed:
@@ -477,12 +531,21 @@ def prepare_dataset(
         tmp_report = stack.enter_context(atomic_path(report, suffix=".json"))
         tmp_metadata = stack.enter_context(atomic_path(metadata, suffix=".parquet"))
         tmp_images = stack.enter_context(staged_dir(images_dir, replace=True))
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.prepare."))
+        scratch = stack.enter_context(
+            tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.prepare.")
+        )
         cache = root.parent / f".{root.name}.download"
-        cands, dropped, failed = collect(name, src, policy, scratch=Path(scratch), cache=cache, seed=seed, threads=threads)
+        cands, dropped, failed = collect(
+            name, src, policy, scratch=Path(scratch), cache=cache, seed=seed, threads=threads
+        )
         n_input = len(cands) + len(dropped) + len(failed)
         rows, bad, converted = ingest(
-            cands, tmp_images, policy, ds.get("min_size", 64), ds.get("max_pixels", 100_000_000), ds.get("non_rgb", "bad")
+            cands,
+            tmp_images,
+            policy,
+            ds.get("min_size", 64),
+            ds.get("max_pixels", 100_000_000),
+            ds.get("non_rgb", "bad"),
         )
         dropped += bad
         check_kept(name, ds, rows, dropped, failed, converted)
@@ -502,7 +565,14 @@ def prepare_dataset(
     if rep["pin"] not in (None, "config") and not Path(rep["pin"]).exists():
         shutil.copyfile(manifest, rep["pin"])
         log.info("pinned the fetched dataset: %s (a re-fetch that differs will fail)", rep["pin"])
-    log.info("dataset %s: %d of %d images kept, %d dropped, %d not fetched", name, len(rows), n_input, len(dropped), len(failed))
+    log.info(
+        "dataset %s: %d of %d images kept, %d dropped, %d not fetched",
+        name,
+        len(rows),
+        n_input,
+        len(dropped),
+        len(failed),
+    )
     return rep
 
 

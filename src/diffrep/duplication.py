@@ -31,7 +31,9 @@ def n_duplicated(n_images: int, weight_pc: float) -> int:
     return int(weight_pc * n_images)
 
 
-def make_plan(ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weight: float = 5, seed: int = 0) -> pd.DataFrame:
+def make_plan(
+    ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weight: float = 5, seed: int = 0
+) -> pd.DataFrame:
     """The plan of one duplication style for the images `ids` (in metadata order).
 
     Returns a DataFrame with columns ``id`` (str), ``duplicated`` (bool), ``weight`` (float64),
@@ -48,8 +50,12 @@ def make_plan(ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weigh
     if dup_weight <= 0:
         raise ValueError(f"duplication.dup_weight = {dup_weight}: must be > 0")
     if style != "nodup" and dup_weight <= 1:
-        log.warning("duplication.dup_weight = %s: %s samples the duplicated images no more often than the others%s",
-                    dup_weight, style, " and gives them no random captions (as upstream)" if style == "dup_image" else "")
+        log.warning(
+            "duplication.dup_weight = %s: %s samples the duplicated images no more often than the others%s",
+            dup_weight,
+            style,
+            " and gives them no random captions (as upstream)" if style == "dup_image" else "",
+        )
     ids = [str(i) for i in ids]
     if len(set(ids)) != len(ids):
         raise ValueError("duplication plan: image ids are not unique")

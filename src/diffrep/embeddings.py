@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -102,7 +102,9 @@ class PixelEmbedder:
 
         return T.Compose([T.Resize(self.size), T.CenterCrop(self.size), T.ToTensor()])
 
-    def embed(self, paths: Sequence[Path], batch_size: int = 64, device: str | None = None, num_workers: int = 0) -> np.ndarray:
+    def embed(
+        self, paths: Sequence[Path], batch_size: int = 64, device: str | None = None, num_workers: int = 0
+    ) -> np.ndarray:
         """Descriptors of the images, float32 n × (3·size²), L2-normalised rows."""
 
         def forward(x):
@@ -143,9 +145,7 @@ class SSCDEmbedder:
         from torchvision import transforms as T
 
         if self.preprocess == "upstream":
-            return T.Compose(
-                [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.5], [0.5])]
-            )
+            return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.5], [0.5])])
         return T.Compose([T.Resize(288), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def load(self, device: str):
@@ -162,7 +162,9 @@ class SSCDEmbedder:
             raise EmbeddingError(f"{self.file}: not a loadable TorchScript model ({err})") from err
         return model.eval()
 
-    def embed(self, paths: Sequence[Path], batch_size: int = 64, device: str | None = None, num_workers: int = 0) -> np.ndarray:
+    def embed(
+        self, paths: Sequence[Path], batch_size: int = 64, device: str | None = None, num_workers: int = 0
+    ) -> np.ndarray:
         """Descriptors of the images, float32 n × d, L2-normalised rows."""
         device = resolve_device(device)
         model = self.load(device)
@@ -193,20 +195,21 @@ def make_embedder(cfg: dict, model_dir: str | os.PathLike | None = None):
 # ---------------------------------------------------------------- files
 
 
-def write_embeddings(path: str | os.PathLike, ids: Sequence[str], embeddings: np.ndarray, embedder: str, preprocess: str) -> None:
+def write_embeddings(
+    path: str | os.PathLike, ids: Sequence[str], embeddings: np.ndarray, embedder: str, preprocess: str
+) -> None:
     """Write the npz of docs/formats.md atomically (no half-written file under the final name)."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(ids):
         raise EmbeddingError(f"{path}: {len(ids)} ids but embeddings of shape {embeddings.shape}")
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                ids=np.asarray(list(ids), dtype=str),
-                embeddings=embeddings,
-                embedder=np.asarray(embedder),
-                preprocess=np.asarray(preprocess),
-            )
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            ids=np.asarray(list(ids), dtype=str),
+            embeddings=embeddings,
+            embedder=np.asarray(embedder),
+            preprocess=np.asarray(preprocess),
+        )
 
 
 def read_embeddings(path: str | os.PathLike) -> dict:
@@ -248,6 +251,11 @@ def embed_to_file(
         raise EmbeddingError("embed_to_file needs either generations or images_dir + metadata")
     emb = embedder.embed(paths, batch_size=batch_size, device=device, num_workers=num_workers)
     write_embeddings(out, ids, emb, embedder.name, embedder.preprocess)
-    summary = {"n": len(ids), "dim": int(emb.shape[1]), "embedder": embedder.name, "preprocess": embedder.preprocess}
+    summary = {
+        "n": len(ids),
+        "dim": int(emb.shape[1]),
+        "embedder": embedder.name,
+        "preprocess": embedder.preprocess,
+    }
     log.info("wrote %s: %s", out, summary)
     return summary

@@ -59,10 +59,32 @@ PARTIAL_DIR = ".partial"  # under resources/models/: resumable url downloads, ke
 CHUNK = 1 << 20
 
 # Pickled or foreign-framework weights: never downloaded from a hub.
-FOREIGN_WEIGHTS = ["*.ckpt", "*.bin", "*.pt", "*.pth", "*.pkl", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data",
-                   "*.pb", "*.tflite", "*.ot", "*.mlmodel", "*.gguf"]
-TOKENIZER_FILES = ["vocab.json", "merges.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json", "spiece.model"]
+FOREIGN_WEIGHTS = [
+    "*.ckpt",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.pkl",
+    "*.h5",
+    "*.msgpack",
+    "*.onnx",
+    "*.onnx_data",
+    "*.pb",
+    "*.tflite",
+    "*.ot",
+    "*.mlmodel",
+    "*.gguf",
+]
+TOKENIZER_FILES = [
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spiece.model",
+]
 
 
 # Pipeline components with weights (SD: unet, vae, text_encoder; SDXL adds text_encoder_2; SD3 has a
@@ -128,7 +150,9 @@ def allow_patterns(kind: str, variant: str | None = None) -> list[str]:
             "*/config.json",
             "scheduler/scheduler_config.json",
             "feature_extractor/preprocessor_config.json",
-            *(f"tokenizer*/{f}" for f in TOKENIZER_FILES),  # tokenizer, tokenizer_2 (SDXL, SD3), tokenizer_3 (T5)
+            *(
+                f"tokenizer*/{f}" for f in TOKENIZER_FILES
+            ),  # tokenizer, tokenizer_2 (SDXL, SD3), tokenizer_3 (T5)
             *_weights("diffusion_pytorch_model", variant),
             *_weights("model", variant),
         ]
@@ -189,7 +213,11 @@ def check_complete(kind: str, folder: Path, variant: str | None = None, where: s
             if f"{comp}/config.json" not in files:
                 fail(f"component {comp!r} has no config.json")
         for tok in ("tokenizer", "tokenizer_2", "tokenizer_3"):
-            if index.get(tok) and index[tok][0] is not None and not any(f.startswith(f"{tok}/") for f in files):
+            if (
+                index.get(tok)
+                and index[tok][0] is not None
+                and not any(f.startswith(f"{tok}/") for f in files)
+            ):
                 fail(f"no {tok}/ files")
     elif kind in ("blip", "clip"):
         if "config.json" not in files:
@@ -206,7 +234,9 @@ def check_complete(kind: str, folder: Path, variant: str | None = None, where: s
         raise ValueError(f"unknown model kind {kind!r}")
 
 
-def model_file(model: str | os.PathLike, patterns: list[str], what: str, error: type[Exception] = FetchError) -> Path:
+def model_file(
+    model: str | os.PathLike, patterns: list[str], what: str, error: type[Exception] = FetchError
+) -> Path:
     """The one file of a model folder matching `patterns` (tried in order), or `model` itself if a file.
 
     Raises `error` naming the folder when it does not exist, or when the first pattern that
@@ -236,7 +266,9 @@ def log_files(folder: Path, what: str) -> int:
         size = (folder / rel).stat().st_size
         total += size
         log.info("  %12s  %s", _size(size), rel)
-    log.info("%s: %d file(s), %s in total", what, sum(1 for p in folder.rglob("*") if p.is_file()), _size(total))
+    log.info(
+        "%s: %d file(s), %s in total", what, sum(1 for p in folder.rglob("*") if p.is_file()), _size(total)
+    )
     return total
 
 
@@ -299,7 +331,10 @@ def fetch_huggingface(src: dict, dest: Path, job: FetchJob) -> None:
     token = os.environ.get(HF_TOKEN_ENV) or False  # False: never fall back to a stored login
     log.info(
         "huggingface: repo %s, revision %s, token %s, allow_patterns %s",
-        src["repo"], src.get("revision", "main"), f"from {HF_TOKEN_ENV}" if token else "none", allow,
+        src["repo"],
+        src.get("revision", "main"),
+        f"from {HF_TOKEN_ENV}" if token else "none",
+        allow,
     )
     kwargs = dict(
         repo_id=src["repo"],
@@ -317,8 +352,11 @@ def fetch_huggingface(src: dict, dest: Path, job: FetchJob) -> None:
             log.info("  %12s  %s%s", _size(size), name, "" if will else " (cached)")
         log.info(
             "huggingface: %d file(s), %s in total, %s to download; revision %s resolves to commit %s",
-            len(sizes), _size(sum(s for _, s, _ in sizes)), _size(sum(s for _, s, w in sizes if w)),
-            kwargs["revision"], ", ".join(commits) or "?",
+            len(sizes),
+            _size(sum(s for _, s, _ in sizes)),
+            _size(sum(s for _, s, w in sizes if w)),
+            kwargs["revision"],
+            ", ".join(commits) or "?",
         )
     except Exception as err:  # the listing is informative only; the download below decides
         log.info("huggingface: could not list files before downloading (%s)", scrub(str(err))[:300])
@@ -352,7 +390,10 @@ def fetch_modelscope(src: dict, dest: Path, job: FetchJob) -> None:
     token = os.environ.get(MODELSCOPE_TOKEN_ENV) or None
     log.info(
         "modelscope: repo %s, revision %s, token %s, allow_patterns %s",
-        src["repo"], src.get("revision", "master"), f"from {MODELSCOPE_TOKEN_ENV}" if token else "none", allow,
+        src["repo"],
+        src.get("revision", "master"),
+        f"from {MODELSCOPE_TOKEN_ENV}" if token else "none",
+        allow,
     )
     snapshot = ms_snapshot_download(
         model_id=src["repo"],
@@ -411,9 +452,12 @@ def _download_once(url: str, part: Path, timeout: float) -> None:
             have, mode = 0, "wb"
             length = resp.headers.get("Content-Length")
             total = int(length) if length is not None else None
-        with open(part, mode) as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:-5], mininterval=5
-        ) as bar:
+        with (
+            open(part, mode) as f,
+            tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:-5], mininterval=5
+            ) as bar,
+        ):
             while True:
                 block = resp.read(CHUNK)
                 if not block:
@@ -464,8 +508,15 @@ def download_url(
                 f"({have} bytes kept in {part} for the next run to resume)"
             )
         wait = backoff * 2 ** (attempt - 1)
-        log.warning("%s: attempt %d/%d failed (%s); %d bytes so far; retrying in %.0f s",
-                    url, attempt, attempts, reason, have, wait)
+        log.warning(
+            "%s: attempt %d/%d failed (%s); %d bytes so far; retrying in %.0f s",
+            url,
+            attempt,
+            attempts,
+            reason,
+            have,
+            wait,
+        )
         time.sleep(wait)
     actual = sha256_file(part)
     problems = []
@@ -570,7 +621,11 @@ def fetch_source(src: dict, job: FetchJob, out_dir: Path, label: str) -> dict[st
 
 def _log_served(job: FetchJob, i: int, n: int, label: str, failed: list[tuple[str, str]]) -> None:
     log.info(
-        "model %s: served by source %d/%d (%s)%s", job.name, i, n, label,
+        "model %s: served by source %d/%d (%s)%s",
+        job.name,
+        i,
+        n,
+        label,
         "".join(f"; earlier source {lab} failed: {why.splitlines()[0]}" for lab, why in failed),
     )
     if job.pins:
@@ -578,7 +633,9 @@ def _log_served(job: FetchJob, i: int, n: int, label: str, failed: list[tuple[st
     else:
         log.warning(
             "model %s: no sha256 pinned; the manifest records what was received. Pin it with: "
-            "python -m diffrep.pin_hashes --config <config.yaml> --model %s", job.name, job.name,
+            "python -m diffrep.pin_hashes --config <config.yaml> --model %s",
+            job.name,
+            job.name,
         )
 
 
@@ -614,7 +671,10 @@ def fetch_model(
     _remove(out_dir)
     log.info(
         "model %s (kind %s%s): %d source(s): %s; %s",
-        name, job.kind, f", variant {job.variant}" if job.variant else "", len(sources),
+        name,
+        job.kind,
+        f", variant {job.variant}" if job.variant else "",
+        len(sources),
         "; ".join(describe(s) for s in sources),
         f"{len(job.pins)} pinned sha256" if job.pins else "no sha256 pinned",
     )

@@ -31,8 +31,8 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -141,7 +141,9 @@ def random_inception_state_dict(seed: int = 0) -> dict:
     import torchvision
 
     gen = torch.Generator().manual_seed(seed)
-    net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net = torchvision.models.inception_v3(
+        num_classes=1008, aux_logits=False, weights=None, init_weights=False
+    )
     state = {}
     for key, value in net.state_dict().items():
         if key.endswith("num_batches_tracked"):
@@ -169,7 +171,9 @@ def check_convention(convention: str) -> str:
     return convention
 
 
-def image_tensor(path: str | os.PathLike, resolution: int | None = None, convention: str = DEFAULT_CONVENTION):
+def image_tensor(
+    path: str | os.PathLike, resolution: int | None = None, convention: str = DEFAULT_CONVENTION
+):
     """An image as the 3 × H × W float tensor the network gets under ``convention``.
 
     pytorch-fid: [0, 1], resized + centre-cropped only if not already ``resolution``².
@@ -202,8 +206,13 @@ class _Files:
 
 
 def activations(
-    paths: Sequence[Path], model, batch_size: int = 50, device: str = "cpu", resolution: int | None = None,
-    num_workers: int = 0, convention: str = DEFAULT_CONVENTION,
+    paths: Sequence[Path],
+    model,
+    batch_size: int = 50,
+    device: str = "cpu",
+    resolution: int | None = None,
+    num_workers: int = 0,
+    convention: str = DEFAULT_CONVENTION,
 ) -> np.ndarray:
     """Pool3 activations, float64 n × 2048, in ``paths`` order (images read as ``convention`` says)."""
     import torch
@@ -213,7 +222,12 @@ def activations(
     if not paths:
         raise FIDError("no images for FID")
     batch_size = max(1, min(batch_size, len(paths)))
-    loader = DataLoader(_Files(paths, resolution, check_convention(convention)), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        _Files(paths, resolution, check_convention(convention)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
     out = np.empty((len(paths), DIMS))
     start = 0
     try:
@@ -221,7 +235,7 @@ def activations(
             for batch in tqdm(loader, desc="inception", unit="batch", mininterval=5):
                 pred = model(batch.to(device))[0]
                 pred = pred.squeeze(3).squeeze(2).cpu().numpy()
-                out[start:start + len(pred)] = pred
+                out[start : start + len(pred)] = pred
                 start += len(pred)
     except RuntimeError as err:
         if "stack expects each tensor to be equal size" in str(err):
@@ -280,8 +294,16 @@ def frechet_method(n1: int, dims: int = DIMS) -> str:
     return LOW_RANK_METHOD if n1 <= dims else PYTORCH_FID_METHOD
 
 
-def folder_statistics(paths, model, batch_size=50, device="cpu", resolution=None, num_workers=0,
-                      return_activations=False, convention=DEFAULT_CONVENTION):
+def folder_statistics(
+    paths,
+    model,
+    batch_size=50,
+    device="cpu",
+    resolution=None,
+    num_workers=0,
+    return_activations=False,
+    convention=DEFAULT_CONVENTION,
+):
     """``(mu, sigma, n)`` of a list of image files (``+ activations`` if asked)."""
     acts = activations(paths, model, batch_size, device, resolution, num_workers, convention)
     mu, sigma = statistics(acts)
@@ -291,16 +313,20 @@ def folder_statistics(paths, model, batch_size=50, device="cpu", resolution=None
 # ---------------------------------------------------------------- files
 
 
-def write_reference(path, mu, sigma, n: int, resolution: int | None, weights: str,
-                    convention: str = DEFAULT_CONVENTION) -> None:
+def write_reference(
+    path, mu, sigma, n: int, resolution: int | None, weights: str, convention: str = DEFAULT_CONVENTION
+) -> None:
     """The reference statistics npz of docs/formats.md (mu, sigma, n, + resolution, weights, convention)."""
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), n=np.int64(n),
-                resolution=np.int64(resolution or 0), weights=np.asarray(str(weights)),
-                convention=np.asarray(check_convention(convention)),
-            )
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            mu=np.asarray(mu, np.float64),
+            sigma=np.asarray(sigma, np.float64),
+            n=np.int64(n),
+            resolution=np.int64(resolution or 0),
+            weights=np.asarray(str(weights)),
+            convention=np.asarray(check_convention(convention)),
+        )
 
 
 def read_reference(path) -> dict:
@@ -312,8 +338,17 @@ def read_reference(path) -> dict:
     return out
 
 
-def reference_statistics(images_dir, metadata, model, out, resolution, batch_size=50, device=None, num_workers=0,
-                         convention=DEFAULT_CONVENTION):
+def reference_statistics(
+    images_dir,
+    metadata,
+    model,
+    out,
+    resolution,
+    batch_size=50,
+    device=None,
+    num_workers=0,
+    convention=DEFAULT_CONVENTION,
+):
     """The fid_reference rule: statistics of the training images listed in ``metadata``."""
     from diffrep.devices import resolve_device
     from diffrep.images import train_images
@@ -321,24 +356,47 @@ def reference_statistics(images_dir, metadata, model, out, resolution, batch_siz
     device = resolve_device(device)
     _, paths = train_images(images_dir, metadata)
     net = load_inception(model, device)
-    mu, sigma, n = folder_statistics(paths, net, batch_size, device, resolution, num_workers, convention=convention)
+    mu, sigma, n = folder_statistics(
+        paths, net, batch_size, device, resolution, num_workers, convention=convention
+    )
     write_reference(out, mu, sigma, n, resolution, find_weights(model).name, convention)
-    log.info("reference statistics of %d training images at %s px (%s convention) -> %s", n, resolution,
-             convention, out)
+    log.info(
+        "reference statistics of %d training images at %s px (%s convention) -> %s",
+        n,
+        resolution,
+        convention,
+        out,
+    )
     return n
 
 
 def _check_reference(reference, ref: dict, resolution, convention) -> None:
     if ref["convention"] != check_convention(convention):
-        raise FIDError(f"{reference} was computed with fid.convention {ref['convention']!r}, this FID asks {convention!r}")
-    if convention == DEFAULT_CONVENTION and ref["resolution"] and resolution and ref["resolution"] != resolution:
+        raise FIDError(
+            f"{reference} was computed with fid.convention {ref['convention']!r}, this FID asks {convention!r}"
+        )
+    if (
+        convention == DEFAULT_CONVENTION
+        and ref["resolution"]
+        and resolution
+        and ref["resolution"] != resolution
+    ):
         raise FIDError(
             f"{reference} was computed at resolution {ref['resolution']}, this FID asks {resolution}"
         )
 
 
-def fid_of_generations(gen_dir, reference, model, out, resolution, batch_size=50, device=None, num_workers=0,
-                       convention=DEFAULT_CONVENTION) -> dict:
+def fid_of_generations(
+    gen_dir,
+    reference,
+    model,
+    out,
+    resolution,
+    batch_size=50,
+    device=None,
+    num_workers=0,
+    convention=DEFAULT_CONVENTION,
+) -> dict:
     """The fid rule: FID of a generation folder against the reference statistics; writes the JSON."""
     from diffrep.devices import resolve_device
     from diffrep.images import generation_images
@@ -348,8 +406,16 @@ def fid_of_generations(gen_dir, reference, model, out, resolution, batch_size=50
     _check_reference(reference, ref, resolution, convention)
     _, paths = generation_images(gen_dir)
     net = load_inception(model, device)
-    mu, sigma, n, acts = folder_statistics(paths, net, batch_size, device, resolution, num_workers,
-                                           return_activations=True, convention=convention)
+    mu, sigma, n, acts = folder_statistics(
+        paths,
+        net,
+        batch_size,
+        device,
+        resolution,
+        num_workers,
+        return_activations=True,
+        convention=convention,
+    )
     result = {
         "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"], acts1=acts),
         "method": frechet_method(n, len(mu)),

@@ -111,8 +111,8 @@ def pytorch_fid_inception(state: dict):
     pytorch-fid fetches its weights with ``load_state_dict_from_url``; that one call is redirected
     to `state` (plus a zero ``fc``), so the network is exactly pytorch-fid's, built offline.
     """
-    import torch
     import pytorch_fid.inception as pfi
+    import torch
 
     full = dict(state)
     full.setdefault("fc.weight", torch.zeros(1008, 2048))

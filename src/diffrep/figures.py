@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -57,8 +57,17 @@ def themed(style: Mapping | None):
 def note(ax, text: str) -> None:
     """Write ``text`` into an empty axes: what is missing and why."""
     ax.set_axis_off()
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes,
-            bbox={"boxstyle": "round", "fc": "#f5f5f5", "ec": "#999999"})
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        ha="center",
+        va="center",
+        wrap=True,
+        fontsize=9,
+        transform=ax.transAxes,
+        bbox={"boxstyle": "round", "fc": "#f5f5f5", "ec": "#999999"},
+    )
 
 
 def numeric(series: pd.Series) -> pd.Series:
@@ -80,7 +89,9 @@ def _panels(keys: Sequence, ncols_max: int = 3, height: float = 3.5, aspect: flo
     n = max(1, len(keys))
     ncols = min(n, ncols_max)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(height * aspect * ncols, height * nrows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(height * aspect * ncols, height * nrows + 0.6), squeeze=False
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_axis_off()
@@ -124,18 +135,33 @@ def sim95_by_dup_cond(summary: pd.DataFrame, baselines: pd.DataFrame, style: Map
         fig, axes = _panels(keys, height=height, aspect=aspect)
         preset = _reference_preset(summary)
         for ax, (ds, emb) in zip(axes, keys):
-            part = summary[(summary["dataset"] == ds) & (summary["embedder"] == emb) & (summary["preset"] == preset)]
+            part = summary[
+                (summary["dataset"] == ds) & (summary["embedder"] == emb) & (summary["preset"] == preset)
+            ]
             runs = _finetuned(part)
             runs = runs[runs["train_mitigation"] == "none"]
             if runs.empty:
-                note(ax, f"{ds} / {emb}: no finetuned run without mitigation at preset {preset!r} "
-                         "in this study\n(add an experiments block with train_mitigation: [none])")
+                note(
+                    ax,
+                    f"{ds} / {emb}: no finetuned run without mitigation at preset {preset!r} "
+                    "in this study\n(add an experiments block with train_mitigation: [none])",
+                )
                 continue
             order = [c for c in CONDITIONING_ORDER if c in set(runs["conditioning"])]
             hue_order = [d for d in DUPLICATION_ORDER if d in set(runs["duplication"])]
-            sns.barplot(data=runs.assign(p95=numeric(runs["p95"])), x="conditioning", y="p95", hue="duplication",
-                        order=order, hue_order=hue_order, palette=style.get("palette", "deep"), ax=ax)
-            for container in ax.containers:  # inside the bars: above them they collide with the reference lines
+            sns.barplot(
+                data=runs.assign(p95=numeric(runs["p95"])),
+                x="conditioning",
+                y="p95",
+                hue="duplication",
+                order=order,
+                hue_order=hue_order,
+                palette=style.get("palette", "deep"),
+                ax=ax,
+            )
+            for (
+                container
+            ) in ax.containers:  # inside the bars: above them they collide with the reference lines
                 ax.bar_label(container, fmt="%.3f", fontsize=7, label_type="center", color="white")
             base = part[part["run"] == "base"]
             if not base.empty:
@@ -144,12 +170,21 @@ def sim95_by_dup_cond(summary: pd.DataFrame, baselines: pd.DataFrame, style: Map
             if not bl.empty:
                 ax.axhline(float(bl["p95"].iloc[0]), ls=":", c="0.4", lw=1.2, label="train vs train")
             missing = [c for c in CONDITIONING_ORDER if c not in order]
-            ax.set_title(f"{ds} / {emb} (preset {preset})" + (f"\nnot in this study: {', '.join(missing)}" if missing else ""),
-                         fontsize=9)
+            ax.set_title(
+                f"{ds} / {emb} (preset {preset})"
+                + (f"\nnot in this study: {', '.join(missing)}" if missing else ""),
+                fontsize=9,
+            )
             ax.set_xlabel("conditioning")
             ax.set_ylabel("95th percentile of top-1 similarity (cosine)")
             # outside the axes: inside, it hid the bars of the last conditioning
-            ax.legend(fontsize=7, title="duplication", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            ax.legend(
+                fontsize=7,
+                title="duplication",
+                title_fontsize=7,
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+            )
         fig.suptitle(study_title(style.get("title", "Replication by duplication × conditioning"), study))
         fig.tight_layout()
     return fig
@@ -169,29 +204,56 @@ def mitigation_tradeoff(summary: pd.DataFrame, style: Mapping, study: str):
     rows["clip_value"] = numeric(rows["clipscore"]) if "clipscore" in rows else np.nan
     keys = sorted(rows.groupby(["dataset", "embedder"]).groups) or [("?", "?")]
     with themed(style):
-        fig, axes = plt.subplots(len(keys), 2, figsize=(2 * height * aspect, height * len(keys) + 0.8), squeeze=False)
+        fig, axes = plt.subplots(
+            len(keys), 2, figsize=(2 * height * aspect, height * len(keys) + 0.8), squeeze=False
+        )
         for (ax_fid, ax_clip), (ds, emb) in zip(axes, keys):
             part = rows[(rows["dataset"] == ds) & (rows["embedder"] == emb)]
             if mitigated.empty:
-                note(ax_fid, "no train-time or inference-time mitigation in this study\n"
-                             "(train_mitigation or a preset's mitigation)")
+                note(
+                    ax_fid,
+                    "no train-time or inference-time mitigation in this study\n"
+                    "(train_mitigation or a preset's mitigation)",
+                )
                 note(ax_clip, "nothing to compare: no mitigation")
                 continue
             for ax, col, xlabel, metric in (
                 (ax_fid, "fid_value", "FID (lower = closer to the training images)", "FID"),
-                (ax_clip, "clip_value", "CLIP score (100 · cosine, higher = closer to the prompt)", "CLIP score"),
+                (
+                    ax_clip,
+                    "clip_value",
+                    "CLIP score (100 · cosine, higher = closer to the prompt)",
+                    "CLIP score",
+                ),
             ):
                 ok = part[part[col].notna()]
                 if ok.empty:
                     raw = part[col.replace("_value", "") if col != "clip_value" else "clipscore"]
-                    why = "skipped in the config (enabled: false)" if (raw == "skipped").any() else "not available"
+                    why = (
+                        "skipped in the config (enabled: false)"
+                        if (raw == "skipped").any()
+                        else "not available"
+                    )
                     note(ax, f"{ds} / {emb}: {metric} {why}")
                     continue
-                sns.scatterplot(data=ok, x=col, y="p95", hue="mitigation", style="duplication", s=70,
-                                palette=style.get("palette", "deep"), ax=ax)
+                sns.scatterplot(
+                    data=ok,
+                    x=col,
+                    y="p95",
+                    hue="mitigation",
+                    style="duplication",
+                    s=70,
+                    palette=style.get("palette", "deep"),
+                    ax=ax,
+                )
                 for _, r in ok.iterrows():
-                    ax.annotate(r["mitigation"].split(": ")[-1], (r[col], r["p95"]), fontsize=6,
-                                xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(
+                        r["mitigation"].split(": ")[-1],
+                        (r[col], r["p95"]),
+                        fontsize=6,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel("95th percentile of top-1 similarity (cosine)")
                 ax.set_title(f"{ds} / {emb}", fontsize=9)
@@ -201,8 +263,12 @@ def mitigation_tradeoff(summary: pd.DataFrame, style: Mapping, study: str):
     return fig
 
 
-def similarity_distributions(matches: Mapping[tuple, pd.DataFrame], baseline_matches: Mapping[tuple, pd.DataFrame],
-                             style: Mapping, study: str):
+def similarity_distributions(
+    matches: Mapping[tuple, pd.DataFrame],
+    baseline_matches: Mapping[tuple, pd.DataFrame],
+    style: Mapping,
+    study: str,
+):
     """Top-1 similarity of every generation per run · preset (boxes, points), with the train-vs-train
     distribution (each training image's best other training image) as the first, grey box.
 
@@ -217,20 +283,40 @@ def similarity_distributions(matches: Mapping[tuple, pd.DataFrame], baseline_mat
             frames = []
             bl = baseline_matches.get((ds, emb))
             if bl is not None and len(bl):
-                frames.append(pd.DataFrame({"set": "train vs train", "similarity": bl["similarity"].astype(float)}))
+                frames.append(
+                    pd.DataFrame({"set": "train vs train", "similarity": bl["similarity"].astype(float)})
+                )
             for (d, e, run, gen), m in sorted(matches.items()):
                 if (d, e) == (ds, emb):
                     top1 = m[m["rank"] == 0]
-                    frames.append(pd.DataFrame({"set": f"{run} · {gen}", "similarity": top1["similarity"].astype(float)}))
+                    frames.append(
+                        pd.DataFrame(
+                            {"set": f"{run} · {gen}", "similarity": top1["similarity"].astype(float)}
+                        )
+                    )
             if not frames:
                 note(ax, f"{ds} / {emb}: no similarity tables")
                 continue
             data = pd.concat(frames, ignore_index=True)
             order = list(dict.fromkeys(data["set"]))
-            palette = {s: ("0.75" if s == "train vs train" else sns.color_palette(style.get("palette", "deep"))[0]) for s in order}
-            sns.boxplot(data=data, y="set", x="similarity", order=order, hue="set", palette=palette, legend=False,
-                        fliersize=0, ax=ax)
-            sns.stripplot(data=data, y="set", x="similarity", order=order, color="k", size=2, alpha=0.5, ax=ax)
+            palette = {
+                s: ("0.75" if s == "train vs train" else sns.color_palette(style.get("palette", "deep"))[0])
+                for s in order
+            }
+            sns.boxplot(
+                data=data,
+                y="set",
+                x="similarity",
+                order=order,
+                hue="set",
+                palette=palette,
+                legend=False,
+                fliersize=0,
+                ax=ax,
+            )
+            sns.stripplot(
+                data=data, y="set", x="similarity", order=order, color="k", size=2, alpha=0.5, ax=ax
+            )
             if bl is None or not len(bl):
                 ax.text(0.01, 0.01, "train-vs-train baseline missing", transform=ax.transAxes, fontsize=7)
             ax.set_xlabel(SIM_LABEL.format(emb=emb))
@@ -258,8 +344,13 @@ def replication_counts(matches: pd.DataFrame, plan: pd.DataFrame | None) -> pd.D
     return out
 
 
-def duplicated_vs_not(summary: pd.DataFrame, matches: Mapping[tuple, pd.DataFrame],
-                      plans: Mapping[tuple, pd.DataFrame], style: Mapping, study: str):
+def duplicated_vs_not(
+    summary: pd.DataFrame,
+    matches: Mapping[tuple, pd.DataFrame],
+    plans: Mapping[tuple, pd.DataFrame],
+    style: Mapping,
+    study: str,
+):
     """Duplicated vs non-duplicated images, per run · preset of the first dataset × embedder pairs:
     (a) top-1 similarity of generations whose prompt came from a duplicated / non-duplicated image;
     (b) the rate at which the top-1 match is the prompt's own source image; (c) replication counts,
@@ -276,13 +367,24 @@ def duplicated_vs_not(summary: pd.DataFrame, matches: Mapping[tuple, pd.DataFram
         label = f"{run} · {gen}" + ("" if len({k[:2] for k in matches}) == 1 else f" ({ds}/{emb})")
         top1 = m[m["rank"] == 0]
         split = np.where(in_dup_set(top1), "duplicated", "not duplicated")
-        sims.append(pd.DataFrame({"set": label, "prompt source": split, "similarity": top1["similarity"].astype(float)}))
+        sims.append(
+            pd.DataFrame(
+                {"set": label, "prompt source": split, "similarity": top1["similarity"].astype(float)}
+            )
+        )
         for name, part in top1.groupby(split):
-            rates.append({"set": label, "prompt source": name, "rate": float(part["is_source"].astype(bool).mean())})
+            rates.append(
+                {"set": label, "prompt source": name, "rate": float(part["is_source"].astype(bool).mean())}
+            )
         rc = replication_counts(m, plans.get((ds, run)))
         for dup, part in rc.groupby("duplicated"):
-            counts.append({"set": label, "training image": "duplicated" if dup else "not duplicated",
-                           "mean_count": float(part["count"].mean())})
+            counts.append(
+                {
+                    "set": label,
+                    "training image": "duplicated" if dup else "not duplicated",
+                    "mean_count": float(part["count"].mean()),
+                }
+            )
     order_hue = ["duplicated", "not duplicated"]
     with themed(style):
         fig, axes = plt.subplots(1, 3, figsize=(3 * height * aspect, height + 0.3 * len(matches) + 0.8))
@@ -294,29 +396,62 @@ def duplicated_vs_not(summary: pd.DataFrame, matches: Mapping[tuple, pd.DataFram
             sim = pd.concat(sims, ignore_index=True)
             emb_names = sorted({k[1] for k in matches})
             if not (sim["prompt source"] == "duplicated").any():
-                axes[0].text(0.01, 0.01, "no generation has a duplicated prompt\n(no dup_* run in this study)",
-                             transform=axes[0].transAxes, fontsize=7)
-            sns.boxplot(data=sim, y="set", x="similarity", hue="prompt source", hue_order=order_hue, palette=pal,
-                        fliersize=2, ax=axes[0])
+                axes[0].text(
+                    0.01,
+                    0.01,
+                    "no generation has a duplicated prompt\n(no dup_* run in this study)",
+                    transform=axes[0].transAxes,
+                    fontsize=7,
+                )
+            sns.boxplot(
+                data=sim,
+                y="set",
+                x="similarity",
+                hue="prompt source",
+                hue_order=order_hue,
+                palette=pal,
+                fliersize=2,
+                ax=axes[0],
+            )
             axes[0].set_xlabel(f"top-1 similarity\n(cosine, embedder {', '.join(emb_names)})")
             axes[0].set_ylabel("run · preset")
             axes[0].set_title("(a) similarity by prompt source", fontsize=9)
-            sns.barplot(data=pd.DataFrame(rates), y="set", x="rate", hue="prompt source", hue_order=order_hue,
-                        palette=pal, ax=axes[1])
+            sns.barplot(
+                data=pd.DataFrame(rates),
+                y="set",
+                x="rate",
+                hue="prompt source",
+                hue_order=order_hue,
+                palette=pal,
+                ax=axes[1],
+            )
             axes[1].set_xlabel("fraction of generations whose top-1\nmatch is the prompt's source image")
             axes[1].set_ylabel("")
             axes[1].set_xlim(0, 1)
             axes[1].set_title("(b) source-match rate", fontsize=9)
-            sns.barplot(data=pd.DataFrame(counts), y="set", x="mean_count", hue="training image", hue_order=order_hue,
-                        palette=pal, ax=axes[2])
+            sns.barplot(
+                data=pd.DataFrame(counts),
+                y="set",
+                x="mean_count",
+                hue="training image",
+                hue_order=order_hue,
+                palette=pal,
+                ax=axes[2],
+            )
             axes[2].set_xlabel("generations matching a training image\n(mean top-1 count per image)")
             axes[2].set_ylabel("")
             axes[2].set_title("(c) replication counts", fontsize=9)
             for ax in axes[1:]:
                 ax.set_yticklabels([])
         fig.suptitle(study_title(style.get("title", "Duplicated vs non-duplicated images"), study))
-        fig.text(0.5, 0.005, "duplicated = the study's duplicated set (same images in every run); in nodup runs "
-                 "and the base model these images are not duplicated: the control", ha="center", fontsize=7)
+        fig.text(
+            0.5,
+            0.005,
+            "duplicated = the study's duplicated set (same images in every run); in nodup runs "
+            "and the base model these images are not duplicated: the control",
+            ha="center",
+            fontsize=7,
+        )
         fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
@@ -334,8 +469,17 @@ def _load_image(path, size: int | None = None) -> np.ndarray:
         return np.asarray(im)
 
 
-def gallery(matches: pd.DataFrame, generations_dir, images_dir, metadata: pd.DataFrame, study: str,
-            title: str, size: int = 8, top_k: int = 3, dpi: int = 150):
+def gallery(
+    matches: pd.DataFrame,
+    generations_dir,
+    images_dir,
+    metadata: pd.DataFrame,
+    study: str,
+    title: str,
+    size: int = 8,
+    top_k: int = 3,
+    dpi: int = 150,
+):
     """The ``size`` generations with the highest top-1 similarity (rows, highest first), each beside
     its ``top_k`` training matches with their similarity; a match that is the prompt's own source
     image is marked ``source``. ``metadata``: the dataset's metadata.parquet (id → file)."""
@@ -366,10 +510,15 @@ def gallery(matches: pd.DataFrame, generations_dir, images_dir, metadata: pd.Dat
                 continue
             ax.imshow(_load_image(Path(images_dir) / f, 128))
             src = " source" if bool(r.get("is_source", False)) else ""
-            ax.set_title(f"match {j + 1}: {float(r['similarity']):.3f}{src}\n{r['train_id']}", fontsize=6,
-                         color="C3" if src else "k")
-    fig.suptitle(study_title(title, study) + "\nleft: generation; right: top training matches (cosine similarity)",
-                 fontsize=8)
+            ax.set_title(
+                f"match {j + 1}: {float(r['similarity']):.3f}{src}\n{r['train_id']}",
+                fontsize=6,
+                color="C3" if src else "k",
+            )
+    fig.suptitle(
+        study_title(title, study) + "\nleft: generation; right: top training matches (cosine similarity)",
+        fontsize=8,
+    )
     fig.tight_layout()
     return fig
 
@@ -381,8 +530,9 @@ COMPONENT_COLOURS = {"attn1": "C0", "attn2": "C1", "other": "C2"}
 def _block_key(name: str):
     """UNet blocks in data-flow order: conv_in/time_embedding…, down_blocks.N, mid_block, up_blocks.N, conv_out…"""
     kind, _, idx = name.partition(".")
-    rank = {"down_blocks": 1, "mid_block": 2, "up_blocks": 3}.get(kind, 0 if name in ("conv_in", "time_proj",
-                                                                                      "time_embedding") else 4)
+    rank = {"down_blocks": 1, "mid_block": 2, "up_blocks": 3}.get(
+        kind, 0 if name in ("conv_in", "time_proj", "time_embedding") else 4
+    )
     return rank, int(idx) if idx.isdigit() else 0, name
 
 
@@ -398,18 +548,41 @@ def weightdiff_histograms(table: pd.DataFrame, style: Mapping, study: str, title
         if vals.empty:
             note(ax1, "no tensor changed (all differences are zero)")
         else:
-            sns.histplot(data=vals, x=col, hue="component", hue_order=[c for c in COMPONENTS if c in set(vals["component"])],
-                         palette=COMPONENT_COLOURS, log_scale=True, element="step", bins=30, ax=ax1)
-            ax1.set_xlabel("relative L2 change per tensor, ‖Δ‖₂ / ‖base‖₂" if col == "rel_l2" else "L2 change per tensor, ‖Δ‖₂")
+            sns.histplot(
+                data=vals,
+                x=col,
+                hue="component",
+                hue_order=[c for c in COMPONENTS if c in set(vals["component"])],
+                palette=COMPONENT_COLOURS,
+                log_scale=True,
+                element="step",
+                bins=30,
+                ax=ax1,
+            )
+            ax1.set_xlabel(
+                "relative L2 change per tensor, ‖Δ‖₂ / ‖base‖₂"
+                if col == "rel_l2"
+                else "L2 change per tensor, ‖Δ‖₂"
+            )
             ax1.set_ylabel("tensors (count)")
-        blocks = ok.groupby(["block", "component"])["l2"].apply(lambda s: float(np.sqrt((s.astype(float) ** 2).sum())))
+        blocks = ok.groupby(["block", "component"])["l2"].apply(
+            lambda s: float(np.sqrt((s.astype(float) ** 2).sum()))
+        )
         blocks = blocks.rename("l2").reset_index()
         if blocks.empty:
             note(ax2, "no comparable tensors")
         else:
             order = sorted(set(blocks["block"]), key=_block_key)
-            sns.barplot(data=blocks, y="block", x="l2", hue="component", order=order, palette=COMPONENT_COLOURS,
-                        hue_order=[c for c in COMPONENTS if c in set(blocks["component"])], ax=ax2)
+            sns.barplot(
+                data=blocks,
+                y="block",
+                x="l2",
+                hue="component",
+                order=order,
+                palette=COMPONENT_COLOURS,
+                hue_order=[c for c in COMPONENTS if c in set(blocks["component"])],
+                ax=ax2,
+            )
             ax2.set_xlabel("L2 norm of the block's difference, √Σ‖Δ‖₂² (weight units)")
             ax2.set_ylabel("UNet block")
         skipped = len(table) - len(ok)
@@ -431,8 +604,10 @@ def sweep_grid(cells: Sequence[dict], study: str, title: str, n_show: int = 4):
         note(axes[0][0], "no sweep cells")
     for i, cell in enumerate(cells):
         p = cell["preset"]
-        label = (f"{cell['run']}\n{p.get('scheduler')} · CFG {p.get('guidance_scale')}\n{p.get('steps')} steps"
-                 + (f"\nneg: {p['negative_prompt'][:20]}" if p.get("negative_prompt") else ""))
+        label = (
+            f"{cell['run']}\n{p.get('scheduler')} · CFG {p.get('guidance_scale')}\n{p.get('steps')} steps"
+            + (f"\nneg: {p['negative_prompt'][:20]}" if p.get("negative_prompt") else "")
+        )
         images = sorted(Path(cell["dir"]).glob("*.png"))[:n_show]
         for j in range(n_show):
             ax = axes[i][j]
@@ -444,8 +619,11 @@ def sweep_grid(cells: Sequence[dict], study: str, title: str, n_show: int = 4):
             if i == 0:
                 ax.set_title(f"prompt/seed {j + 1}", fontsize=7)
         axes[i][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(study_title(title, study) + "\nrows: scheduler · guidance scale (CFG) · steps; columns: same prompt and seed",
-                 fontsize=9)
+    fig.suptitle(
+        study_title(title, study)
+        + "\nrows: scheduler · guidance scale (CFG) · steps; columns: same prompt and seed",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -467,7 +645,9 @@ def read_plans(paths: Sequence, ids: Sequence[Mapping]) -> dict[tuple, pd.DataFr
     """``{(dataset, run): the run's duplication plan}``; ``ids``: the rule's params, one per path in
     the same order, ``{"dataset", "plan", "runs"}`` (the runs trained with that plan)."""
     if len(paths) != len(ids):
-        raise ValueError(f"{len(paths)} plan file(s) but {len(ids)} plan id(s) in params: one per file, in order")
+        raise ValueError(
+            f"{len(paths)} plan file(s) but {len(ids)} plan id(s) in params: one per file, in order"
+        )
     out = {}
     for path, key in zip(paths, ids):
         plan = pd.read_parquet(path)
@@ -475,8 +655,17 @@ def read_plans(paths: Sequence, ids: Sequence[Mapping]) -> dict[tuple, pd.DataFr
     return out
 
 
-def summary_figure(name: str, summary_csv, baselines_csv, matches=(), baseline_matches=(), plans=(), plan_ids=(),
-                   style: Mapping | None = None, study: str = ""):
+def summary_figure(
+    name: str,
+    summary_csv,
+    baselines_csv,
+    matches=(),
+    baseline_matches=(),
+    plans=(),
+    plan_ids=(),
+    style: Mapping | None = None,
+    study: str = "",
+):
     """Draw one of :data:`SUMMARY_FIGURES` from the rule's inputs (paths; ``plan_ids``: see :func:`read_plans`)."""
     style = dict(style or {})
     summary = pd.read_csv(summary_csv, keep_default_na=True)
@@ -486,7 +675,9 @@ def summary_figure(name: str, summary_csv, baselines_csv, matches=(), baseline_m
     if name == "mitigation_tradeoff":
         return mitigation_tradeoff(summary, style, study)
     if name == "similarity_distributions":
-        return similarity_distributions(read_matches(matches), read_baseline_matches(baseline_matches), style, study)
+        return similarity_distributions(
+            read_matches(matches), read_baseline_matches(baseline_matches), style, study
+        )
     if name == "duplicated_vs_not":
         return duplicated_vs_not(summary, read_matches(matches), read_plans(plans, plan_ids), style, study)
     raise ValueError(f"unknown figure {name!r}; allowed: {', '.join(SUMMARY_FIGURES)}")
@@ -501,11 +692,17 @@ def sweep_cells(generation_dirs: Sequence, sweep: Mapping) -> list[dict]:
     """
     dirs, names = list(generation_dirs), list(sweep["generations"])
     if len(dirs) != len(names):
-        raise ValueError(f"{len(dirs)} generation folder(s) but {len(names)} named in params.sweep.generations")
+        raise ValueError(
+            f"{len(dirs)} generation folder(s) but {len(names)} named in params.sweep.generations"
+        )
     out = []
     for d, name in zip(dirs, names):
         if name["cell"] not in sweep["cells"]:
-            raise ValueError(f"sweep cell {name['cell']!r} of run {name['run']!r}: not among the sweep's cells "
-                             f"{', '.join(sweep['cells'])}")
-        out.append({"run": name["run"], "cell": name["cell"], "preset": dict(sweep["cells"][name["cell"]]), "dir": d})
+            raise ValueError(
+                f"sweep cell {name['cell']!r} of run {name['run']!r}: not among the sweep's cells "
+                f"{', '.join(sweep['cells'])}"
+            )
+        out.append(
+            {"run": name["run"], "cell": name["cell"], "preset": dict(sweep["cells"][name["cell"]]), "dir": d}
+        )
     return out

@@ -73,14 +73,16 @@ def draw_prompts(captions: dict[str, list[str]], plan: pd.DataFrame, n: int, see
     chosen = np.random.default_rng(seed).choice(len(ids), size=n, replace=True)
     dup = plan["duplicated"].to_numpy(dtype=bool)
     dup_set = in_dup_set(plan).to_numpy()
-    return pd.DataFrame({
-        "index": np.arange(n, dtype=np.int64),
-        "source_id": [ids[j] for j in chosen],
-        "duplicated": dup[chosen],
-        "dup_set": dup_set[chosen],
-        "prompt": [str(captions[ids[j]][0]) for j in chosen],
-        "seed": [image_seed(seed, i) for i in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "index": np.arange(n, dtype=np.int64),
+            "source_id": [ids[j] for j in chosen],
+            "duplicated": dup[chosen],
+            "dup_set": dup_set[chosen],
+            "prompt": [str(captions[ids[j]][0]) for j in chosen],
+            "seed": [image_seed(seed, i) for i in range(n)],
+        }
+    )
 
 
 def mitigate_prompts(prompts: pd.DataFrame, preset: dict, seed: int, tokenizer=None) -> list[str]:
@@ -89,8 +91,13 @@ def mitigate_prompts(prompts: pd.DataFrame, preset: dict, seed: int, tokenizer=N
     if style not in INFERENCE_MITIGATIONS:
         raise ValueError(f"preset mitigation {style!r}; allowed: {', '.join(INFERENCE_MITIGATIONS)}")
     return [
-        augment_prompt(p, style, int(preset.get("repeats", 4)),
-                       np.random.default_rng(derive_seed(seed, "prompt", i)), tokenizer)
+        augment_prompt(
+            p,
+            style,
+            int(preset.get("repeats", 4)),
+            np.random.default_rng(derive_seed(seed, "prompt", i)),
+            tokenizer,
+        )
         for i, p in zip(prompts["index"], prompts["prompt"])
     ]
 
@@ -118,8 +125,9 @@ def load_pipeline(model_dir, device: str, dtype, family: str | None = None):
     return pipelines.load_pipeline(model_dir, device, dtype, family)
 
 
-def generate_batch(pipe, prompts: list[str], seeds: list[int], preset: dict, resolution: int, device: str,
-                   family: str = "sd"):
+def generate_batch(
+    pipe, prompts: list[str], seeds: list[int], preset: dict, resolution: int, device: str, family: str = "sd"
+):
     """PIL images of one batch; each image depends only on its prompt and seed.
 
     The same for every family: the family's prompt embeddings (pooled ones included) are computed,
@@ -130,7 +138,9 @@ def generate_batch(pipe, prompts: list[str], seeds: list[int], preset: dict, res
     cfg = float(preset.get("guidance_scale", 7.5))
     do_cfg = cfg > 1.0
     with torch.no_grad():
-        embeds = pipelines.encode_prompts(pipe, family, prompts, device, do_cfg, preset.get("negative_prompt") or None)
+        embeds = pipelines.encode_prompts(
+            pipe, family, prompts, device, do_cfg, preset.get("negative_prompt") or None
+        )
         if preset.get("mitigation") == "gaussnoise":
             gens = [torch.Generator().manual_seed(derive_seed(s, "embedding")) for s in seeds]
             embeds = pipelines.noisy_embeddings(embeds, float(preset.get("lam", 0.1)), gens)
@@ -199,14 +209,26 @@ def generate(
         todo = [i for i in range(n_images) if not (staging / f"{i:05d}.png").exists()]
         if len(todo) < n_images:
             log.info("resuming: %d of %d images already made", n_images - len(todo), n_images)
-        log.info("%d images, batch %d, %s %s, scheduler %s, preset %s", len(todo), batch_size, device,
-                 info["dtype"], info["scheduler"], preset)
+        log.info(
+            "%d images, batch %d, %s %s, scheduler %s, preset %s",
+            len(todo),
+            batch_size,
+            device,
+            info["dtype"],
+            info["scheduler"],
+            preset,
+        )
         bar = tqdm(total=n_images, initial=n_images - len(todo), desc="generate", mininterval=5)
         for start in range(0, len(todo), batch_size):
-            idx = todo[start:start + batch_size]
+            idx = todo[start : start + batch_size]
             images = generate_batch(
-                pipe, [prompts["prompt_used"][i] for i in idx], [int(prompts["seed"][i]) for i in idx],
-                preset, resolution, device, family,
+                pipe,
+                [prompts["prompt_used"][i] for i in idx],
+                [int(prompts["seed"][i]) for i in idx],
+                preset,
+                resolution,
+                device,
+                family,
             )
             for i, im in zip(idx, images):
                 with atomic_path(staging / f"{i:05d}.png", suffix=".png") as tmp:

@@ -37,7 +37,9 @@ def _is_image(data: bytes) -> bool:
         return False
 
 
-def fetch_one(url: str, dest: Path, timeout: float = 10.0, retries: int = 1, backoff: float = 0.5) -> Path | str:
+def fetch_one(
+    url: str, dest: Path, timeout: float = 10.0, retries: int = 1, backoff: float = 0.5
+) -> Path | str:
     """Fetch `url` to `dest`; return `dest`, or the reason it could not be fetched.
 
     Retries (with `backoff` s × attempt) only transient failures: timeouts, refused or reset
@@ -67,7 +69,7 @@ def fetch_one(url: str, dest: Path, timeout: float = 10.0, retries: int = 1, bac
             reason = f"HTTP {err.code} {err.reason}"
             if err.code < 500 and err.code != 429:
                 return reason
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             reason = f"timeout after {timeout} s"
         except urllib.error.URLError as err:
             if isinstance(err.reason, (TimeoutError, socket.timeout)):
@@ -83,7 +85,9 @@ def fetch_one(url: str, dest: Path, timeout: float = 10.0, retries: int = 1, bac
     return reason
 
 
-def download_all(items: list[tuple[str, str]], cache: str | Path, threads: int = 4, timeout: float = 10.0, retries: int = 1) -> dict[str, Path | str]:
+def download_all(
+    items: list[tuple[str, str]], cache: str | Path, threads: int = 4, timeout: float = 10.0, retries: int = 1
+) -> dict[str, Path | str]:
     """Fetch ``(id, url)`` items into `cache` with `threads` threads; return {id: path or reason}."""
     from tqdm import tqdm
 

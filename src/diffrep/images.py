@@ -53,7 +53,9 @@ MODE_NAMES = {
 
 # The one definition of an image file's suffix (lower case): what datasets, generation folders and
 # metric inputs may hold (pytorch-fid's list plus GIF, which upstream's LAION folders may contain).
-IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset(
+    {".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
+)
 
 
 class BadImageError(ValueError):
@@ -161,7 +163,9 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     return sorted(
         p
         for p in found
-        if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file()
+        and is_image_file(p)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
 

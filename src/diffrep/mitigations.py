@@ -37,13 +37,18 @@ numpy and ``random`` state).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from diffrep.config import DUPLICATIONS, INFERENCE_MITIGATIONS, TRAIN_MITIGATIONS
 
-CAPTION_MITIGATIONS = ("allcaps", "randrepl", "randwordadd", "wordrepeat")  # the train-time ones that edit the caption
+CAPTION_MITIGATIONS = (
+    "allcaps",
+    "randrepl",
+    "randwordadd",
+    "wordrepeat",
+)  # the train-time ones that edit the caption
 VOCAB_LIMIT = 49400
 RANDREPL_TOKENS = 4
 ADDED_WORDS = 2
@@ -62,7 +67,9 @@ def token_limit(tokenizer, vocab_limit: int = VOCAB_LIMIT) -> int:
     return min(int(vocab_limit), len(tokenizer))
 
 
-def random_token_ids(tokenizer, n: int, rng: np.random.Generator, vocab_limit: int = VOCAB_LIMIT) -> list[int]:
+def random_token_ids(
+    tokenizer, n: int, rng: np.random.Generator, vocab_limit: int = VOCAB_LIMIT
+) -> list[int]:
     """`n` token ids drawn uniformly, with replacement, from ``[0, token_limit)`` minus the special ids.
 
     One ``rng.integers(0, k, size=n)`` call, k the number of allowed ids, mapped to the k-th allowed
@@ -102,7 +109,9 @@ def train_caption(
     if not captions:
         raise ValueError("train_caption: the image has no captions")
     if mitigation not in TRAIN_MITIGATIONS:
-        raise ValueError(f"unknown train-time mitigation {mitigation!r}; allowed: {', '.join(TRAIN_MITIGATIONS)}")
+        raise ValueError(
+            f"unknown train-time mitigation {mitigation!r}; allowed: {', '.join(TRAIN_MITIGATIONS)}"
+        )
     if mitigation == "allcaps":
         return str(captions[int(rng.integers(0, len(captions)))])
     if mitigation in CAPTION_MITIGATIONS:
@@ -167,7 +176,9 @@ def add_embedding_noise(hidden, lam: float, generator=None):
         return hidden
     if isinstance(generator, (list, tuple)):
         if len(generator) != hidden.shape[0]:
-            raise ValueError(f"add_embedding_noise: {len(generator)} generators for a batch of {hidden.shape[0]}")
+            raise ValueError(
+                f"add_embedding_noise: {len(generator)} generators for a batch of {hidden.shape[0]}"
+            )
         noise = torch.stack(
             [torch.randn(hidden.shape[1:], generator=g, dtype=torch.float32) for g in generator]
         )

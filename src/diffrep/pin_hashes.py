@@ -33,8 +33,10 @@ def manifest_hashes(manifest: str | Path, model: str) -> dict[str, str]:
     out = {}
     for path, digest in read_manifest(manifest).items():
         if not path.startswith(f"{model}/"):
-            raise PinError(f"{manifest}: line for {path!r} is not under {model}/ (is this the manifest of {model}?)")
-        out[path[len(model) + 1:]] = digest
+            raise PinError(
+                f"{manifest}: line for {path!r} is not under {model}/ (is this the manifest of {model}?)"
+            )
+        out[path[len(model) + 1 :]] = digest
     if not out:
         raise PinError(f"{manifest}: empty manifest")
     return out
@@ -60,10 +62,12 @@ def set_pins_text(text: str, model: str, hashes: dict[str, str]) -> str:
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
     try:
-        top = next(i for i, l in enumerate(lines) if re.match(r"^models:\s*(#.*)?$", l))
+        top = next(i for i, line in enumerate(lines) if re.match(r"^models:\s*(#.*)?$", line))
     except StopIteration:
         raise PinError("no top-level 'models:' block (block style) in the config") from None
-    end = next((j for j in range(top + 1, len(lines)) if _content(lines[j]) and _indent(lines[j]) == 0), len(lines))
+    end = next(
+        (j for j in range(top + 1, len(lines)) if _content(lines[j]) and _indent(lines[j]) == 0), len(lines)
+    )
     children = [j for j in range(top + 1, end) if _content(lines[j])]
     if not children:
         raise PinError("'models:' is empty")
@@ -83,7 +87,9 @@ def set_pins_text(text: str, model: str, hashes: dict[str, str]) -> str:
     new_block = [f"{' ' * field}sha256:\n"] + [
         f"{' ' * (field + 2)}{json.dumps(rel)}: {hashes[rel]}\n" for rel in sorted(hashes)
     ]
-    existing = next((j for j in body if _indent(lines[j]) == field and re.match(r"^\s*sha256:", lines[j])), None)
+    existing = next(
+        (j for j in body if _indent(lines[j]) == field and re.match(r"^\s*sha256:", lines[j])), None
+    )
     if existing is not None:
         inner = [j for j in body if j > existing]
         last = existing
@@ -91,9 +97,9 @@ def set_pins_text(text: str, model: str, hashes: dict[str, str]) -> str:
             if _indent(lines[j]) <= field:
                 break
             last = j
-        return "".join(lines[:existing] + new_block + lines[last + 1:])
+        return "".join(lines[:existing] + new_block + lines[last + 1 :])
     last = body[-1]
-    return "".join(lines[: last + 1] + new_block + lines[last + 1:])
+    return "".join(lines[: last + 1] + new_block + lines[last + 1 :])
 
 
 def _without_pins(cfg: dict, model: str) -> dict:
@@ -102,7 +108,9 @@ def _without_pins(cfg: dict, model: str) -> dict:
     return cfg
 
 
-def pin(config: str | Path, model: str, manifest: str | Path | None = None, verify: bool = True) -> dict[str, str]:
+def pin(
+    config: str | Path, model: str, manifest: str | Path | None = None, verify: bool = True
+) -> dict[str, str]:
     """Write the hashes of `manifest` into `config` as models.<model>.sha256; return them."""
     config = Path(config)
     manifest = Path(manifest) if manifest else Path("resources/models") / f"{model}.sha256"
@@ -111,14 +119,18 @@ def pin(config: str | Path, model: str, manifest: str | Path | None = None, veri
     old_text = config.read_text()
     old = yaml.safe_load(old_text)
     if model not in (old.get("models") or {}):
-        raise PinError(f"{config}: models.{model} is not defined; defined: {', '.join(old.get('models') or {})}")
+        raise PinError(
+            f"{config}: models.{model} is not defined; defined: {', '.join(old.get('models') or {})}"
+        )
     if verify:
         verify_manifest(manifest)
     hashes = manifest_hashes(manifest, model)
     new_text = set_pins_text(old_text, model, hashes)
     new = yaml.safe_load(new_text)
     if new["models"][model].get("sha256") != hashes or _without_pins(new, model) != _without_pins(old, model):
-        raise PinError(f"{config}: editing models.{model}.sha256 as text would change other keys; edit it by hand")
+        raise PinError(
+            f"{config}: editing models.{model}.sha256 as text would change other keys; edit it by hand"
+        )
     with atomic_path(config) as tmp:
         tmp.write_text(new_text)
         tmp.chmod(config.stat().st_mode & 0o777)
@@ -126,11 +138,15 @@ def pin(config: str | Path, model: str, manifest: str | Path | None = None, veri
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffrep.pin_hashes", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m diffrep.pin_hashes", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--config", required=True, help="the study config to edit (e.g. config.yaml)")
     parser.add_argument("--model", required=True, help="the models entry to pin (e.g. sd21)")
     parser.add_argument("--manifest", help="manifest to read (default resources/models/{model}.sha256)")
-    parser.add_argument("--no-verify", action="store_true", help="do not re-check the folder against the manifest")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="do not re-check the folder against the manifest"
+    )
     args = parser.parse_args(argv)
     try:
         hashes = pin(args.config, args.model, args.manifest, verify=not args.no_verify)

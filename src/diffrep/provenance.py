@@ -108,7 +108,9 @@ def log_platform(logger: logging.Logger, fingerprint: dict | None = None) -> dic
     return fingerprint
 
 
-def with_platform(tables: dict, logger: logging.Logger | None = None, fingerprint: dict | None = None) -> dict:
+def with_platform(
+    tables: dict, logger: logging.Logger | None = None, fingerprint: dict | None = None
+) -> dict:
     """The tables (pandas DataFrames by name) with the columns ``platform_id`` and ``platform``
     (:func:`describe`) of this machine; the fingerprint is logged to `logger` in full.
 

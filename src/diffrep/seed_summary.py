@@ -29,9 +29,16 @@ import pandas as pd
 
 KEYS = ["dataset", "run", "preset", "embedder"]
 DEFAULT_METRICS = [
-    "p95", "mean", "frac_above", "source_match_rate", "top1_in_dup_set",
-    "duplicated_source_match_rate", "not_duplicated_source_match_rate",
-    "duplicated_p95", "not_duplicated_p95", "fid",
+    "p95",
+    "mean",
+    "frac_above",
+    "source_match_rate",
+    "top1_in_dup_set",
+    "duplicated_source_match_rate",
+    "not_duplicated_source_match_rate",
+    "duplicated_p95",
+    "not_duplicated_p95",
+    "fid",
 ]
 UNKNOWN_MACHINE = "unknown"
 
@@ -144,8 +151,13 @@ def spread(summaries: pd.DataFrame, metrics=DEFAULT_METRICS) -> pd.DataFrame:
     rows = []
     for key, group in summaries.groupby(KEYS, sort=True):
         seeds = sorted(set(group["seed"].astype(int)))
-        row = dict(zip(KEYS, key), n_seeds=len(seeds), seeds=" ".join(map(str, seeds)),
-                   n_machines=group["machine"].nunique(), machines=" ".join(sorted(set(group["machine"]))))
+        row = dict(
+            zip(KEYS, key),
+            n_seeds=len(seeds),
+            seeds=" ".join(map(str, seeds)),
+            n_machines=group["machine"].nunique(),
+            machines=" ".join(sorted(set(group["machine"]))),
+        )
         for m in metrics:
             if m in group:
                 row.update(_metric_columns(group, m, several))
@@ -158,8 +170,13 @@ def machines(summaries: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for machine, group in summaries.groupby("machine", sort=True):
         seeds = sorted(set(group["seed"].astype(int)))
-        rows.append({"machine": machine, "platform": group["machine_description"].iloc[0],
-                     "seeds": " ".join(map(str, seeds))})
+        rows.append(
+            {
+                "machine": machine,
+                "platform": group["machine_description"].iloc[0],
+                "seeds": " ".join(map(str, seeds)),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -177,8 +194,14 @@ def markdown(table: pd.DataFrame, metrics=DEFAULT_METRICS, digits: int = 3, mach
     as a Markdown table; `machine_table` (:func:`machines`), if given, is listed first."""
     lines = []
     if machine_table is not None and len(machine_table) > 1:
-        lines += ["Machines:"] + [f"- {r.machine} (seeds {r.seeds}): {r.platform or 'platform not recorded'}"
-                                  for r in machine_table.itertuples()] + [""]
+        lines += (
+            ["Machines:"]
+            + [
+                f"- {r.machine} (seeds {r.seeds}): {r.platform or 'platform not recorded'}"
+                for r in machine_table.itertuples()
+            ]
+            + [""]
+        )
     shown = [m for m in metrics if f"{m}_mean" in table]
     lines += ["| " + " | ".join(["run", "preset", *shown]) + " |", "|" + "---|" * (2 + len(shown))]
     for _, r in table.iterrows():

@@ -1,7 +1,7 @@
 """The showcase study's dataset: textures that differ at the scale the copy descriptor sees.
 
 Why textures: the mini dataset's flat shapes on flat backgrounds look alike to a pixel descriptor
-(train-vs-train top-2 similarity 0.93, FACTS.md), so no threshold can tell a copy from a
+(train-vs-train top-2 similarity 0.93, README mini section), so no threshold can tell a copy from a
 look-alike. Here every picture is a random smooth colour field (a coarse grid of random colours,
 upsampled bicubically; each colour channel independent) with a family-specific overlay drawn from
 its own random numbers. Two pictures therefore share nothing but their family's kind of structure,
@@ -66,7 +66,10 @@ SUPERSAMPLE = 4  # overlays are drawn at 4x and box-filtered down: smooth edges,
 def _field(rng: np.random.Generator, size: int, grid: int, amplitude: float) -> np.ndarray:
     """A smooth random colour field, float size x size x 3, values around 0 (± amplitude)."""
     coarse = rng.normal(0.0, amplitude, size=(3, grid, grid)).astype(np.float32)
-    up = [np.asarray(Image.fromarray(c, mode="F").resize((size, size), Image.Resampling.BICUBIC)) for c in coarse]
+    up = [
+        np.asarray(Image.fromarray(c, mode="F").resize((size, size), Image.Resampling.BICUBIC))
+        for c in coarse
+    ]
     return np.stack(up, axis=-1)
 
 
@@ -180,5 +183,11 @@ def build_showcase_dataset(
             classes[file] = family
         (tmp / "captions.json").write_text(json.dumps(captions, indent=1) + "\n")
         (tmp / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
-    log.info("showcase_dataset: %d pictures of %d px, %d captions each, in %s", n_images, size, n_captions, staging_dir)
+    log.info(
+        "showcase_dataset: %d pictures of %d px, %d captions each, in %s",
+        n_images,
+        size,
+        n_captions,
+        staging_dir,
+    )
     return Path(staging_dir)

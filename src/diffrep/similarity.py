@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -228,9 +228,7 @@ def train_baseline(
     ok = best_row >= 0
     if not ok.all():
         log.warning("%d training image(s) got no other match (approximate index)", int((~ok).sum()))
-    table = pd.DataFrame(
-        {"train_id": ids[ok], "match_id": ids[best_row[ok]], "similarity": best_sim[ok]}
-    )
+    table = pd.DataFrame({"train_id": ids[ok], "match_id": ids[best_row[ok]], "similarity": best_sim[ok]})
     stats = top1_statistics(table["similarity"], threshold)
     stats["threshold"] = float(threshold)
     return table, stats
@@ -269,7 +267,9 @@ def identity_fields(identity, keys: Sequence[str]) -> dict:
     """``{key: str}`` for exactly ``keys`` of ``identity`` (the rule's ``params.identity``)."""
     missing = [k for k in keys if not (identity or {}).get(k)]
     if missing:
-        raise SimilarityError(f"identity {identity!r} lacks {missing}: the rule's params.identity must give {list(keys)}")
+        raise SimilarityError(
+            f"identity {identity!r} lacks {missing}: the rule's params.identity must give {list(keys)}"
+        )
     return {k: str(identity[k]) for k in keys}
 
 
@@ -331,7 +331,9 @@ def dup_set_statistics(matches, plan) -> dict:
     }
 
 
-def retrieve_files(train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dict, identity: dict, plan=None) -> dict:
+def retrieve_files(
+    train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dict, identity: dict, plan=None
+) -> dict:
     """The retrieve rule: matches parquet and statistics JSON of one generation set (``identity``:
     its dataset, embedder, run and preset, written into both files; ``plan``: the run's duplication
     plan, for :func:`dup_set_statistics`)."""
@@ -348,9 +350,15 @@ def retrieve_files(train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dic
         log.warning("%s missing: no duplicated split and no source-match rate", prompts_path)
     threshold = float(cfg.get("threshold", 0.5))
     matches = retrieve(
-        train["ids"], train["embeddings"], gen["ids"], gen["embeddings"], prompts,
-        top_k=int(cfg.get("top_k", 10)), index=cfg.get("index", "exact"),
-        nlist=int(cfg.get("nlist", 1024)), nprobe=int(cfg.get("nprobe", 32)),
+        train["ids"],
+        train["embeddings"],
+        gen["ids"],
+        gen["embeddings"],
+        prompts,
+        top_k=int(cfg.get("top_k", 10)),
+        index=cfg.get("index", "exact"),
+        nlist=int(cfg.get("nlist", 1024)),
+        nprobe=int(cfg.get("nprobe", 32)),
     )
     stats = similarity_statistics(matches, threshold)
     if prompts is None:
@@ -374,8 +382,11 @@ def train_baseline_files(train_npz, stats_out, table_out, cfg: dict, identity: d
     ident = identity_fields(identity, BASELINE_IDENTITY)
     train = read_embeddings(train_npz)
     table, stats = train_baseline(
-        train["ids"], train["embeddings"], index=cfg.get("index", "exact"),
-        nlist=int(cfg.get("nlist", 1024)), nprobe=int(cfg.get("nprobe", 32)),
+        train["ids"],
+        train["embeddings"],
+        index=cfg.get("index", "exact"),
+        nlist=int(cfg.get("nlist", 1024)),
+        nprobe=int(cfg.get("nprobe", 32)),
         threshold=float(cfg.get("threshold", 0.5)),
     )
     stats = {**ident, **stats, "n_train": len(train["ids"]), **provenance(train, cfg)}

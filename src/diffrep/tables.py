@@ -19,16 +19,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from diffrep.config import BASE_RUN, PRESET_DEFAULTS, Run
 from diffrep.fileio import atomic_path
-from diffrep.similarity import BASELINE_IDENTITY, MATCHES_IDENTITY, STAT_KEYS, SimilarityError, read_identified
 from diffrep.provenance import with_platform
+from diffrep.similarity import (
+    BASELINE_IDENTITY,
+    MATCHES_IDENTITY,
+    STAT_KEYS,
+    SimilarityError,
+    read_identified,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,11 @@ SPLITS = ("duplicated", "not_duplicated")
 # The inputs of the tables rule that do not say what they are, and the fields of their ids in params.ids
 # (manifests are named by their model or dataset name alone).
 KEYED_INPUTS = ("fid", "clipscore", "weightdiff", "model_manifests", "dataset_manifests")
-ID_FIELDS = {"fid": ("dataset", "run", "preset"), "clipscore": ("dataset", "run", "preset"), "weightdiff": ("dataset", "run")}
+ID_FIELDS = {
+    "fid": ("dataset", "run", "preset"),
+    "clipscore": ("dataset", "run", "preset"),
+    "weightdiff": ("dataset", "run"),
+}
 
 
 class TableError(ValueError):
@@ -82,7 +92,9 @@ def _identified(path, keys, rule: str) -> tuple[tuple, dict]:
     try:
         return read_identified(path, keys, rule)
     except (OSError, ValueError, SimilarityError) as err:
-        raise TableError(str(err) if isinstance(err, SimilarityError) else f"cannot read {path}: {err}") from None
+        raise TableError(
+            str(err) if isinstance(err, SimilarityError) else f"cannot read {path}: {err}"
+        ) from None
 
 
 def keyed(paths: Iterable, ids: Iterable, name: str) -> dict:
@@ -93,8 +105,10 @@ def keyed(paths: Iterable, ids: Iterable, name: str) -> dict:
     """
     paths, ids = list(paths), list(ids)
     if len(paths) != len(ids):
-        raise TableError(f"input {name!r}: {len(paths)} file(s) but {len(ids)} id(s) in params.ids.{name}; "
-                         "the rule must name every input, in order")
+        raise TableError(
+            f"input {name!r}: {len(paths)} file(s) but {len(ids)} id(s) in params.ids.{name}; "
+            "the rule must name every input, in order"
+        )
     fields = ID_FIELDS.get(name)
     out = {}
     for i, p in zip(ids, paths):
@@ -157,9 +171,19 @@ def summary_table(
     rows = []
     for path in similarity:
         (ds, emb, run, gen), stats = _identified(path, MATCHES_IDENTITY, "retrieve")
-        row = {"study": study, "seed": seed, "dataset": ds, "run": run, "preset": gen, "embedder": emb, **settings(run)}
+        row = {
+            "study": study,
+            "seed": seed,
+            "dataset": ds,
+            "run": run,
+            "preset": gen,
+            "embedder": emb,
+            **settings(run),
+        }
         if gen not in presets:
-            log.warning("preset %r of %s not among the configured presets; its settings use the defaults", gen, path)
+            log.warning(
+                "preset %r of %s not among the configured presets; its settings use the defaults", gen, path
+            )
         row.update(preset_settings(presets.get(gen, {})))
         row["n_generations"] = stats.get("n")
         row.update(_flat_stats(stats, path))
@@ -170,20 +194,36 @@ def summary_table(
             f = fids.get((ds, run, gen))
             if f is None:
                 raise TableError(f"fid is enabled but no FID file for dataset {ds}, run {run}, preset {gen}")
-            row.update(fid=f["fid"], fid_n_generated=f.get("n_generated"), fid_n_reference=f.get("n_reference"),
-                       fid_convention=f.get("convention", "pytorch-fid"))
+            row.update(
+                fid=f["fid"],
+                fid_n_generated=f.get("n_generated"),
+                fid_n_reference=f.get("n_reference"),
+                fid_convention=f.get("convention", "pytorch-fid"),
+            )
         else:
             row.update(fid=SKIPPED, fid_n_generated=SKIPPED, fid_n_reference=SKIPPED, fid_convention=SKIPPED)
         if clipscore_enabled:
             c = clips.get((ds, run, gen))
             if c is None:
-                raise TableError(f"clipscore is enabled but no CLIP-score file for dataset {ds}, run {run}, preset {gen}")
+                raise TableError(
+                    f"clipscore is enabled but no CLIP-score file for dataset {ds}, run {run}, preset {gen}"
+                )
             bg = clip_bg.get(ds, {})
-            row.update(clipscore=c["clipscore"], clip_cosine_mean=c.get("clip_cosine_mean"), clip_model=c.get("model"),
-                       clipscore_convention=c.get("convention"), clipscore_bg=bg.get("clipscore"))
+            row.update(
+                clipscore=c["clipscore"],
+                clip_cosine_mean=c.get("clip_cosine_mean"),
+                clip_model=c.get("model"),
+                clipscore_convention=c.get("convention"),
+                clipscore_bg=bg.get("clipscore"),
+            )
         else:
-            row.update(clipscore=SKIPPED, clip_cosine_mean=SKIPPED, clip_model=SKIPPED, clipscore_convention=SKIPPED,
-                       clipscore_bg=SKIPPED)
+            row.update(
+                clipscore=SKIPPED,
+                clip_cosine_mean=SKIPPED,
+                clip_model=SKIPPED,
+                clipscore_convention=SKIPPED,
+                clipscore_bg=SKIPPED,
+            )
         row.update(
             preprocess=stats.get("preprocess"),
             preprocess_detail=stats.get("preprocess_detail"),
@@ -207,18 +247,50 @@ def baselines_table(baselines: Iterable, study: str = "") -> pd.DataFrame:
     for p in baselines:
         (ds, emb), s = _identified(p, BASELINE_IDENTITY, "train_baseline")
         rows.append(
-            {"study": study, "dataset": ds, "embedder": emb,
-             **{k: s.get(k) for k in ("n", "mean", "std", "p75", "p90", "p95", "frac_above", "threshold")},
-             "preprocess": s.get("preprocess"), "n_train": s.get("n_train")}
+            {
+                "study": study,
+                "dataset": ds,
+                "embedder": emb,
+                **{k: s.get(k) for k in ("n", "mean", "std", "p75", "p90", "p95", "frac_above", "threshold")},
+                "preprocess": s.get("preprocess"),
+                "n_train": s.get("n_train"),
+            }
         )
-    cols = ["study", "dataset", "embedder", "n", "mean", "std", "p75", "p90", "p95", "frac_above",
-            "threshold", "preprocess", "n_train"]
+    cols = [
+        "study",
+        "dataset",
+        "embedder",
+        "n",
+        "mean",
+        "std",
+        "p75",
+        "p90",
+        "p95",
+        "frac_above",
+        "threshold",
+        "preprocess",
+        "n_train",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
 WEIGHTDIFF_COLUMNS = [
-    "study", "dataset", "run", "duplication", "conditioning", "train_mitigation", "component", "block",
-    "n_tensors", "numel", "l1", "l2", "rel_l2_mean", "cosine_mean", "cosine_min", "n_not_compared",
+    "study",
+    "dataset",
+    "run",
+    "duplication",
+    "conditioning",
+    "train_mitigation",
+    "component",
+    "block",
+    "n_tensors",
+    "numel",
+    "l1",
+    "l2",
+    "rel_l2_mean",
+    "cosine_mean",
+    "cosine_min",
+    "n_not_compared",
 ]
 
 
@@ -238,13 +310,22 @@ def weightdiff_table(tables: Mapping, study: str = "") -> pd.DataFrame:
             gok = g[ok.loc[g.index]]
             rel = gok["rel_l2"] if "rel_l2" in gok else pd.Series(dtype=float)
             frames.append(
-                {"study": study, "dataset": ds, "run": run, **settings(run), "component": comp, "block": blk,
-                 "n_tensors": int(len(gok)), "numel": int(gok["numel"].sum()),
-                 "l1": float(gok["l1"].sum()), "l2": float(np.sqrt((gok["l2"].astype(float) ** 2).sum())),
-                 "rel_l2_mean": float(rel.mean()) if rel.notna().any() else None,
-                 "cosine_mean": float(gok["cosine"].mean()) if gok["cosine"].notna().any() else None,
-                 "cosine_min": float(gok["cosine"].min()) if gok["cosine"].notna().any() else None,
-                 "n_not_compared": int(len(g) - len(gok))}
+                {
+                    "study": study,
+                    "dataset": ds,
+                    "run": run,
+                    **settings(run),
+                    "component": comp,
+                    "block": blk,
+                    "n_tensors": int(len(gok)),
+                    "numel": int(gok["numel"].sum()),
+                    "l1": float(gok["l1"].sum()),
+                    "l2": float(np.sqrt((gok["l2"].astype(float) ** 2).sum())),
+                    "rel_l2_mean": float(rel.mean()) if rel.notna().any() else None,
+                    "cosine_mean": float(gok["cosine"].mean()) if gok["cosine"].notna().any() else None,
+                    "cosine_min": float(gok["cosine"].min()) if gok["cosine"].notna().any() else None,
+                    "n_not_compared": int(len(g) - len(gok)),
+                }
             )
     return pd.DataFrame(frames, columns=WEIGHTDIFF_COLUMNS)
 
@@ -264,10 +345,18 @@ def write_tables(inputs, outputs, params) -> dict[str, pd.DataFrame]:
     ids = params.get("ids", {})
     k = {name: keyed(inputs.get(name, []), ids.get(name, []), name) for name in KEYED_INPUTS}
     summary = summary_table(
-        inputs["similarity"], k["fid"], k["clipscore"], inputs["baselines"],
-        {"models": k["model_manifests"], "datasets": k["dataset_manifests"]}, params.get("presets", {}), study,
-        params.get("base_model", ""), bool(params.get("fid", True)), bool(params.get("clipscore", True)),
-        params.get("seed"), clipscore_bg=inputs.get("clipscore_bg", []),
+        inputs["similarity"],
+        k["fid"],
+        k["clipscore"],
+        inputs["baselines"],
+        {"models": k["model_manifests"], "datasets": k["dataset_manifests"]},
+        params.get("presets", {}),
+        study,
+        params.get("base_model", ""),
+        bool(params.get("fid", True)),
+        bool(params.get("clipscore", True)),
+        params.get("seed"),
+        clipscore_bg=inputs.get("clipscore_bg", []),
     )
     tables = {
         "summary": summary,

@@ -34,8 +34,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from diffrep.fileio import staged_dir
 
@@ -621,7 +622,14 @@ def _pretrain(components: dict, base: BaseSet, opts: dict, seed: int) -> dict:
         prompts = base.holdout_captions[: min(8, len(base.holdout_captions))]
         recon, samples = _samples(components, hold_x, prompts, opts, seed)
         fingerprint = platform_fingerprint()
-    return {"vae": vae, "unet": unet, "prompts": prompts, "recon": recon, "samples": samples, "platform": fingerprint}
+    return {
+        "vae": vae,
+        "unet": unet,
+        "prompts": prompts,
+        "recon": recon,
+        "samples": samples,
+        "platform": fingerprint,
+    }
 
 
 def build_info(seed: int, micro: bool, opts: dict, components: dict, base: BaseSet, corpus_size: int) -> dict:
@@ -718,7 +726,9 @@ def build_mini_sd(out_dir: str | os.PathLike, seed: int, micro: bool = False, **
         "unet": round(result["unet"]["seconds"], 1),
         "total": round(time.time() - t_start, 1),
     }
-    report = build_report(measurements(result, base), log_platform(log, result["platform"]), durations_s=durations)
+    report = build_report(
+        measurements(result, base), log_platform(log, result["platform"]), durations_s=durations
+    )
     log.info("mini_sd: built in %s; measurements %s", report["durations_s"], json.dumps(report["metrics"]))
     with staged_dir(out_dir) as tmp:
         save_pipeline(components, tmp)

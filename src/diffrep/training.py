@@ -42,8 +42,12 @@ KILL_ENV = "DIFFREP_TRAIN_KILL_AFTER_STEP"  # test hook: SIGKILL this process af
 METRIC_COLUMNS = ("step", "loss", "lr", "steps_per_s")
 # Settings that do not change the trained weights (a checkpoint made with other values still resumes).
 NOT_RESULT_CHANGING = {
-    "output_dir", "checkpoints_dir", "checkpointing_steps", "keep_checkpoints",
-    "dataloader_num_workers", "log_every",
+    "output_dir",
+    "checkpoints_dir",
+    "checkpointing_steps",
+    "keep_checkpoints",
+    "dataloader_num_workers",
+    "log_every",
 }
 
 
@@ -176,7 +180,7 @@ class DrawStream:
         self.uniform = uniform
         self.seed = seed
 
-    @functools.lru_cache(maxsize=4)
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (one stream per training run, a few epochs cached)
     def epoch(self, epoch: int) -> np.ndarray:
         import torch
 
@@ -220,8 +224,16 @@ class DrawDataset:
 
     def __init__(self, data: TrainData, stream: DrawStream, tokenizer, args):
         self.data, self.stream, self.tokenizer = data, stream, tokenizer
-        self.resolution, self.center_crop, self.random_flip = args.resolution, args.center_crop, args.random_flip
-        self.duplication, self.mitigation, self.p = args.duplication, args.train_mitigation, args.trainspecial_prob
+        self.resolution, self.center_crop, self.random_flip = (
+            args.resolution,
+            args.center_crop,
+            args.random_flip,
+        )
+        self.duplication, self.mitigation, self.p = (
+            args.duplication,
+            args.train_mitigation,
+            args.trainspecial_prob,
+        )
         self.seed = args.seed
 
     def example(self, draw: int) -> dict:
@@ -245,8 +257,11 @@ class DrawDataset:
     def __getitem__(self, draw: int) -> dict:
         ex = self.example(draw)
         ex["input_ids"] = self.tokenizer(
-            ex["caption"], truncation=True, padding="max_length",
-            max_length=self.tokenizer.model_max_length, return_tensors="pt",
+            ex["caption"],
+            truncation=True,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
         ).input_ids[0]
         return ex
 
@@ -261,7 +276,9 @@ def collate(examples: list[dict]) -> dict:
     }
 
 
-def step_draws(step: int, total: int, accumulation: int, processes: int, rank: int, micro: int) -> list[list[int]]:
+def step_draws(
+    step: int, total: int, accumulation: int, processes: int, rank: int, micro: int
+) -> list[list[int]]:
     """The draw numbers of each of this process's micro-batches at an optimizer step.
 
     Micro-step m of process r takes positions ``(m * processes + r) * micro + [0, micro)`` of the
@@ -295,8 +312,16 @@ class StepBatches:
 # --------------------------------------------------------------------------------------------
 
 
-def diffusion_loss(unet, vae, text_encoder, noise_scheduler, batch: dict, seed: int, rand_noise_lam: float = 0.0,
-                   weight_dtype=None):
+def diffusion_loss(
+    unet,
+    vae,
+    text_encoder,
+    noise_scheduler,
+    batch: dict,
+    seed: int,
+    rand_noise_lam: float = 0.0,
+    weight_dtype=None,
+):
     """Mean-squared error of the UNet's prediction against ε or the velocity, for one micro-batch.
 
     Latents = VAE posterior sample x ``vae.config.scaling_factor``; per image a timestep uniform in
@@ -315,7 +340,9 @@ def diffusion_loss(unet, vae, text_encoder, noise_scheduler, batch: dict, seed: 
         eps = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, dist.mean.dtype)
         latents = (dist.mean + dist.std * eps) * vae.config.scaling_factor
         n_t = noise_scheduler.config.num_train_timesteps
-        timesteps = torch.cat([torch.randint(0, n_t, (1,), generator=g) for g in generators]).to(device).long()
+        timesteps = (
+            torch.cat([torch.randint(0, n_t, (1,), generator=g) for g in generators]).to(device).long()
+        )
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, latents.dtype)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         hidden = text_encoder(batch["input_ids"].to(device))[0]
@@ -332,8 +359,20 @@ def diffusion_loss(unet, vae, text_encoder, noise_scheduler, batch: dict, seed: 
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
 
-def backward_micro_batch(accelerator, unet, vae, text_encoder, noise_scheduler, batch: dict, *, last: bool,
-                         accumulation: int, seed: int, rand_noise_lam: float = 0.0, weight_dtype=None):
+def backward_micro_batch(
+    accelerator,
+    unet,
+    vae,
+    text_encoder,
+    noise_scheduler,
+    batch: dict,
+    *,
+    last: bool,
+    accumulation: int,
+    seed: int,
+    rand_noise_lam: float = 0.0,
+    weight_dtype=None,
+):
     """Loss and backward of one micro-batch (loss / accumulation); DDP syncs gradients only on the `last`.
 
     Returns the detached micro-batch loss (mean over its images).
@@ -341,7 +380,9 @@ def backward_micro_batch(accelerator, unet, vae, text_encoder, noise_scheduler, 
     batch = {**batch, "pixel_values": batch["pixel_values"].to(accelerator.device)}
     sync = contextlib.nullcontext() if last else accelerator.no_sync(unet)
     with sync, accelerator.autocast():
-        loss = diffusion_loss(unet, vae, text_encoder, noise_scheduler, batch, seed, rand_noise_lam, weight_dtype)
+        loss = diffusion_loss(
+            unet, vae, text_encoder, noise_scheduler, batch, seed, rand_noise_lam, weight_dtype
+        )
         accelerator.backward(loss / accumulation)
     return loss.detach()
 
@@ -359,7 +400,9 @@ def load_components(base: str):
     kw = dict(local_files_only=True)
     return dict(
         tokenizer=AutoTokenizer.from_pretrained(base, subfolder="tokenizer", **kw),
-        text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", use_safetensors=True, **kw),
+        text_encoder=CLIPTextModel.from_pretrained(
+            base, subfolder="text_encoder", use_safetensors=True, **kw
+        ),
         vae=AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True, **kw),
         unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet", use_safetensors=True, **kw),
         noise_scheduler=DDPMScheduler.from_pretrained(base, subfolder="scheduler", **kw),
@@ -374,7 +417,9 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, unet, optimizer, lr_scheduler, state: dict, metrics: list[dict]) -> Path:
+def save_checkpoint(
+    ckpt_dir: Path, step: int, unet, optimizer, lr_scheduler, state: dict, metrics: list[dict]
+) -> Path:
     """Write checkpoint-{step} atomically (temp folder renamed), then delete older ones."""
     import torch
     from safetensors.torch import save_file
@@ -436,7 +481,12 @@ def write_metrics(rows: list[dict], path: Path) -> None:
 def read_metrics(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [
-            {"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"]), "steps_per_s": float(r["steps_per_s"])}
+            {
+                "step": int(r["step"]),
+                "loss": float(r["loss"]),
+                "lr": float(r["lr"]),
+                "steps_per_s": float(r["steps_per_s"]),
+            }
             for r in csv.DictReader(f)
         ]
 
@@ -449,7 +499,11 @@ def save_model(base: str, unet, output_dir: Path, metrics: list[dict], info: dic
 
     with staged_dir(output_dir, replace=True) as tmp:
         pipe = StableDiffusionPipeline.from_pretrained(
-            base, unet=unet, safety_checker=None, requires_safety_checker=False, local_files_only=True,
+            base,
+            unet=unet,
+            safety_checker=None,
+            requires_safety_checker=False,
+            local_files_only=True,
             use_safetensors=True,
         )
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -468,7 +522,10 @@ def make_accelerator(mixed_precision: str):
     import torch
     from accelerate import Accelerator
 
-    on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+    on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in (
+        "1",
+        "true",
+    )
     mixed = mixed_precision if on_gpu else "no"
     return Accelerator(mixed_precision=mixed, cpu=not on_gpu), mixed
 
@@ -503,11 +560,16 @@ def make_optimizer(unet, args: argparse.Namespace):
     from diffusers.optimization import get_scheduler
 
     optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        unet.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
     )
     lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps,
         num_training_steps=args.max_train_steps,
     )
     return optimizer, lr_scheduler
@@ -529,8 +591,12 @@ def resume(args: argparse.Namespace, fingerprint: str, unet, optimizer, lr_sched
         state = json.loads((checkpoint / "state.json").read_text())
         if state.get("settings_hash") != fingerprint:
             if accelerator.is_main_process:
-                log.warning("%s was made with other settings (hash %s, now %s): starting over",
-                            checkpoint, state.get("settings_hash"), fingerprint)
+                log.warning(
+                    "%s was made with other settings (hash %s, now %s): starting over",
+                    checkpoint,
+                    state.get("settings_hash"),
+                    fingerprint,
+                )
         else:
             state, metrics = load_checkpoint(checkpoint, unet, optimizer, lr_scheduler)
             start, resumed_from = state["step"], str(checkpoint)
@@ -540,8 +606,16 @@ def resume(args: argparse.Namespace, fingerprint: str, unet, optimizer, lr_sched
     return start, metrics, resumed_from
 
 
-def optimizer_step(accelerator, components: dict, optimizer, lr_scheduler, batches, args: argparse.Namespace,
-                   step: int, weight_dtype) -> dict:
+def optimizer_step(
+    accelerator,
+    components: dict,
+    optimizer,
+    lr_scheduler,
+    batches,
+    args: argparse.Namespace,
+    step: int,
+    weight_dtype,
+) -> dict:
     """One optimizer step over ``gradient_accumulation_steps`` micro-batches taken from `batches`.
 
     Returns the metrics row without its speed: step (1-based), loss (mean over the step's images and
@@ -555,11 +629,22 @@ def optimizer_step(accelerator, components: dict, optimizer, lr_scheduler, batch
     step_loss = torch.zeros((), device=accelerator.device)
     for micro_step in range(accumulation):
         batch = next(batches)
-        step_loss += backward_micro_batch(
-            accelerator, unet, components["vae"], components["text_encoder"], components["noise_scheduler"],
-            batch, last=micro_step == accumulation - 1, accumulation=accumulation, seed=args.seed,
-            rand_noise_lam=lam, weight_dtype=weight_dtype,
-        ) / accumulation
+        step_loss += (
+            backward_micro_batch(
+                accelerator,
+                unet,
+                components["vae"],
+                components["text_encoder"],
+                components["noise_scheduler"],
+                batch,
+                last=micro_step == accumulation - 1,
+                accumulation=accumulation,
+                seed=args.seed,
+                rand_noise_lam=lam,
+                weight_dtype=weight_dtype,
+            )
+            / accumulation
+        )
     step_loss = accelerator.reduce(step_loss, "mean")
     if not torch.isfinite(step_loss):
         raise FloatingPointError(
@@ -575,32 +660,69 @@ def optimizer_step(accelerator, components: dict, optimizer, lr_scheduler, batch
     return {"step": step + 1, "loss": float(step_loss.item()), "lr": float(lr_now)}
 
 
-def checkpoint_step(accelerator, args: argparse.Namespace, step: int, unet, optimizer, lr_scheduler,
-                    fingerprint: str, metrics: list[dict]) -> None:
+def checkpoint_step(
+    accelerator,
+    args: argparse.Namespace,
+    step: int,
+    unet,
+    optimizer,
+    lr_scheduler,
+    fingerprint: str,
+    metrics: list[dict],
+) -> None:
     """Write checkpoint-{step} from the main process while the others wait."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = {"settings_hash": fingerprint, "sampler": {"seed": args.seed, "draws": step * args.train_batch_size}}
-        path = save_checkpoint(Path(args.checkpoints_dir), step, accelerator.unwrap_model(unet), optimizer,
-                               lr_scheduler, state, metrics)
+        state = {
+            "settings_hash": fingerprint,
+            "sampler": {"seed": args.seed, "draws": step * args.train_batch_size},
+        }
+        path = save_checkpoint(
+            Path(args.checkpoints_dir),
+            step,
+            accelerator.unwrap_model(unet),
+            optimizer,
+            lr_scheduler,
+            state,
+            metrics,
+        )
         log.info("checkpoint %s", path)
     accelerator.wait_for_everyone()
 
 
-def train_steps(accelerator, components: dict, optimizer, lr_scheduler, loader, args: argparse.Namespace, *,
-                start: int, metrics: list[dict], weight_dtype, fingerprint: str) -> list[dict]:
+def train_steps(
+    accelerator,
+    components: dict,
+    optimizer,
+    lr_scheduler,
+    loader,
+    args: argparse.Namespace,
+    *,
+    start: int,
+    metrics: list[dict],
+    weight_dtype,
+    fingerprint: str,
+) -> list[dict]:
     """Optimizer steps ``start .. max_train_steps - 1``, with a log line every ``log_every`` steps and a
     checkpoint every ``checkpointing_steps``; returns the metrics rows of all steps so far."""
     from tqdm.auto import tqdm
 
     log_every = args.log_every or max(1, args.max_train_steps // 200)
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
-    progress = tqdm(total=args.max_train_steps, initial=start, disable=not accelerator.is_main_process,
-                    desc="finetune", mininterval=5, file=sys.stderr)
+    progress = tqdm(
+        total=args.max_train_steps,
+        initial=start,
+        disable=not accelerator.is_main_process,
+        desc="finetune",
+        mininterval=5,
+        file=sys.stderr,
+    )
     batches = iter(loader)
     previous = time.time()
     for step in range(start, args.max_train_steps):
-        row = optimizer_step(accelerator, components, optimizer, lr_scheduler, batches, args, step, weight_dtype)
+        row = optimizer_step(
+            accelerator, components, optimizer, lr_scheduler, batches, args, step, weight_dtype
+        )
         now = time.time()
         row["steps_per_s"] = 1.0 / max(now - previous, 1e-9)
         previous = now
@@ -608,10 +730,18 @@ def train_steps(accelerator, components: dict, optimizer, lr_scheduler, loader, 
         progress.update(1)
         done = row["step"]
         if accelerator.is_main_process and (done % log_every == 0 or done == args.max_train_steps):
-            log.info("step %d/%d loss %.5f lr %.3g %.2f steps/s", done, args.max_train_steps,
-                     row["loss"], row["lr"], row["steps_per_s"])
+            log.info(
+                "step %d/%d loss %.5f lr %.3g %.2f steps/s",
+                done,
+                args.max_train_steps,
+                row["loss"],
+                row["lr"],
+                row["steps_per_s"],
+            )
         if done % args.checkpointing_steps == 0 and done < args.max_train_steps:
-            checkpoint_step(accelerator, args, done, components["unet"], optimizer, lr_scheduler, fingerprint, metrics)
+            checkpoint_step(
+                accelerator, args, done, components["unet"], optimizer, lr_scheduler, fingerprint, metrics
+            )
         if kill_after and done == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
     progress.close()
@@ -640,9 +770,16 @@ def train(args: argparse.Namespace) -> Path:
     total, accumulation = args.train_batch_size, args.gradient_accumulation_steps
     micro = micro_batch_size(total, processes, accumulation)
     if accelerator.is_main_process:
-        log.info("device %s, %d process(es), mixed precision %s", accelerator.device, processes, mixed_precision)
-        log.info("batch: %d per step = %d process(es) x %d accumulation x %d images",
-                 total, processes, accumulation, micro)
+        log.info(
+            "device %s, %d process(es), mixed precision %s", accelerator.device, processes, mixed_precision
+        )
+        log.info(
+            "batch: %d per step = %d process(es) x %d accumulation x %d images",
+            total,
+            processes,
+            accumulation,
+            micro,
+        )
 
     components = load_components(args.pretrained_model_name_or_path)
     weight_dtype = prepare_models(components, accelerator, mixed_precision, args.gradient_checkpointing)
@@ -652,7 +789,9 @@ def train(args: argparse.Namespace) -> Path:
     dataset = DrawDataset(data, stream, components["tokenizer"], args)
     optimizer, lr_scheduler = make_optimizer(components["unet"], args)
     fingerprint = settings_hash(args)
-    start, metrics, resumed_from = resume(args, fingerprint, components["unet"], optimizer, lr_scheduler, accelerator)
+    start, metrics, resumed_from = resume(
+        args, fingerprint, components["unet"], optimizer, lr_scheduler, accelerator
+    )
 
     components["unet"], optimizer = accelerator.prepare(components["unet"], optimizer)
     loader = torch.utils.data.DataLoader(
@@ -662,20 +801,45 @@ def train(args: argparse.Namespace) -> Path:
         num_workers=args.dataloader_num_workers,
     )
     if accelerator.is_main_process:
-        log.info("%d images (%d duplicated), %s, %s, mitigation %s; steps %d..%d",
-                 len(data), int(data.duplicated.sum()), args.duplication, args.conditioning,
-                 args.train_mitigation, start, args.max_train_steps)
-    metrics = train_steps(accelerator, components, optimizer, lr_scheduler, loader, args, start=start,
-                          metrics=metrics, weight_dtype=weight_dtype, fingerprint=fingerprint)
+        log.info(
+            "%d images (%d duplicated), %s, %s, mitigation %s; steps %d..%d",
+            len(data),
+            int(data.duplicated.sum()),
+            args.duplication,
+            args.conditioning,
+            args.train_mitigation,
+            start,
+            args.max_train_steps,
+        )
+    metrics = train_steps(
+        accelerator,
+        components,
+        optimizer,
+        lr_scheduler,
+        loader,
+        args,
+        start=start,
+        metrics=metrics,
+        weight_dtype=weight_dtype,
+        fingerprint=fingerprint,
+    )
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         info = train_info(
-            args, fingerprint, metrics, duration_s=time.time() - started, device=str(accelerator.device),
-            processes=processes, micro_batch_size=micro, mixed_precision=mixed_precision, n_images=len(data),
+            args,
+            fingerprint,
+            metrics,
+            duration_s=time.time() - started,
+            device=str(accelerator.device),
+            processes=processes,
+            micro_batch_size=micro,
+            mixed_precision=mixed_precision,
+            n_images=len(data),
             n_duplicated=int(data.duplicated.sum()),
             sampling="permutation per epoch" if uniform else "weighted with replacement",
-            prediction_type=components["noise_scheduler"].config.prediction_type, resumed_from=resumed_from,
+            prediction_type=components["noise_scheduler"].config.prediction_type,
+            resumed_from=resumed_from,
             platform=platform_fingerprint(),  # what can change the weights' last bits
         )
         unet = accelerator.unwrap_model(components["unet"])
@@ -690,11 +854,11 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     train(parse_args(argv))
 
 
 if __name__ == "__main__":
     main()
-

@@ -21,16 +21,31 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from diffrep.fileio import atomic_path
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "tensor", "component", "block", "shape", "base_shape", "numel", "l1", "l1_mean", "l2", "rel_l2",
-    "cosine", "shape_mismatch", "status",
+    "tensor",
+    "component",
+    "block",
+    "shape",
+    "base_shape",
+    "numel",
+    "l1",
+    "l1_mean",
+    "l2",
+    "rel_l2",
+    "cosine",
+    "shape_mismatch",
+    "status",
 ]
 _BLOCK = re.compile(r"^((?:down_blocks|up_blocks)\.\d+|mid_block)\.")
 
@@ -92,7 +107,7 @@ class _Tensors:
         for f in files:
             h = safe_open(str(f), framework="pt")
             self._handles.append(h)
-            for k in h.keys():
+            for k in h.keys():  # noqa: SIM118 (safetensors' safe_open is not a dict)
                 self.where[k] = h
 
     def names(self):
@@ -146,11 +161,19 @@ def compare(base: str | os.PathLike, model: str | os.PathLike):
         sa = a.shape(name) if name in a.where else None
         sb = b.shape(name) if name in b.where else None
         row = {
-            "tensor": name, "component": component(name), "block": block(name),
-            "shape": _shape_str(sb if sb is not None else sa), "base_shape": _shape_str(sa),
+            "tensor": name,
+            "component": component(name),
+            "block": block(name),
+            "shape": _shape_str(sb if sb is not None else sa),
+            "base_shape": _shape_str(sa),
             "numel": int(np.prod(sb if sb is not None else sa)),
-            "l1": None, "l1_mean": None, "l2": None, "rel_l2": None, "cosine": None,
-            "shape_mismatch": False, "status": "ok",
+            "l1": None,
+            "l1_mean": None,
+            "l2": None,
+            "rel_l2": None,
+            "cosine": None,
+            "shape_mismatch": False,
+            "status": "ok",
         }
         if sa is None:
             row["status"] = "only_in_model"
@@ -196,7 +219,7 @@ def summary(df, by: str = "component"):
     return out.reset_index()
 
 
-def weightdiff_file(base, model, out) -> "pd.DataFrame":
+def weightdiff_file(base, model, out) -> pd.DataFrame:
     """The weightdiff rule: compare and write the parquet table atomically."""
     df = compare(base, model)
     with atomic_path(out, suffix=".parquet") as tmp:

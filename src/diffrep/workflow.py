@@ -17,7 +17,7 @@ def setup_logging(snakemake) -> logging.Logger:
     """
     path = Path(snakemake.log[0])
     path.parent.mkdir(parents=True, exist_ok=True)
-    stream = open(path, "a", buffering=1)
+    stream = open(path, "a", buffering=1)  # noqa: SIM115 (the job's log stays open for its lifetime)
     sys.stderr = stream
     sys.stdout = stream
     logging.basicConfig(
