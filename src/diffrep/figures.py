@@ -344,24 +344,15 @@ def replication_counts(matches: pd.DataFrame, plan: pd.DataFrame | None) -> pd.D
     return out
 
 
-def duplicated_vs_not(
-    summary: pd.DataFrame,
-    matches: Mapping[tuple, pd.DataFrame],
-    plans: Mapping[tuple, pd.DataFrame],
-    style: Mapping,
-    study: str,
-):
-    """Duplicated vs non-duplicated images, per run · preset of the first dataset × embedder pairs:
-    (a) top-1 similarity of generations whose prompt came from a duplicated / non-duplicated image;
-    (b) the rate at which the top-1 match is the prompt's own source image; (c) replication counts,
-    the mean number of generations whose top-1 match is a given training image, for duplicated and
-    non-duplicated training images (from the run's duplication plan). "Duplicated" is the study's
-    duplicated set, the same images in every run: in nodup runs and the base model they are not
-    duplicated, which makes those rows the control.
+DUP_HUE_ORDER = ["duplicated", "not duplicated"]
 
-    ``plans``: ``{(dataset, run): the run's duplication plan table}`` (:func:`read_plans`).
-    """
-    height, aspect = _sizes(style, 3.8, 1.2)
+
+def _duplicated_vs_not_data(
+    matches: Mapping[tuple, pd.DataFrame], plans: Mapping[tuple, pd.DataFrame]
+) -> tuple[list, list, list]:
+    """The three panels' rows of :func:`duplicated_vs_not`, one ``set`` (run · preset) per matches table:
+    top-1 similarities by prompt source, source-match rates by prompt source, and mean replication
+    counts of duplicated / non-duplicated training images."""
     sims, rates, counts = [], [], []
     for (ds, emb, run, gen), m in sorted(matches.items()):
         label = f"{run} · {gen}" + ("" if len({k[:2] for k in matches}) == 1 else f" ({ds}/{emb})")
@@ -385,7 +376,86 @@ def duplicated_vs_not(
                     "mean_count": float(part["count"].mean()),
                 }
             )
-    order_hue = ["duplicated", "not duplicated"]
+    return sims, rates, counts
+
+
+def _panel_similarity_by_source(ax, sim: pd.DataFrame, emb_names: Sequence[str], palette) -> None:
+    """Panel (a) of :func:`duplicated_vs_not`: top-1 similarity boxes by prompt source."""
+    if not (sim["prompt source"] == "duplicated").any():
+        ax.text(
+            0.01,
+            0.01,
+            "no generation has a duplicated prompt\n(no dup_* run in this study)",
+            transform=ax.transAxes,
+            fontsize=7,
+        )
+    sns.boxplot(
+        data=sim,
+        y="set",
+        x="similarity",
+        hue="prompt source",
+        hue_order=DUP_HUE_ORDER,
+        palette=palette,
+        fliersize=2,
+        ax=ax,
+    )
+    ax.set_xlabel(f"top-1 similarity\n(cosine, embedder {', '.join(emb_names)})")
+    ax.set_ylabel("run · preset")
+    ax.set_title("(a) similarity by prompt source", fontsize=9)
+
+
+def _panel_source_match_rate(ax, rates: pd.DataFrame, palette) -> None:
+    """Panel (b) of :func:`duplicated_vs_not`: how often the top-1 match is the prompt's source image."""
+    sns.barplot(
+        data=rates,
+        y="set",
+        x="rate",
+        hue="prompt source",
+        hue_order=DUP_HUE_ORDER,
+        palette=palette,
+        ax=ax,
+    )
+    ax.set_xlabel("fraction of generations whose top-1\nmatch is the prompt's source image")
+    ax.set_ylabel("")
+    ax.set_xlim(0, 1)
+    ax.set_title("(b) source-match rate", fontsize=9)
+
+
+def _panel_replication_counts(ax, counts: pd.DataFrame, palette) -> None:
+    """Panel (c) of :func:`duplicated_vs_not`: mean top-1 count per duplicated / non-duplicated image."""
+    sns.barplot(
+        data=counts,
+        y="set",
+        x="mean_count",
+        hue="training image",
+        hue_order=DUP_HUE_ORDER,
+        palette=palette,
+        ax=ax,
+    )
+    ax.set_xlabel("generations matching a training image\n(mean top-1 count per image)")
+    ax.set_ylabel("")
+    ax.set_title("(c) replication counts", fontsize=9)
+
+
+def duplicated_vs_not(
+    summary: pd.DataFrame,
+    matches: Mapping[tuple, pd.DataFrame],
+    plans: Mapping[tuple, pd.DataFrame],
+    style: Mapping,
+    study: str,
+):
+    """Duplicated vs non-duplicated images, per run · preset of the first dataset × embedder pairs:
+    (a) top-1 similarity of generations whose prompt came from a duplicated / non-duplicated image;
+    (b) the rate at which the top-1 match is the prompt's own source image; (c) replication counts,
+    the mean number of generations whose top-1 match is a given training image, for duplicated and
+    non-duplicated training images (from the run's duplication plan). "Duplicated" is the study's
+    duplicated set, the same images in every run: in nodup runs and the base model they are not
+    duplicated, which makes those rows the control.
+
+    ``plans``: ``{(dataset, run): the run's duplication plan table}`` (:func:`read_plans`).
+    """
+    height, aspect = _sizes(style, 3.8, 1.2)
+    sims, rates, counts = _duplicated_vs_not_data(matches, plans)
     with themed(style):
         fig, axes = plt.subplots(1, 3, figsize=(3 * height * aspect, height + 0.3 * len(matches) + 0.8))
         pal = style.get("palette", "deep")
@@ -393,54 +463,10 @@ def duplicated_vs_not(
             for ax in axes:
                 note(ax, "no similarity tables in this study")
         else:
-            sim = pd.concat(sims, ignore_index=True)
             emb_names = sorted({k[1] for k in matches})
-            if not (sim["prompt source"] == "duplicated").any():
-                axes[0].text(
-                    0.01,
-                    0.01,
-                    "no generation has a duplicated prompt\n(no dup_* run in this study)",
-                    transform=axes[0].transAxes,
-                    fontsize=7,
-                )
-            sns.boxplot(
-                data=sim,
-                y="set",
-                x="similarity",
-                hue="prompt source",
-                hue_order=order_hue,
-                palette=pal,
-                fliersize=2,
-                ax=axes[0],
-            )
-            axes[0].set_xlabel(f"top-1 similarity\n(cosine, embedder {', '.join(emb_names)})")
-            axes[0].set_ylabel("run · preset")
-            axes[0].set_title("(a) similarity by prompt source", fontsize=9)
-            sns.barplot(
-                data=pd.DataFrame(rates),
-                y="set",
-                x="rate",
-                hue="prompt source",
-                hue_order=order_hue,
-                palette=pal,
-                ax=axes[1],
-            )
-            axes[1].set_xlabel("fraction of generations whose top-1\nmatch is the prompt's source image")
-            axes[1].set_ylabel("")
-            axes[1].set_xlim(0, 1)
-            axes[1].set_title("(b) source-match rate", fontsize=9)
-            sns.barplot(
-                data=pd.DataFrame(counts),
-                y="set",
-                x="mean_count",
-                hue="training image",
-                hue_order=order_hue,
-                palette=pal,
-                ax=axes[2],
-            )
-            axes[2].set_xlabel("generations matching a training image\n(mean top-1 count per image)")
-            axes[2].set_ylabel("")
-            axes[2].set_title("(c) replication counts", fontsize=9)
+            _panel_similarity_by_source(axes[0], pd.concat(sims, ignore_index=True), emb_names, pal)
+            _panel_source_match_rate(axes[1], pd.DataFrame(rates), pal)
+            _panel_replication_counts(axes[2], pd.DataFrame(counts), pal)
             for ax in axes[1:]:
                 ax.set_yticklabels([])
         fig.suptitle(study_title(style.get("title", "Duplicated vs non-duplicated images"), study))
