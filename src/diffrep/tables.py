@@ -139,6 +139,83 @@ def _manifest_hashes(models: Mapping, datasets: Mapping) -> tuple[dict, dict]:
     return {k: short_hash(p) for k, p in models.items()}, {k: short_hash(p) for k, p in datasets.items()}
 
 
+def _setting_columns(run: str, gen: str, presets: Mapping, path) -> dict:
+    """The training and inference settings of a row: :func:`settings` of the run, then
+    :func:`preset_settings` of the preset (the defaults, with a warning, for an unknown preset)."""
+    if gen not in presets:
+        log.warning(
+            "preset %r of %s not among the configured presets; its settings use the defaults", gen, path
+        )
+    return {**settings(run), **preset_settings(presets.get(gen, {}))}
+
+
+def _similarity_columns(stats: dict, path, baseline: dict | None) -> dict:
+    """The similarity statistics of a row (:func:`_flat_stats`) and its train-vs-train baseline."""
+    return {
+        "n_generations": stats.get("n"),
+        **_flat_stats(stats, path),
+        "train_baseline_p95": baseline.get("p95") if baseline else None,
+        "train_baseline_mean": baseline.get("mean") if baseline else None,
+    }
+
+
+def _fid_columns(fids: Mapping, key: tuple, enabled: bool) -> dict:
+    """FID of the generation set ``key`` = (dataset, run, preset); ``skipped`` when fid is off."""
+    if not enabled:
+        return dict(fid=SKIPPED, fid_n_generated=SKIPPED, fid_n_reference=SKIPPED, fid_convention=SKIPPED)
+    f = fids.get(key)
+    if f is None:
+        ds, run, gen = key
+        raise TableError(f"fid is enabled but no FID file for dataset {ds}, run {run}, preset {gen}")
+    return dict(
+        fid=f["fid"],
+        fid_n_generated=f.get("n_generated"),
+        fid_n_reference=f.get("n_reference"),
+        fid_convention=f.get("convention", "pytorch-fid"),
+    )
+
+
+def _clipscore_columns(clips: Mapping, clip_bg: Mapping, key: tuple, enabled: bool) -> dict:
+    """CLIP score of the generation set ``key`` = (dataset, run, preset) and its dataset's training-set
+    baseline; ``skipped`` when clipscore is off."""
+    if not enabled:
+        return dict(
+            clipscore=SKIPPED,
+            clip_cosine_mean=SKIPPED,
+            clip_model=SKIPPED,
+            clipscore_convention=SKIPPED,
+            clipscore_bg=SKIPPED,
+        )
+    ds, run, gen = key
+    c = clips.get(key)
+    if c is None:
+        raise TableError(
+            f"clipscore is enabled but no CLIP-score file for dataset {ds}, run {run}, preset {gen}"
+        )
+    return dict(
+        clipscore=c["clipscore"],
+        clip_cosine_mean=c.get("clip_cosine_mean"),
+        clip_model=c.get("model"),
+        clipscore_convention=c.get("convention"),
+        clipscore_bg=clip_bg.get(ds, {}).get("clipscore"),
+    )
+
+
+def _provenance_columns(stats: dict, base_model: str, model_hash: Mapping, dataset_hash: str) -> dict:
+    """What a row was measured with: preprocessing, index, top_k, training-set size, base model and the
+    short hashes of its model and dataset manifests."""
+    return dict(
+        preprocess=stats.get("preprocess"),
+        preprocess_detail=stats.get("preprocess_detail"),
+        index=stats.get("index"),
+        top_k=stats.get("top_k"),
+        n_train=stats.get("n_train"),
+        base_model=base_model,
+        model_manifest_sha256=model_hash.get(base_model, ""),
+        dataset_manifest_sha256=dataset_hash,
+    )
+
+
 def summary_table(
     similarity: Iterable,
     fid: Mapping | None = None,
@@ -171,70 +248,21 @@ def summary_table(
     rows = []
     for path in similarity:
         (ds, emb, run, gen), stats = _identified(path, MATCHES_IDENTITY, "retrieve")
-        row = {
-            "study": study,
-            "seed": seed,
-            "dataset": ds,
-            "run": run,
-            "preset": gen,
-            "embedder": emb,
-            **settings(run),
-        }
-        if gen not in presets:
-            log.warning(
-                "preset %r of %s not among the configured presets; its settings use the defaults", gen, path
-            )
-        row.update(preset_settings(presets.get(gen, {})))
-        row["n_generations"] = stats.get("n")
-        row.update(_flat_stats(stats, path))
-        bl = base_lines.get((ds, emb))
-        row["train_baseline_p95"] = bl.get("p95") if bl else None
-        row["train_baseline_mean"] = bl.get("mean") if bl else None
-        if fid_enabled:
-            f = fids.get((ds, run, gen))
-            if f is None:
-                raise TableError(f"fid is enabled but no FID file for dataset {ds}, run {run}, preset {gen}")
-            row.update(
-                fid=f["fid"],
-                fid_n_generated=f.get("n_generated"),
-                fid_n_reference=f.get("n_reference"),
-                fid_convention=f.get("convention", "pytorch-fid"),
-            )
-        else:
-            row.update(fid=SKIPPED, fid_n_generated=SKIPPED, fid_n_reference=SKIPPED, fid_convention=SKIPPED)
-        if clipscore_enabled:
-            c = clips.get((ds, run, gen))
-            if c is None:
-                raise TableError(
-                    f"clipscore is enabled but no CLIP-score file for dataset {ds}, run {run}, preset {gen}"
-                )
-            bg = clip_bg.get(ds, {})
-            row.update(
-                clipscore=c["clipscore"],
-                clip_cosine_mean=c.get("clip_cosine_mean"),
-                clip_model=c.get("model"),
-                clipscore_convention=c.get("convention"),
-                clipscore_bg=bg.get("clipscore"),
-            )
-        else:
-            row.update(
-                clipscore=SKIPPED,
-                clip_cosine_mean=SKIPPED,
-                clip_model=SKIPPED,
-                clipscore_convention=SKIPPED,
-                clipscore_bg=SKIPPED,
-            )
-        row.update(
-            preprocess=stats.get("preprocess"),
-            preprocess_detail=stats.get("preprocess_detail"),
-            index=stats.get("index"),
-            top_k=stats.get("top_k"),
-            n_train=stats.get("n_train"),
-            base_model=base_model,
-            model_manifest_sha256=model_hash.get(base_model, ""),
-            dataset_manifest_sha256=data_hash.get(ds, ""),
+        rows.append(
+            {
+                "study": study,
+                "seed": seed,
+                "dataset": ds,
+                "run": run,
+                "preset": gen,
+                "embedder": emb,
+                **_setting_columns(run, gen, presets, path),
+                **_similarity_columns(stats, path, base_lines.get((ds, emb))),
+                **_fid_columns(fids, (ds, run, gen), fid_enabled),
+                **_clipscore_columns(clips, clip_bg, (ds, run, gen), clipscore_enabled),
+                **_provenance_columns(stats, base_model, model_hash, data_hash.get(ds, "")),
+            }
         )
-        rows.append(row)
     if not rows:
         raise TableError("no similarity statistics given: the study measured nothing")
     df = pd.DataFrame(rows)
