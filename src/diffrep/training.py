@@ -760,26 +760,102 @@ def train_info(args: argparse.Namespace, fingerprint: str, metrics: list[dict], 
     }
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Finetune the UNet of ``args.pretrained_model_name_or_path``; write the pipeline to ``args.output_dir``."""
-    import torch
-
-    started = time.time()
-    accelerator, mixed_precision = make_accelerator(args.mixed_precision)
-    processes, rank = accelerator.num_processes, accelerator.process_index
-    total, accumulation = args.train_batch_size, args.gradient_accumulation_steps
-    micro = micro_batch_size(total, processes, accumulation)
+def log_batch_layout(accelerator, mixed_precision: str, args: argparse.Namespace, micro: int) -> None:
+    """Main process: the device, and how a step's batch splits into processes × accumulation × images."""
     if accelerator.is_main_process:
         log.info(
-            "device %s, %d process(es), mixed precision %s", accelerator.device, processes, mixed_precision
+            "device %s, %d process(es), mixed precision %s",
+            accelerator.device,
+            accelerator.num_processes,
+            mixed_precision,
         )
         log.info(
             "batch: %d per step = %d process(es) x %d accumulation x %d images",
-            total,
-            processes,
-            accumulation,
+            args.train_batch_size,
+            accelerator.num_processes,
+            args.gradient_accumulation_steps,
             micro,
         )
+
+
+def make_loader(dataset: DrawDataset, args: argparse.Namespace, start: int, accelerator):
+    """The DataLoader of steps ``start .. max_train_steps - 1``: :class:`StepBatches` gives this process
+    its share of each step's draws."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=StepBatches(
+            start,
+            args.max_train_steps,
+            args.train_batch_size,
+            args.gradient_accumulation_steps,
+            accelerator.num_processes,
+            accelerator.process_index,
+        ),
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+    )
+
+
+def log_train_data(accelerator, data: TrainData, args: argparse.Namespace, start: int) -> None:
+    """Main process: the training set, the run's settings and the steps still to do."""
+    if accelerator.is_main_process:
+        log.info(
+            "%d images (%d duplicated), %s, %s, mitigation %s; steps %d..%d",
+            len(data),
+            int(data.duplicated.sum()),
+            args.duplication,
+            args.conditioning,
+            args.train_mitigation,
+            start,
+            args.max_train_steps,
+        )
+
+
+def save_trained(
+    accelerator,
+    args: argparse.Namespace,
+    components: dict,
+    fingerprint: str,
+    metrics: list[dict],
+    started: float,
+    **facts,
+) -> None:
+    """After the last step, on the main process: write the pipeline, its metrics and train_info.json
+    (:func:`train_info` with the duration since ``started``, ``facts`` and the platform), and remove
+    the checkpoints unless ``args.keep_checkpoints``; then end training on every process."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        info = train_info(
+            args,
+            fingerprint,
+            metrics,
+            duration_s=time.time() - started,
+            **facts,
+            platform=platform_fingerprint(),  # what can change the weights' last bits
+        )
+        unet = accelerator.unwrap_model(components["unet"])
+        save_model(args.pretrained_model_name_or_path, unet, Path(args.output_dir), metrics, info)
+        log.info("model written to %s", args.output_dir)
+        if not args.keep_checkpoints and Path(args.checkpoints_dir).exists():
+            shutil.rmtree(args.checkpoints_dir)
+            log.info("checkpoints removed (%s)", args.checkpoints_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Finetune the UNet of ``args.pretrained_model_name_or_path``; write the pipeline to ``args.output_dir``.
+
+    Setup (accelerator, components, data, optimizer, resume from the last checkpoint), the loop
+    (:func:`train_steps`), then :func:`save_trained`."""
+    started = time.time()
+    accelerator, mixed_precision = make_accelerator(args.mixed_precision)
+    micro = micro_batch_size(
+        args.train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps
+    )
+    log_batch_layout(accelerator, mixed_precision, args, micro)
 
     components = load_components(args.pretrained_model_name_or_path)
     weight_dtype = prepare_models(components, accelerator, mixed_precision, args.gradient_checkpointing)
@@ -792,25 +868,10 @@ def train(args: argparse.Namespace) -> Path:
     start, metrics, resumed_from = resume(
         args, fingerprint, components["unet"], optimizer, lr_scheduler, accelerator
     )
-
     components["unet"], optimizer = accelerator.prepare(components["unet"], optimizer)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=StepBatches(start, args.max_train_steps, total, accumulation, processes, rank),
-        collate_fn=collate,
-        num_workers=args.dataloader_num_workers,
-    )
-    if accelerator.is_main_process:
-        log.info(
-            "%d images (%d duplicated), %s, %s, mitigation %s; steps %d..%d",
-            len(data),
-            int(data.duplicated.sum()),
-            args.duplication,
-            args.conditioning,
-            args.train_mitigation,
-            start,
-            args.max_train_steps,
-        )
+    loader = make_loader(dataset, args, start, accelerator)
+    log_train_data(accelerator, data, args, start)
+
     metrics = train_steps(
         accelerator,
         components,
@@ -824,32 +885,23 @@ def train(args: argparse.Namespace) -> Path:
         fingerprint=fingerprint,
     )
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        info = train_info(
-            args,
-            fingerprint,
-            metrics,
-            duration_s=time.time() - started,
-            device=str(accelerator.device),
-            processes=processes,
-            micro_batch_size=micro,
-            mixed_precision=mixed_precision,
-            n_images=len(data),
-            n_duplicated=int(data.duplicated.sum()),
-            sampling="permutation per epoch" if uniform else "weighted with replacement",
-            prediction_type=components["noise_scheduler"].config.prediction_type,
-            resumed_from=resumed_from,
-            platform=platform_fingerprint(),  # what can change the weights' last bits
-        )
-        unet = accelerator.unwrap_model(components["unet"])
-        save_model(args.pretrained_model_name_or_path, unet, Path(args.output_dir), metrics, info)
-        log.info("model written to %s", args.output_dir)
-        if not args.keep_checkpoints and Path(args.checkpoints_dir).exists():
-            shutil.rmtree(args.checkpoints_dir)
-            log.info("checkpoints removed (%s)", args.checkpoints_dir)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    save_trained(
+        accelerator,
+        args,
+        components,
+        fingerprint,
+        metrics,
+        started,
+        device=str(accelerator.device),
+        processes=accelerator.num_processes,
+        micro_batch_size=micro,
+        mixed_precision=mixed_precision,
+        n_images=len(data),
+        n_duplicated=int(data.duplicated.sum()),
+        sampling="permutation per epoch" if uniform else "weighted with replacement",
+        prediction_type=components["noise_scheduler"].config.prediction_type,
+        resumed_from=resumed_from,
+    )
     return Path(args.output_dir)
 
 
