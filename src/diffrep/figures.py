@@ -404,37 +404,25 @@ def _panel_similarity_by_source(ax, sim: pd.DataFrame, emb_names: Sequence[str],
     ax.set_title("(a) similarity by prompt source", fontsize=9)
 
 
+def _dup_bars(ax, data: pd.DataFrame, x: str, hue: str, palette, xlabel: str, title: str) -> None:
+    """Horizontal bars of ``x`` per ``set``, duplicated / not duplicated side by side (panels b and c)."""
+    sns.barplot(data=data, y="set", x=x, hue=hue, hue_order=DUP_HUE_ORDER, palette=palette, ax=ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("")
+    ax.set_title(title, fontsize=9)
+
+
 def _panel_source_match_rate(ax, rates: pd.DataFrame, palette) -> None:
     """Panel (b) of :func:`duplicated_vs_not`: how often the top-1 match is the prompt's source image."""
-    sns.barplot(
-        data=rates,
-        y="set",
-        x="rate",
-        hue="prompt source",
-        hue_order=DUP_HUE_ORDER,
-        palette=palette,
-        ax=ax,
-    )
-    ax.set_xlabel("fraction of generations whose top-1\nmatch is the prompt's source image")
-    ax.set_ylabel("")
+    xlabel = "fraction of generations whose top-1\nmatch is the prompt's source image"
+    _dup_bars(ax, rates, "rate", "prompt source", palette, xlabel, "(b) source-match rate")
     ax.set_xlim(0, 1)
-    ax.set_title("(b) source-match rate", fontsize=9)
 
 
 def _panel_replication_counts(ax, counts: pd.DataFrame, palette) -> None:
     """Panel (c) of :func:`duplicated_vs_not`: mean top-1 count per duplicated / non-duplicated image."""
-    sns.barplot(
-        data=counts,
-        y="set",
-        x="mean_count",
-        hue="training image",
-        hue_order=DUP_HUE_ORDER,
-        palette=palette,
-        ax=ax,
-    )
-    ax.set_xlabel("generations matching a training image\n(mean top-1 count per image)")
-    ax.set_ylabel("")
-    ax.set_title("(c) replication counts", fontsize=9)
+    xlabel = "generations matching a training image\n(mean top-1 count per image)"
+    _dup_bars(ax, counts, "mean_count", "training image", palette, xlabel, "(c) replication counts")
 
 
 def duplicated_vs_not(
