@@ -35,6 +35,11 @@ MATCH_COLUMNS = ("generation", "rank", "similarity", "shard", "index", "url", "c
 # ---------------------------------------------------------------- per shard
 
 
+def _write_parquet(frame, path) -> None:
+    with atomic_path(path, suffix=".parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
 def embed_shard(
     embedder,
     tar_path,
@@ -52,6 +57,11 @@ def embed_shard(
     """
     import pandas as pd
 
+    if stats is not None and stats.get("successes") == 0:  # a recorded failed download: a missing shard
+        log.error("shard %d: no images (%s); writing an empty result", shard, stats.get("error"))
+        write_embeddings(out_npz, [], np.zeros((0, 0), np.float32), embedder.name, embedder.preprocess)
+        _write_parquet(pd.DataFrame({"key": [], "index": [], "url": [], "caption": []}), out_meta)
+        return {"shard": shard, "n": 0, "dim": 0, "bad_images": []}
     images, bad = read_shard(tar_path, shard, stats=stats, bad_images=bad_images)
     for b in bad:
         log.warning("shard %d: dropped %s: %s", shard, b["member"], b["reason"])
@@ -67,8 +77,7 @@ def embed_shard(
             "caption": [im.meta["caption"] for im in images],
         }
     )
-    with atomic_path(out_meta, suffix=".parquet") as tmp:
-        meta.to_parquet(tmp, index=False)
+    _write_parquet(meta, out_meta)
     return {"shard": shard, "n": len(images), "dim": int(emb.shape[1]), "bad_images": bad}
 
 
@@ -107,11 +116,11 @@ def search_shard_files(generations_npz, shard_npz, shard_meta, shard: int, k: in
             f"{generations_npz} ({gen['embedder']}, {gen['preprocess']}) and {shard_npz} "
             f"({ref['embedder']}, {ref['preprocess']}) come from different embedders"
         )
-    matches = search_shard(
-        gen["ids"], gen["embeddings"], ref["embeddings"], pd.read_parquet(shard_meta), shard, k
-    )
-    with atomic_path(out, suffix=".parquet") as tmp:
-        matches.to_parquet(tmp, index=False)
+    meta = pd.read_parquet(shard_meta)
+    if meta.empty:  # a missing shard (its download fetched nothing): an empty result the merge reports
+        _write_parquet(pd.DataFrame({c: [] for c in MATCH_COLUMNS}), out)
+        return
+    _write_parquet(search_shard(gen["ids"], gen["embeddings"], ref["embeddings"], meta, shard, k), out)
 
 
 # ---------------------------------------------------------------- merge
@@ -195,6 +204,13 @@ def replication_rate(top1: Sequence[float], threshold: float, n_boot: int = 1000
     }
 
 
+def _has_rows(path) -> bool:
+    """Whether a shard's result exists and holds matches (an empty one is a missing shard's)."""
+    import pyarrow.parquet as pq
+
+    return os.path.exists(path) and pq.ParquetFile(path).metadata.num_rows > 0
+
+
 def merge_files(
     results: dict[int, str | os.PathLike],
     n_shards: int,
@@ -206,6 +222,7 @@ def merge_files(
     threshold: float,
     allow_missing: bool = False,
     n_boot: int = 1000,
+    level: float = 0.95,
     seed: int = 0,
 ) -> dict:
     """Merge per-shard matches parquets {shard: path}; write the global top-k and the summary.
@@ -216,7 +233,7 @@ def merge_files(
     """
     import pandas as pd
 
-    present = {s: p for s, p in results.items() if p is not None and os.path.exists(p)}
+    present = {s: p for s, p in results.items() if p is not None and _has_rows(p)}
     missing = check_complete(n_shards, present, allow_missing)
     merged = merge_topk((pd.read_parquet(present[s]) for s in sorted(present)), k)
     for key, value in label.items():
@@ -225,13 +242,44 @@ def merge_files(
     top1 = merged.loc[merged["rank"] == 0, "similarity"]
     summary = {
         **label,
-        **replication_rate(top1, threshold, n_boot=n_boot, seed=seed),
+        **replication_rate(top1, threshold, n_boot=n_boot, seed=seed, level=level),
         "top_k": int(k),
         "n_shards": int(n_shards),
         "missing_shards": missing,
     }
-    with atomic_path(out_matches, suffix=".parquet") as tmp:
-        merged.to_parquet(tmp, index=False)
+    _write_parquet(merged, out_matches)
     with atomic_path(out_summary) as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+# ---------------------------------------------------------------- tables
+
+
+def shard_report(stats: dict[int, dict], missing: Sequence[int]):
+    """Per shard its download counts (img2dataset's count / successes / failed_to_download), its
+    download error if it fetched nothing, and whether the merge went without it."""
+    import pandas as pd
+
+    rows = [
+        {
+            "shard": int(s),
+            "count": st.get("count"),
+            "successes": st.get("successes"),
+            "failed_to_download": st.get("failed_to_download"),
+            "error": st.get("error", ""),
+            "missing": int(s) in set(missing),
+        }
+        for s, st in sorted(stats.items())
+    ]
+    return pd.DataFrame(rows)
+
+
+def webscale_table(summaries: Sequence[dict]):
+    """One row per search (its summary JSON); ``missing_shards`` as text so every row names them."""
+    import pandas as pd
+
+    table = pd.DataFrame(
+        [{**s, "missing_shards": ",".join(map(str, s["missing_shards"]))} for s in summaries]
+    )
+    return table.sort_values("search").reset_index(drop=True) if "search" in table else table

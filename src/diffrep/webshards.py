@@ -80,6 +80,31 @@ def row_counts(parquets) -> list[int]:
     return counts
 
 
+def collection_files(patterns) -> list[Path]:
+    """The parquet files of a collection: each entry a path or a glob pattern (expanded, sorted), in order."""
+    import glob
+
+    files = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(str(pattern))) if glob.has_magic(str(pattern)) else [pattern]
+        files.extend(Path(p) for p in matched)
+    return files
+
+
+def collection_rows(cfg: dict, name: str) -> int:
+    """Rows of collection `name` (a webscale.collections entry): from the parquet footers when the files
+    are on disk, else the configured ``n_rows``; a clear error when neither is there."""
+    files = [p for p in collection_files(cfg["parquets"]) if p.is_file()]
+    if files and len(files) == len(collection_files(cfg["parquets"])):
+        return sum(row_counts(files))
+    if cfg.get("n_rows"):
+        return int(cfg["n_rows"])
+    raise ShardError(
+        f"webscale.collections.{name}: no parquet file of {cfg['parquets']} is on disk (or some are "
+        "missing); put them there, or set n_rows to plan the shards without them"
+    )
+
+
 def n_shards(n_rows: int, shard_size: int) -> int:
     """Number of shards of `n_rows` rows with `shard_size` rows each (the last may be shorter)."""
     if shard_size < 1:
@@ -209,6 +234,26 @@ def download_shard(
     with atomic_path(stats_path) as tmp:
         tmp.write_text(json.dumps(stats, indent=1))
     log.info("shard %d: %d of %d images fetched", shard, len(images), len(rows))
+    return stats
+
+
+def record_failed_shard(rows, shard: int, tar_path, stats_path, error: str) -> dict:
+    """Record a shard that fetched nothing: an empty tar and stats with 0 successes and the error.
+
+    Used when the user allows missing shards; every later step treats the shard as missing.
+    """
+    write_shard(tar_path, rows, {}, shard)
+    stats = {
+        "shard": int(shard),
+        "count": len(rows),
+        "successes": 0,
+        "failed_to_download": len(rows),
+        "error": error,
+        "sha256": sha256_file(tar_path),
+    }
+    with atomic_path(stats_path) as tmp:
+        tmp.write_text(json.dumps(stats, indent=1))
+    log.error("%s (recorded as a missing shard: allow_missing_shards)", error)
     return stats
 
 

@@ -1,0 +1,116 @@
+# The CVPR'23 study (docs/webscale.md): a pretrained model's generations searched against its
+# web-scale training set. Per shard of a reference collection one download (on the submit node), one
+# embed (GPU) and one search job; per search one merge that equals an exact search over the whole
+# collection. Embed and search of a shard form one group, so `--group-components webscale_shard=N`
+# sends N shards per cluster job instead of two sbatch calls per shard.
+
+
+rule download_shard:
+    input:
+        parquets=get_collection_parquets,
+    output:
+        tar=f"{WS}/{{collection}}/shards/{{shard}}.tar",
+        stats=f"{WS}/{{collection}}/shards/{{shard}}_stats.json",
+    log:
+        f"logs/webscale/{{collection}}/download/{{shard}}.log",
+    retries: 2
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    threads: 4
+    params:
+        collection=get_collection,
+        shard="{shard}",
+        allow_missing=get_allow_missing,
+    script:
+        "../scripts/webscale_download.py"
+
+
+rule embed_shard:
+    input:
+        unpack(get_embed_shard_inputs),
+    output:
+        embeddings=f"{WS}/{{collection}}/embeddings/{{embedder}}/{{shard}}.npz",
+        meta=f"{WS}/{{collection}}/embeddings/{{embedder}}/{{shard}}.parquet",
+    log:
+        f"logs/webscale/{{collection}}/embed/{{embedder}}/{{shard}}.log",
+    benchmark:
+        f"benchmarks/webscale/{{collection}}/embed/{{embedder}}/{{shard}}.tsv"
+    group:
+        "webscale_shard"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=30,
+        batch_size=config["resources"]["embed_batch_size"],
+        workers=config["resources"]["dataloader_workers"],
+    params:
+        embedder=get_embedder,
+        shard="{shard}",
+        bad_images=get_bad_images,
+    script:
+        "../scripts/webscale_embed.py"
+
+
+rule search_shard:
+    input:
+        unpack(get_search_shard_inputs),
+    output:
+        matches=f"{R}/webscale/{{search}}/shards/{{shard}}.parquet",
+    log:
+        f"{LOGS}/webscale/{{search}}/search/{{shard}}.log",
+    group:
+        "webscale_shard"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=15,
+    params:
+        shard="{shard}",
+        top_k=get_search_top_k,
+    script:
+        "../scripts/webscale_search.py"
+
+
+rule merge_search:
+    input:
+        unpack(get_merge_inputs),
+    output:
+        matches=f"{R}/webscale/{{search}}/matches.parquet",
+        summary=f"{R}/webscale/{{search}}/summary.json",
+        shards=f"{R}/webscale/{{search}}/shards.csv",
+    log:
+        f"{LOGS}/webscale/{{search}}/merge.log",
+    benchmark:
+        f"{BENCH}/webscale/{{search}}/merge.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    params:
+        search=get_search,
+        label=get_search_label,
+        shards=get_search_shards,
+        seed=get_search_seed,
+    script:
+        "../scripts/webscale_merge.py"
+
+
+rule webscale_tables:
+    input:
+        summaries=webscale_summaries(),
+    output:
+        table=f"{R}/tables/webscale.csv",
+    log:
+        f"{LOGS}/webscale/tables.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/webscale_tables.py"
