@@ -1,0 +1,52 @@
+"""The web-scale lane in the workflow: shard jobs known at DAG time, and its config errors (dry runs)."""
+
+import pandas as pd
+import yaml
+
+from conftest import job_counts, snakemake
+
+
+def test_paper_webscale_block_plans_one_job_per_shard(workflow_copy):
+    """SD 1.4 against LAION-Aesthetics 6+ on a fresh clone: 12 M rows (n_rows) / 10 000 per shard."""
+    counts = job_counts(snakemake(["-n"], cwd=workflow_copy, check=True).stdout)
+    assert counts["download_shard"] == counts["embed_shard"] == counts["search_shard"] == 1200
+    assert counts["merge_search"] == counts["webscale_tables"] == 1
+
+
+def _dry_run(tmp_path, workflow_copy, cfg, *extra):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return snakemake(
+        ["-n", "--configfile", str(path), "--replace-workflow-config", *extra], cwd=workflow_copy
+    )
+
+
+def test_shard_count_comes_from_the_parquet_footers_when_on_disk(tmp_path, workflow_copy, paper_config):
+    for i, n in enumerate((25, 25, 13)):
+        pd.DataFrame({"URL": ["u"] * n, "TEXT": ["t"] * n}).to_parquet(tmp_path / f"part-{i}.parquet")
+    coll = paper_config["webscale"]["collections"]["laion_a6"]
+    coll.update(parquets=[str(tmp_path / "part-*.parquet")], shard_size=10)  # n_rows stays: footers win
+    proc = _dry_run(tmp_path, workflow_copy, paper_config, "--group-components", "webscale_shard=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = job_counts(proc.stdout)
+    assert counts["download_shard"] == counts["embed_shard"] == counts["search_shard"] == 7  # 63 rows
+    # embed and search of a shard are one group; --group-components packs 4 shards per cluster job
+    assert proc.stdout.count("Group job webscale_shard") == 2
+
+
+def test_webscale_config_errors_name_the_key(tmp_path, workflow_copy, paper_config):
+    search = paper_config["webscale"]["searches"][0]
+    search["collection"] = "laion_a5"
+    out = _dry_run(tmp_path, workflow_copy, paper_config)
+    assert out.returncode != 0
+    assert (
+        "webscale.searches[0] (sd14_laion_a6).collection: 'laion_a5' is not defined; defined: laion_a6"
+        in (out.stdout + out.stderr)
+    )
+    search["collection"] = "laion_a6"
+    del paper_config["webscale"]["collections"]["laion_a6"]["n_rows"]
+    out = _dry_run(tmp_path, workflow_copy, paper_config)
+    assert out.returncode != 0
+    assert "webscale.collections.laion_a6: no parquet file of ['data/laion_aesthetics_6plus/*.parquet']" in (
+        out.stdout + out.stderr
+    )
