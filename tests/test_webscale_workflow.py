@@ -1,5 +1,8 @@
 """The web-scale lane in the workflow: shard jobs known at DAG time, and its config errors (dry runs)."""
 
+import os
+import time
+
 import pandas as pd
 import yaml
 
@@ -50,3 +53,55 @@ def test_webscale_config_errors_name_the_key(tmp_path, workflow_copy, paper_conf
     assert "webscale.collections.laion_a6: no parquet file of ['data/laion_aesthetics_6plus/*.parquet']" in (
         out.stdout + out.stderr
     )
+
+
+def test_a_retried_or_redownloaded_shard_reembeds_only_itself(tmp_path, workflow_copy, paper_config):
+    """Per-shard outputs: when shard 3's embedding failed, or shard 5 was downloaded again, exactly those
+    shards are embedded again; nothing already embedded is recomputed."""
+    for i, n in enumerate((25, 25, 13)):
+        pd.DataFrame({"URL": ["u"] * n, "TEXT": ["t"] * n}).to_parquet(tmp_path / f"part-{i}.parquet")
+    coll = paper_config["webscale"]["collections"]["laion_a6"]
+    coll.update(parquets=[str(tmp_path / "part-*.parquet")], shard_size=10)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
+    wd = tmp_path / "wd"
+    ws = wd / "resources/webscale/laion_a6"
+    now = time.time()
+    for part in tmp_path.glob("part-*.parquet"):
+        os.utime(part, (now - 40, now - 40))
+    files = {
+        "resources/models/sscd_disc_large/model.torchscript.pt": now - 30,
+        "resources/models/sscd_disc_large.sha256": now - 30,
+        **{
+            f"resources/webscale/laion_a6/shards/{i:05d}{s}": now - 20
+            for i in range(7)
+            for s in (".tar", "_stats.json")
+        },
+        **{
+            f"resources/webscale/laion_a6/embeddings/sscd_large/{i:05d}.{e}": now - 10
+            for i in (0, 1, 2, 4, 5, 6)
+            for e in ("npz", "parquet")
+        },
+    }
+    for rel, mtime in files.items():
+        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wd / rel).touch()
+        os.utime(wd / rel, (mtime, mtime))
+    os.utime(wd / "resources/models/sscd_disc_large", (now - 30, now - 30))
+    os.utime(ws / "shards/00005.tar", (now, now))  # shard 5 downloaded again
+    targets = [f"resources/webscale/laion_a6/embeddings/sscd_large/{i:05d}.npz" for i in range(7)]
+    args = [
+        "-n",
+        "-s",
+        str(workflow_copy / "Snakefile"),
+        "-d",
+        str(wd),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+    ]
+    proc = snakemake([*args, "--replace-workflow-config", *targets], cwd=workflow_copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job_counts(proc.stdout) == {"embed_shard": 2}
+    assert {f"{i:05d}.npz" for i in range(7) if f"output: {targets[i]}" in proc.stdout} == {
+        "00003.npz",
+        "00005.npz",
+    }
