@@ -1,11 +1,8 @@
 """The web-scale lane's library: metadata and shards, the shard reader's faults, sharded search and merge."""
 
-import functools
-import http.server
 import io
 import json
 import tarfile
-import threading
 
 import numpy as np
 import pandas as pd
@@ -28,6 +25,7 @@ from diffrep.webshards import (
     key_of,
     n_shards,
     read_shard,
+    record_failed_shard,
     shard_rows,
     write_shard,
 )
@@ -265,22 +263,6 @@ def test_replication_rate_bootstrap_is_seeded_and_brackets_the_rate():
 # ---------------------------------------------------------------- end to end over HTTP
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def web(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def test_download_embed_search_merge_over_http_finds_planted_copies(tmp_path, web):
     root, base = web
     n, size, k = 24, 7, 3
@@ -329,3 +311,44 @@ def test_download_embed_search_merge_over_http_finds_planted_copies(tmp_path, we
         top1.loc[gen_ids[6:], "similarity"] < 0.9
     ).all()
     assert summary["rate"] == 6 / 10 and summary["missing_shards"] == []
+
+
+def test_allowed_missing_shard_flows_through_embed_search_and_merge(tmp_path, web):
+    """A shard that fetched nothing, recorded (allow_missing_shards): empty embedding and result, and the
+    merge names it; without the opt-in the merge refuses."""
+    root, base = web
+    for i in range(4):
+        (root / f"{i}.jpg").write_bytes(_jpeg(_texture(i)))
+    urls = [f"{base}/{i}.jpg" for i in range(2)] + [f"{base}/gone{i}.jpg" for i in range(2)]
+    pd.DataFrame({"URL": urls, "TEXT": list("abcd")}).to_parquet(tmp_path / "p.parquet")
+    emb = PixelEmbedder(8)
+    gen = emb.embed([io.BytesIO(_jpeg(_texture(1)))])
+    write_embeddings(tmp_path / "gen.npz", ["g0"], gen, emb.name, emb.preprocess)
+    results = {}
+    for s in range(2):
+        rows, tar, st = (
+            shard_rows([tmp_path / "p.parquet"], s, 2),
+            tmp_path / f"{s}.tar",
+            tmp_path / f"{s}.json",
+        )
+        try:
+            stats = download_shard(rows, s, tar, st, threads=1, timeout=5)
+        except ShardError as err:
+            assert s == 1 and "shard 1: no image of its 2 URLs" in str(err)
+            stats = record_failed_shard(rows, s, tar, st, str(err))
+        embed_shard(emb, tar, s, tmp_path / f"{s}.npz", tmp_path / f"{s}.parquet", stats=stats)
+        results[s] = tmp_path / f"{s}.m.parquet"
+        search_shard_files(
+            tmp_path / "gen.npz", tmp_path / f"{s}.npz", tmp_path / f"{s}.parquet", s, 2, results[s]
+        )
+    assert json.loads((tmp_path / "1.json").read_text())["successes"] == 0
+    assert len(pd.read_parquet(results[1])) == 0
+    kw = {"label": LABEL, "threshold": 0.9, "n_boot": 10}
+    with pytest.raises(ShardError, match=r"1 of 2 shards have no result: 1;"):
+        merge_files(results, 2, 2, tmp_path / "m.parquet", tmp_path / "s.json", **kw)
+    summary = merge_files(
+        results, 2, 2, tmp_path / "m.parquet", tmp_path / "s.json", allow_missing=True, **kw
+    )
+    merged = pd.read_parquet(tmp_path / "m.parquet")
+    assert summary["missing_shards"] == [1] and set(merged["missing_shards"]) == {"1"}
+    assert merged.loc[merged["rank"] == 0, "index"].tolist() == [1]

@@ -1,5 +1,6 @@
 """The web-scale lane in the workflow: shard jobs known at DAG time, and its config errors (dry runs)."""
 
+import io
 import os
 import time
 
@@ -7,6 +8,8 @@ import pandas as pd
 import yaml
 
 from conftest import job_counts, snakemake
+from diffrep.embeddings import PixelEmbedder, write_embeddings
+from test_webscale import _jpeg, _texture
 
 
 def test_paper_webscale_block_plans_one_job_per_shard(workflow_copy):
@@ -105,3 +108,70 @@ def test_a_retried_or_redownloaded_shard_reembeds_only_itself(tmp_path, workflow
         "00003.npz",
         "00005.npz",
     }
+
+
+def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, paper_config, web):
+    """The rules' scripts for real, offline: 8 pictures served on 127.0.0.1 (one link dead), 3 shards,
+    the weight-free pixel embedder; generations are two planted copies (the npz stands in for SD 1.4's)."""
+    root, base = web
+    for i in range(8):
+        (root / f"{i}.jpg").write_bytes(_jpeg(_texture(i)))
+    urls = [f"{base}/{i}.jpg" for i in range(8)]
+    urls[4] = f"{base}/dead.jpg"
+    pd.DataFrame({"URL": urls, "TEXT": [f"t{i}" for i in range(8)]}).to_parquet(tmp_path / "p.parquet")
+    paper_config["embedders"]["pixel16"] = {"type": "pixel", "size": 16}
+    paper_config["webscale"]["collections"]["laion_a6"].update(
+        parquets=[str(tmp_path / "p.parquet")], shard_size=3
+    )
+    paper_config["webscale"]["searches"][0].update(embedder="pixel16", top_k=2, threshold=0.99)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
+    wd = tmp_path / "wd"
+    emb = PixelEmbedder(16)
+    gen = emb.embed([io.BytesIO(_jpeg(_texture(i), 100)) for i in (1, 7)])
+    write_embeddings(
+        wd / "results/paper/laion10k/embeddings/pixel16/pretrained-sd14/default.npz",
+        ["a", "b"],
+        gen,
+        emb.name,
+        emb.preprocess,
+    )
+    args = [
+        "--cores",
+        "1",
+        "-s",
+        str(workflow_copy / "Snakefile"),
+        "-d",
+        str(wd),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+    ]
+    rules = ["download_shard", "embed_shard", "search_shard", "merge_search", "webscale_tables"]
+    proc = snakemake(
+        [
+            *args,
+            "--replace-workflow-config",
+            "--allowed-rules",
+            *rules,
+            "--",
+            "results/paper/tables/webscale.csv",
+        ],
+        cwd=workflow_copy,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    table = pd.read_csv(wd / "results/paper/tables/webscale.csv")
+    assert table.loc[0, ["search", "model", "collection", "embedder_name", "rate"]].tolist() == [
+        "sd14_laion_a6",
+        "sd14",
+        "laion_a6",
+        "pixel(size=16)",
+        1.0,
+    ]
+    matches = pd.read_parquet(wd / "results/paper/webscale/sd14_laion_a6/matches.parquet")
+    top1 = matches[matches["rank"] == 0].set_index("generation")
+    assert top1.loc[["a", "b"], ["index", "shard"]].values.tolist() == [[1, 0], [7, 2]]
+    shards = pd.read_csv(wd / "results/paper/webscale/sd14_laion_a6/shards.csv")
+    assert shards[["shard", "count", "successes", "failed_to_download"]].values.tolist() == [
+        [0, 3, 3, 0],
+        [1, 3, 2, 1],
+        [2, 2, 2, 0],
+    ]
