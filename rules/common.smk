@@ -576,8 +576,13 @@ def get_collection(wildcards):
     }
 
 
-def get_collection_parquets(wildcards):
-    return get_collection(wildcards)["files"]
+def get_download_inputs(wildcards):
+    """A shard's metadata parquets, and the collection's sha256 manifest when it has one."""
+    manifest = COLLECTIONS[wildcards.collection].get("manifest")
+    return {
+        "parquets": get_collection(wildcards)["files"],
+        **({"manifest": manifest} if manifest else {}),
+    }
 
 
 def get_search(wildcards):

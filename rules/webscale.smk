@@ -7,7 +7,7 @@
 
 rule download_shard:
     input:
-        parquets=get_collection_parquets,
+        unpack(get_download_inputs),
     output:
         tar=f"{WS}/{{collection}}/shards/{{shard}}.tar",
         stats=f"{WS}/{{collection}}/shards/{{shard}}_stats.json",

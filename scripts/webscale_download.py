@@ -14,7 +14,9 @@ rows = shard_rows(
 )
 out = snakemake.output
 try:
-    download_shard(rows, shard, out.tar, out.stats, **cfg["download"])
+    download_shard(
+        rows, shard, out.tar, out.stats, **cfg["download"], manifest=snakemake.input.get("manifest")
+    )
 except ShardError as err:
     if not snakemake.params.allow_missing:
         raise

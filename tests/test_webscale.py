@@ -352,3 +352,24 @@ def test_allowed_missing_shard_flows_through_embed_search_and_merge(tmp_path, we
     merged = pd.read_parquet(tmp_path / "m.parquet")
     assert summary["missing_shards"] == [1] and set(merged["missing_shards"]) == {"1"}
     assert merged.loc[merged["rank"] == 0, "index"].tolist() == [1]
+
+
+def test_shard_downloaded_again_with_other_content_than_the_manifest_fails(tmp_path, web):
+    root, base = web
+    for i in range(2):
+        (root / f"{i}.jpg").write_bytes(_jpeg(_texture(i)))
+    rows = pd.DataFrame({"index": [0, 1], "url": [f"{base}/0.jpg", f"{base}/1.jpg"], "caption": ["a", "b"]})
+    tar, stats = tmp_path / "shards/00003.tar", tmp_path / "shards/00003_stats.json"
+    first = download_shard(rows, 3, tar, stats, threads=1)
+    manifest = tmp_path / "shards.sha256"
+    manifest.write_text(f"{first['sha256']}  00003.tar\n")
+    tar.unlink()
+    assert download_shard(rows, 3, tar, stats, threads=1, manifest=manifest)["sha256"] == first["sha256"]
+    tar.unlink()
+    (root / "1.jpg").write_bytes(_jpeg(_texture(99)))  # the web changed
+    with pytest.raises(
+        ShardError,
+        match=rf"shard 3: downloaded .*00003\.tar has sha256 [0-9a-f]{{64}}, but .*shards\.sha256 records {first['sha256']}",
+    ):
+        download_shard(rows, 3, tar, stats, threads=1, manifest=manifest)
+    assert not tar.exists()

@@ -17,7 +17,6 @@ so a re-download of the same bytes has the same sha256.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from diffrep.checksums import read_manifest, sha256_file
 from diffrep.fileio import atomic_path
 from diffrep.imagefetch import download_all
 from diffrep.images import EXTENSIONS, IMAGE_SUFFIXES, MODE_NAMES
@@ -157,14 +157,6 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _extension(data: bytes) -> str:
     """The file extension of image bytes' format; ``jpg`` when the header cannot be read (the reader
     then reports the member as corrupt)."""
@@ -202,14 +194,43 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def recorded_sha256(manifest, tar_path) -> str | None:
+    """The sha256 a collection's manifest (``sha256sum`` format, names relative to the shards folder,
+    e.g. ``cd shards && sha256sum *.tar``) records for a shard tar, or None (no manifest, no line)."""
+    if not manifest:
+        return None
+    return read_manifest(manifest).get(Path(tar_path).name)
+
+
+def _check_recorded(tar_path: Path, shard: int, expected: str | None, manifest) -> None:
+    """Remove the tar and raise when its sha256 differs from the recorded one."""
+    actual = sha256_file(tar_path)
+    if expected and actual != expected:
+        tar_path.unlink()
+        raise ShardError(
+            f"shard {shard}: downloaded {tar_path} has sha256 {actual}, but {manifest} records {expected}: "
+            "the web content changed since the manifest was written (dead or replaced links); remove its "
+            "line from the manifest to accept the new content"
+        )
+
+
 def download_shard(
-    rows, shard: int, tar_path, stats_path, threads: int = 8, timeout: float = 10.0, retries: int = 1
+    rows,
+    shard: int,
+    tar_path,
+    stats_path,
+    threads: int = 8,
+    timeout: float = 10.0,
+    retries: int = 1,
+    manifest=None,
 ) -> dict:
     """Fetch a shard's URLs (imagefetch) into its tar; write and return its stats.
 
     A shard of which no image could be fetched raises :class:`ShardError` naming the shard and the
-    commonest reasons; partial shards are written and their failures counted in the stats.
+    commonest reasons; partial shards are written and their failures counted in the stats. With a
+    `manifest` that records the tar's sha256, a tar with other content is removed and raises.
     """
+    Path(tar_path).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".shard{shard}.", dir=Path(tar_path).parent) as cache:
         items = [(key_of(i), u) for i, u in zip(rows["index"], rows["url"])]
         results = download_all(items, cache, threads=threads, timeout=timeout, retries=retries)
@@ -222,6 +243,7 @@ def download_shard(
             f"(rows {rows['index'].min()}..{rows['index'].max()}); reasons: {dict(status.most_common(3))}"
         )
     write_shard(tar_path, rows, images, shard)
+    _check_recorded(Path(tar_path), shard, recorded_sha256(manifest, tar_path), manifest)
     stats = {
         "shard": int(shard),
         "count": len(rows),
