@@ -567,20 +567,36 @@ def shard_names(collection):
     return [f"{i:05d}" for i in range(N_SHARDS[collection])]
 
 
-def get_collection(wildcards):
-    """A collection's config with its parquet files (globs expanded), as the shard jobs see it."""
+def get_shard_rows_params(wildcards):
+    """What defines a shard's rows (a change re-downloads): shard size and column names. Fetch settings
+    and the missing-shard opt-in reach the job as resources, so changing them re-runs nothing.
+    """
     cfg = COLLECTIONS[wildcards.collection]
-    return {
-        **cfg,
-        "files": [str(p) for p in webshards.collection_files(cfg["parquets"])],
-    }
+    return {k: cfg[k] for k in ("shard_size", "url_col", "caption_col", "id_cols")}
+
+
+def get_fetch_threads(wildcards):
+    return COLLECTIONS[wildcards.collection]["download"]["threads"]
+
+
+def get_fetch_timeout(wildcards):
+    return COLLECTIONS[wildcards.collection]["download"]["timeout"]
+
+
+def get_fetch_retries(wildcards):
+    return COLLECTIONS[wildcards.collection]["download"]["retries"]
 
 
 def get_download_inputs(wildcards):
     """A shard's metadata parquets, and the collection's sha256 manifest when it has one."""
     manifest = COLLECTIONS[wildcards.collection].get("manifest")
     return {
-        "parquets": get_collection(wildcards)["files"],
+        "parquets": [
+            str(p)
+            for p in webshards.collection_files(
+                COLLECTIONS[wildcards.collection]["parquets"]
+            )
+        ],
         **({"manifest": manifest} if manifest else {}),
     }
 
@@ -592,10 +608,12 @@ def get_search(wildcards):
 def get_allow_missing(wildcards):
     """Whether a shard that fetched nothing is recorded (some search over the collection allows missing
     shards) rather than failing its download job."""
-    return any(
-        s["allow_missing_shards"]
-        for s in SEARCHES.values()
-        if s["collection"] == wildcards.collection
+    return int(
+        any(
+            s["allow_missing_shards"]
+            for s in SEARCHES.values()
+            if s["collection"] == wildcards.collection
+        )
     )
 
 

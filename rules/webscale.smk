@@ -18,10 +18,14 @@ rule download_shard:
     conda:
         "../envs/data.yaml"
     threads: 4
-    params:
-        collection=get_collection,
-        shard="{shard}",
+    resources:
+        fetch_threads=get_fetch_threads,
+        fetch_timeout=get_fetch_timeout,
+        fetch_retries=get_fetch_retries,
         allow_missing=get_allow_missing,
+    params:
+        rows=get_shard_rows_params,
+        shard="{shard}",
     script:
         "../scripts/webscale_download.py"
 

@@ -8,16 +8,15 @@ from diffrep.webshards import ShardError, download_shard, record_failed_shard, s
 from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
-cfg, shard = snakemake.params.collection, int(snakemake.params.shard)
+cfg, shard, res = snakemake.params.rows, int(snakemake.params.shard), snakemake.resources
 rows = shard_rows(
     snakemake.input.parquets, shard, cfg["shard_size"], cfg["url_col"], cfg["caption_col"], cfg["id_cols"]
 )
 out = snakemake.output
+fetch = {"threads": res.fetch_threads, "timeout": res.fetch_timeout, "retries": res.fetch_retries}
 try:
-    download_shard(
-        rows, shard, out.tar, out.stats, **cfg["download"], manifest=snakemake.input.get("manifest")
-    )
+    download_shard(rows, shard, out.tar, out.stats, **fetch, manifest=snakemake.input.get("manifest"))
 except ShardError as err:
-    if not snakemake.params.allow_missing:
+    if not res.allow_missing:
         raise
     record_failed_shard(rows, shard, out.tar, out.stats, str(err))

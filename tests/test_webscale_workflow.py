@@ -146,19 +146,12 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
         str(tmp_path / "config.yaml"),
     ]
     rules = ["download_shard", "embed_shard", "search_shard", "merge_search", "webscale_tables"]
+    target = "results/paper/tables/webscale.csv"
     proc = snakemake(
-        [
-            *args,
-            "--replace-workflow-config",
-            "--allowed-rules",
-            *rules,
-            "--",
-            "results/paper/tables/webscale.csv",
-        ],
-        cwd=workflow_copy,
+        [*args, "--replace-workflow-config", "--allowed-rules", *rules, "--", target], cwd=workflow_copy
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    table = pd.read_csv(wd / "results/paper/tables/webscale.csv")
+    table = pd.read_csv(wd / target)
     assert table.loc[0, ["search", "model", "collection", "embedder_name", "rate"]].tolist() == [
         "sd14_laion_a6",
         "sd14",
@@ -175,3 +168,11 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
         [1, 3, 2, 1],
         [2, 2, 2, 0],
     ]
+    # opting in to missing shards or changing fetch settings re-downloads and re-embeds nothing
+    paper_config["webscale"]["searches"][0]["allow_missing_shards"] = True
+    paper_config["webscale"]["collections"]["laion_a6"]["download"] = {"threads": 2, "timeout": 30}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
+    proc = snakemake(
+        [*args, "--replace-workflow-config", "-n", "--allowed-rules", *rules, "--", target], cwd=workflow_copy
+    )
+    assert job_counts(proc.stdout) == {"merge_search": 1, "webscale_tables": 1}, proc.stdout[-3000:]

@@ -4,10 +4,11 @@ Per shard (diffrep.webshards): the shard's images are embedded (the embedders of
 diffrep.embeddings, over the images read from the tar) into ``{shard}.npz`` (docs/formats.md, ids =
 keys) with their metadata in ``{shard}.parquet`` (key, index, url, caption); then every generation's
 top-k within the shard is found with faiss ``IndexFlatIP`` (diffrep.similarity). The merge keeps, per
-generation, the k most similar of all shards' candidates (ties broken by the lower row index, as a
-monolithic ``IndexFlatIP`` does). Because each shard contributes its own top-k, the global top-k is
-among the candidates: the merge equals one exact search over the whole collection, and holds at most
-one shard's results plus the running top-k in memory.
+generation, the k most similar of all shards' candidates (exact ties broken by the lower row index:
+deterministic, where a monolithic search may order exact ties differently). Because each shard
+contributes its own top-k, the global top-k is among the candidates: the merge equals one exact
+search over the whole collection, and holds at most one shard's results plus the running top-k in
+memory (2 × generations × k rows).
 
 Shards that are missing (no result, or a download that fetched nothing) stop the merge unless the
 user allows them (``allow_missing_shards``); then every table written names them.
