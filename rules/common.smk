@@ -647,6 +647,25 @@ def get_search_shards(wildcards):
     return shard_names(SEARCHES[wildcards.search]["collection"])
 
 
+def get_search_threshold(wildcards):
+    return SEARCHES[wildcards.search]["threshold"]
+
+
+def get_search_generation_dir(wildcards):
+    """The generation folder a search's generations come from (run pretrained-<model>)."""
+    s = SEARCHES[wildcards.search]
+    run = f"{dconf.PRETRAINED_PREFIX}{s['model']}"
+    return generation_dir(s["prompts"]["dataset"], run, s["prompts"]["preset"])
+
+
+def get_search_shard_tars(wildcards):
+    """Every shard tar of a search's collection, in shard order (the gallery reads the matched ones)."""
+    s = SEARCHES[wildcards.search]
+    return [
+        f"{WS}/{s['collection']}/shards/{i}.tar" for i in shard_names(s["collection"])
+    ]
+
+
 def get_search_seed(wildcards):
     """The bootstrap's seed: the study seed, derived per search."""
     return dconf.derive_seed(config["seed"], "webscale", wildcards.search)
@@ -690,4 +709,9 @@ def webscale_summaries():
 
 def webscale_outputs():
     """The web-scale table (one row per search), when any search is configured."""
-    return [f"{R}/tables/webscale.csv"] if SEARCHES else []
+    figures = [
+        f"{R}/figures/webscale/{name}/{fig}.png"
+        for name in SEARCHES
+        for fig in ("gallery", "top1_histogram")
+    ]
+    return [f"{R}/tables/webscale.csv", *figures] if SEARCHES else []

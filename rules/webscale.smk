@@ -118,3 +118,40 @@ rule webscale_tables:
         "../envs/torch.yaml"
     script:
         "../scripts/webscale_tables.py"
+
+
+rule webscale_figures:
+    input:
+        matches=f"{R}/webscale/{{search}}/matches.parquet",
+        generations=get_search_generation_dir,
+        tars=get_search_shard_tars,
+    output:
+        gallery=report(
+            f"{R}/figures/webscale/{{search}}/gallery.png",
+            category="Web-scale search",
+            subcategory="{search}",
+            caption="../report/webscale_gallery.rst",
+        ),
+        gallery_pdf=f"{R}/figures/webscale/{{search}}/gallery.pdf",
+        histogram=report(
+            f"{R}/figures/webscale/{{search}}/top1_histogram.png",
+            category="Web-scale search",
+            subcategory="{search}",
+            caption="../report/webscale_histogram.rst",
+        ),
+        histogram_pdf=f"{R}/figures/webscale/{{search}}/top1_histogram.pdf",
+        images=directory(f"{R}/webscale/{{search}}/match_images"),
+    log:
+        f"{LOGS}/figures/webscale/{{search}}.log",
+    conda:
+        "../envs/figures.yaml"
+    params:
+        study=STUDY,
+        label=get_search_label,
+        threshold=get_search_threshold,
+        shards=get_search_shards,
+        size=config["figures"]["gallery_size"],
+        top_k=config["figures"]["gallery_top_k"],
+        dpi=config["figures"]["dpi"],
+    script:
+        "../scripts/webscale_figures.py"

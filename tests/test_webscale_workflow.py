@@ -1,6 +1,5 @@
 """The web-scale lane in the workflow: shard jobs known at DAG time, and its config errors (dry runs)."""
 
-import io
 import os
 import time
 
@@ -127,10 +126,14 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
     wd = tmp_path / "wd"
     emb = PixelEmbedder(16)
-    gen = emb.embed([io.BytesIO(_jpeg(_texture(i), 100)) for i in (1, 7)])
+    gen_dir = wd / "results/paper/laion10k/generations/pretrained-sd14/default"
+    gen_dir.mkdir(parents=True)
+    for name, i in (("a.png", 1), ("b.png", 7)):
+        _texture(i).save(gen_dir / name)
+    gen = emb.embed([gen_dir / "a.png", gen_dir / "b.png"])
     write_embeddings(
         wd / "results/paper/laion10k/embeddings/pixel16/pretrained-sd14/default.npz",
-        ["a", "b"],
+        ["a.png", "b.png"],
         gen,
         emb.name,
         emb.preprocess,
@@ -145,10 +148,19 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
         "--configfile",
         str(tmp_path / "config.yaml"),
     ]
-    rules = ["download_shard", "embed_shard", "search_shard", "merge_search", "webscale_tables"]
+    rules = [
+        "download_shard",
+        "embed_shard",
+        "search_shard",
+        "merge_search",
+        "webscale_tables",
+        "webscale_figures",
+    ]
     target = "results/paper/tables/webscale.csv"
+    figures = [f"results/paper/figures/webscale/sd14_laion_a6/{f}.png" for f in ("gallery", "top1_histogram")]
     proc = snakemake(
-        [*args, "--replace-workflow-config", "--allowed-rules", *rules, "--", target], cwd=workflow_copy
+        [*args, "--replace-workflow-config", "--allowed-rules", *rules, "--", target, *figures],
+        cwd=workflow_copy,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     table = pd.read_csv(wd / target)
@@ -161,7 +173,11 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
     ]
     matches = pd.read_parquet(wd / "results/paper/webscale/sd14_laion_a6/matches.parquet")
     top1 = matches[matches["rank"] == 0].set_index("generation")
-    assert top1.loc[["a", "b"], ["index", "shard"]].values.tolist() == [[1, 0], [7, 2]]
+    assert top1.loc[["a.png", "b.png"], ["index", "shard"]].values.tolist() == [[1, 0], [7, 2]]
+    # the gallery's web images are the matched images' own bytes, taken from their shard tars
+    images = wd / "results/paper/webscale/sd14_laion_a6/match_images"
+    assert (images / "000000001.jpg").read_bytes() == (root / "1.jpg").read_bytes()
+    assert all((wd / f).stat().st_size > 10_000 for f in figures)
     shards = pd.read_csv(wd / "results/paper/webscale/sd14_laion_a6/shards.csv")
     assert shards[["shard", "count", "successes", "failed_to_download"]].values.tolist() == [
         [0, 3, 3, 0],
