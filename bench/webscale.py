@@ -145,38 +145,41 @@ def bench(n_gen: int, n_ref: int, dim: int = 512, k: int = 10) -> list[dict]:
         recall(res["ivfpq"]["rows"], res["exact"]["rows"], 1),
         recall(res["ivfpq"]["rows"], res["exact"]["rows"], 10),
     )
-    return [
-        row(
-            "webscale",
+    build = res["ivfpq"]["build"]
+    specs = [
+        (
             f"time, {size}",
-            res["sharded"]["seconds"],
-            res["monolithic"]["seconds"],
+            "sharded",
+            "monolithic",
             "s",
             sharded,
             mono,
             f"merged top-k equals monolithic: {equal}; shards of {SHARD}; {THREADS} threads",
         ),
-        row(
-            "webscale",
+        (
             f"peak memory, {size}",
-            res["sharded"]["peak_mb"],
-            res["monolithic"]["peak_mb"],
+            "sharded",
+            "monolithic",
             "MB",
             sharded,
             mono,
             f"bound for sharded: one shard + 2 x gen x k rows = {bound:.0f} MB",
         ),
-        row(
-            "webscale",
+        (
             f"approximate search time, {size}",
-            res["ivfpq"]["seconds"],
-            res["exact"]["seconds"],
+            "ivfpq",
+            "exact",
             "s",
             "IVF-PQ + exact re-ranking of 100 (approxsearch)",
             "faiss IndexFlatIP",
-            f"recall@1 {r1:.4f}, recall@10 {r10:.4f} against exact; index build {res['ivfpq']['build']:.1f} s "
-            "(once per collection, not in the time)",
+            f"recall@1 {r1:.4f}, recall@10 {r10:.4f} against exact; index build {build:.1f} s (once per "
+            "collection, not in the time)",
         ),
+    ]
+    value = {"s": "seconds", "MB": "peak_mb"}
+    return [
+        row("webscale", measure, res[a][value[unit]], res[b][value[unit]], unit, a_how, b_how, detail)
+        for measure, a, b, unit, a_how, b_how, detail in specs
     ]
 
 

@@ -57,6 +57,11 @@ def test_webscale_config_errors_name_the_key(tmp_path, workflow_copy, paper_conf
     )
 
 
+def _in_dir(workflow_copy, wd, config):
+    """Snakemake arguments: the copy's Snakefile, run in the folder `wd` with the config file `config`."""
+    return ["-s", str(workflow_copy / "Snakefile"), "-d", str(wd), "--configfile", str(config)]
+
+
 def test_a_retried_or_redownloaded_shard_reembeds_only_itself(tmp_path, workflow_copy, paper_config):
     """Per-shard outputs: when shard 3's embedding failed, or shard 5 was downloaded again, exactly those
     shards are embedded again; nothing already embedded is recomputed."""
@@ -91,15 +96,7 @@ def test_a_retried_or_redownloaded_shard_reembeds_only_itself(tmp_path, workflow
     os.utime(wd / "resources/models/sscd_disc_large", (now - 30, now - 30))
     os.utime(ws / "shards/00005.tar", (now, now))  # shard 5 downloaded again
     targets = [f"resources/webscale/laion_a6/embeddings/sscd_large/{i:05d}.npz" for i in range(7)]
-    args = [
-        "-n",
-        "-s",
-        str(workflow_copy / "Snakefile"),
-        "-d",
-        str(wd),
-        "--configfile",
-        str(tmp_path / "config.yaml"),
-    ]
+    args = ["-n", *_in_dir(workflow_copy, wd, tmp_path / "config.yaml")]
     proc = snakemake([*args, "--replace-workflow-config", *targets], cwd=workflow_copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert job_counts(proc.stdout) == {"embed_shard": 2}
@@ -138,16 +135,7 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
         emb.name,
         emb.preprocess,
     )
-    args = [
-        "--cores",
-        "1",
-        "-s",
-        str(workflow_copy / "Snakefile"),
-        "-d",
-        str(wd),
-        "--configfile",
-        str(tmp_path / "config.yaml"),
-    ]
+    args = ["--cores", "1", *_in_dir(workflow_copy, wd, tmp_path / "config.yaml")]
     rules = [
         "download_shard",
         "embed_shard",
