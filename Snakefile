@@ -23,6 +23,7 @@ include: "rules/generate.smk"
 include: "rules/metrics.smk"
 include: "rules/figures.smk"
 include: "rules/calibration.smk"
+include: "rules/webscale.smk"
 
 
 rule all:

@@ -6,6 +6,7 @@ import re
 from snakemake.utils import validate
 
 from diffrep import config as dconf
+from diffrep import webshards
 
 validate(config, schema="../schemas/config.schema.yaml")
 dconf.fill_seeds(config)
@@ -510,7 +511,7 @@ def get_sweep_params(wildcards):
 def get_final_output():
     """What `snakemake` (rule all) builds for the configured study."""
     tables = [f"{R}/tables/summary.csv", f"{R}/tables/weightdiff.csv"]
-    return tables + all_figures() + calibration_outputs()
+    return tables + all_figures() + calibration_outputs() + webscale_outputs()
 
 
 # ---------------------------------------------------------------- calibration (rules/calibration.smk)
@@ -536,3 +537,181 @@ def get_calibration_inputs(wildcards):
 
 def get_calibration_params(wildcards):
     return {k: v for k, v in config["calibration"].items() if k != "enabled"}
+
+
+# ---------------------------------------------------------------- web-scale search (rules/webscale.smk)
+
+WEBSCALE = config["webscale"]
+COLLECTIONS = WEBSCALE["collections"]
+SEARCHES = {s["name"]: s for s in WEBSCALE["searches"]}
+try:
+    # shard counts at DAG time: parquet footers when the files are on disk, else the configured n_rows
+    N_SHARDS = {
+        name: webshards.n_shards(webshards.collection_rows(c, name), c["shard_size"])
+        for name, c in COLLECTIONS.items()
+        if any(s["collection"] == name for s in SEARCHES.values())
+    }
+except webshards.ShardError as err:
+    raise WorkflowError(f"Invalid configuration: {err}") from None
+WS = "resources/webscale"
+
+
+wildcard_constraints:
+    collection=_alternatives(COLLECTIONS),
+    search=_alternatives(SEARCHES),
+    shard=r"\d{5}",
+
+
+def shard_names(collection):
+    """The shard numbers of a collection as path names (00000, 00001, ...)."""
+    return [f"{i:05d}" for i in range(N_SHARDS[collection])]
+
+
+def get_shard_rows_params(wildcards):
+    """What defines a shard's rows (a change re-downloads): shard size and column names. Fetch settings
+    and the missing-shard opt-in reach the job as resources, so changing them re-runs nothing.
+    """
+    cfg = COLLECTIONS[wildcards.collection]
+    return {k: cfg[k] for k in ("shard_size", "url_col", "caption_col", "id_cols")}
+
+
+def get_fetch_threads(wildcards):
+    return COLLECTIONS[wildcards.collection]["download"]["threads"]
+
+
+def get_fetch_timeout(wildcards):
+    return COLLECTIONS[wildcards.collection]["download"]["timeout"]
+
+
+def get_fetch_retries(wildcards):
+    return COLLECTIONS[wildcards.collection]["download"]["retries"]
+
+
+def get_download_inputs(wildcards):
+    """A shard's metadata parquets, and the collection's sha256 manifest when it has one."""
+    manifest = COLLECTIONS[wildcards.collection].get("manifest")
+    return {
+        "parquets": [
+            str(p)
+            for p in webshards.collection_files(
+                COLLECTIONS[wildcards.collection]["parquets"]
+            )
+        ],
+        **({"manifest": manifest} if manifest else {}),
+    }
+
+
+def get_search(wildcards):
+    return SEARCHES[wildcards.search]
+
+
+def get_allow_missing(wildcards):
+    """Whether a shard that fetched nothing is recorded (some search over the collection allows missing
+    shards) rather than failing its download job."""
+    return int(
+        any(
+            s["allow_missing_shards"]
+            for s in SEARCHES.values()
+            if s["collection"] == wildcards.collection
+        )
+    )
+
+
+def get_search_label(wildcards):
+    """What every number of a search is labelled with."""
+    s = SEARCHES[wildcards.search]
+    return {
+        "search": s["name"],
+        "model": s["model"],
+        "collection": s["collection"],
+        "embedder": s["embedder"],
+    }
+
+
+def _search_generations(s):
+    run = f"{dconf.PRETRAINED_PREFIX}{s['model']}"
+    ds, preset = s["prompts"]["dataset"], s["prompts"]["preset"]
+    return f"{R}/{ds}/embeddings/{s['embedder']}/{run}/{preset}.npz"
+
+
+def get_bad_images(wildcards):
+    return COLLECTIONS[wildcards.collection]["bad_images"]
+
+
+def get_search_top_k(wildcards):
+    return SEARCHES[wildcards.search]["top_k"]
+
+
+def get_search_shards(wildcards):
+    """The shard names of a search's collection, in the order the merge's inputs list them."""
+    return shard_names(SEARCHES[wildcards.search]["collection"])
+
+
+def get_search_threshold(wildcards):
+    return SEARCHES[wildcards.search]["threshold"]
+
+
+def get_search_generation_dir(wildcards):
+    """The generation folder a search's generations come from (run pretrained-<model>)."""
+    s = SEARCHES[wildcards.search]
+    run = f"{dconf.PRETRAINED_PREFIX}{s['model']}"
+    return generation_dir(s["prompts"]["dataset"], run, s["prompts"]["preset"])
+
+
+def get_search_shard_tars(wildcards):
+    """Every shard tar of a search's collection, in shard order (the gallery reads the matched ones)."""
+    s = SEARCHES[wildcards.search]
+    return [
+        f"{WS}/{s['collection']}/shards/{i}.tar" for i in shard_names(s["collection"])
+    ]
+
+
+def get_search_seed(wildcards):
+    """The bootstrap's seed: the study seed, derived per search."""
+    return dconf.derive_seed(config["seed"], "webscale", wildcards.search)
+
+
+def get_search_shard_inputs(wildcards):
+    s = SEARCHES[wildcards.search]
+    shard = f"{WS}/{s['collection']}/embeddings/{s['embedder']}/{wildcards.shard}"
+    return {
+        "generations": _search_generations(s),
+        "shard": f"{shard}.npz",
+        "meta": f"{shard}.parquet",
+    }
+
+
+def get_embed_shard_inputs(wildcards):
+    shard = f"{WS}/{wildcards.collection}/shards/{wildcards.shard}"
+    return {
+        "tar": f"{shard}.tar",
+        "stats": f"{shard}_stats.json",
+        **get_embedder_model(wildcards),
+    }
+
+
+def get_merge_inputs(wildcards):
+    """Every shard's search result and download stats of a search (the merge checks they are complete)."""
+    s = SEARCHES[wildcards.search]
+    shards = shard_names(s["collection"])
+    return {
+        "generations": _search_generations(s),
+        "results": [
+            f"{R}/webscale/{wildcards.search}/shards/{i}.parquet" for i in shards
+        ],
+        "stats": [f"{WS}/{s['collection']}/shards/{i}_stats.json" for i in shards],
+    }
+
+
+def webscale_summaries():
+    return [f"{R}/webscale/{name}/summary.json" for name in SEARCHES]
+
+
+def webscale_outputs():
+    """The web-scale table (one row per search), when any search is configured."""
+    figures = [
+        f"{R}/figures/webscale/{name}/{fig}.png"
+        for name in SEARCHES
+        for fig in ("gallery", "top1_histogram")
+    ]
+    return [f"{R}/tables/webscale.csv", *figures] if SEARCHES else []

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import functools
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,21 @@ def micro_run(tmp_path_factory) -> Path:
         logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted((wf / "logs").rglob("*.log")))
         raise AssertionError(f"micro study failed:\n{proc.stderr[-5000:]}\n{logs[-8000:]}")
     return wf
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A static HTTP server on 127.0.0.1 over a fresh folder: yields (folder, base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()

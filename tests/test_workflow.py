@@ -13,8 +13,8 @@ def test_paper_dry_run_on_a_fresh_clone(workflow_copy):
     counts = job_counts(proc.stdout)
     assert counts["finetune"] == 24
     # sd21, sscd_disc_large, fid_inception, blip, clip + the sampler comparison's pretrained models
-    # (sd_turbo, sdxl, sdxl_turbo, sd35_medium)
-    assert counts["fetch_model"] == 9
+    # (sd_turbo, sdxl, sdxl_turbo, sd35_medium) + the web-scale search's sd14
+    assert counts["fetch_model"] == 10
     assert counts["prepare_dataset"] == 2
     # shared things are computed once per dataset, never per run
     assert counts["embed_train"] == 2 and counts["fid_reference"] == 2

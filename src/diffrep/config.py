@@ -252,6 +252,28 @@ def check(config: dict) -> None:
         need = {"folder": "path", "urls": "path", "build": "builder"}[src["type"]]
         if need not in src:
             raise ConfigError(f"datasets.{name}.source: type {src['type']!r} needs '{need}'")
+    check_webscale(config)
+
+
+def check_webscale(config: dict) -> None:
+    """Cross-key checks of the webscale searches: their model, collection, embedder, dataset, preset."""
+    ws = config.get("webscale", {})
+    collections = ws.get("collections", {})
+    names = [s["name"] for s in ws.get("searches", [])]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"webscale.searches: names must be unique; repeated: {', '.join(dupes)}")
+    for i, search in enumerate(ws.get("searches", [])):
+        where = f"webscale.searches[{i}] ({search['name']})"
+        _require_model(config, search["model"], "diffusers", f"{where}.model")
+        for key, value, defined in (
+            ("collection", search["collection"], collections),
+            ("embedder", search["embedder"], config["embedders"]),
+            ("prompts.dataset", search["prompts"]["dataset"], config["datasets"]),
+            ("prompts.preset", search["prompts"]["preset"], config["generation"]["presets"]),
+        ):
+            if value not in defined:
+                raise ConfigError(f"{where}.{key}: {value!r} is not defined; defined: {_allowed(defined)}")
 
 
 def check_families(config: dict) -> None:
@@ -287,6 +309,8 @@ def runs(config: dict) -> list[tuple[str, Run]]:
     for sweep in config.get("sweeps", {}).values():
         for run in sweep["runs"]:
             out.add((sweep["dataset"], Run.parse(run)))
+    for search in config.get("webscale", {}).get("searches", []):  # the web-scale lane's generations
+        out.add((search["prompts"]["dataset"], Run.parse(PRETRAINED_PREFIX + search["model"])))
     return sorted(out, key=lambda x: (x[0], not x[1].is_base, x[1].name))
 
 

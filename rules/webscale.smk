@@ -1,0 +1,157 @@
+# The CVPR'23 study (docs/webscale.md): a pretrained model's generations searched against its
+# web-scale training set. Per shard of a reference collection one download (on the submit node), one
+# embed (GPU) and one search job; per search one merge that equals an exact search over the whole
+# collection. Embed and search of a shard form one group, so `--group-components webscale_shard=N`
+# sends N shards per cluster job instead of two sbatch calls per shard.
+
+
+rule download_shard:
+    input:
+        unpack(get_download_inputs),
+    output:
+        tar=f"{WS}/{{collection}}/shards/{{shard}}.tar",
+        stats=f"{WS}/{{collection}}/shards/{{shard}}_stats.json",
+    log:
+        f"logs/webscale/{{collection}}/download/{{shard}}.log",
+    retries: 2
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    threads: 4
+    resources:
+        fetch_threads=get_fetch_threads,
+        fetch_timeout=get_fetch_timeout,
+        fetch_retries=get_fetch_retries,
+        allow_missing=get_allow_missing,
+    params:
+        rows=get_shard_rows_params,
+        shard="{shard}",
+    script:
+        "../scripts/webscale_download.py"
+
+
+rule embed_shard:
+    input:
+        unpack(get_embed_shard_inputs),
+    output:
+        embeddings=f"{WS}/{{collection}}/embeddings/{{embedder}}/{{shard}}.npz",
+        meta=f"{WS}/{{collection}}/embeddings/{{embedder}}/{{shard}}.parquet",
+    log:
+        f"logs/webscale/{{collection}}/embed/{{embedder}}/{{shard}}.log",
+    benchmark:
+        f"benchmarks/webscale/{{collection}}/embed/{{embedder}}/{{shard}}.tsv"
+    group:
+        "webscale_shard"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=30,
+        batch_size=config["resources"]["embed_batch_size"],
+        workers=config["resources"]["dataloader_workers"],
+    params:
+        embedder=get_embedder,
+        shard="{shard}",
+        bad_images=get_bad_images,
+    script:
+        "../scripts/webscale_embed.py"
+
+
+rule search_shard:
+    input:
+        unpack(get_search_shard_inputs),
+    output:
+        matches=f"{R}/webscale/{{search}}/shards/{{shard}}.parquet",
+    log:
+        f"{LOGS}/webscale/{{search}}/search/{{shard}}.log",
+    group:
+        "webscale_shard"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=15,
+    params:
+        shard="{shard}",
+        top_k=get_search_top_k,
+    script:
+        "../scripts/webscale_search.py"
+
+
+rule merge_search:
+    input:
+        unpack(get_merge_inputs),
+    output:
+        matches=f"{R}/webscale/{{search}}/matches.parquet",
+        summary=f"{R}/webscale/{{search}}/summary.json",
+        shards=f"{R}/webscale/{{search}}/shards.csv",
+    log:
+        f"{LOGS}/webscale/{{search}}/merge.log",
+    benchmark:
+        f"{BENCH}/webscale/{{search}}/merge.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    params:
+        search=get_search,
+        label=get_search_label,
+        shards=get_search_shards,
+        seed=get_search_seed,
+    script:
+        "../scripts/webscale_merge.py"
+
+
+rule webscale_tables:
+    input:
+        summaries=webscale_summaries(),
+    output:
+        table=f"{R}/tables/webscale.csv",
+    log:
+        f"{LOGS}/webscale/tables.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/webscale_tables.py"
+
+
+rule webscale_figures:
+    input:
+        matches=f"{R}/webscale/{{search}}/matches.parquet",
+        generations=get_search_generation_dir,
+        tars=get_search_shard_tars,
+    output:
+        gallery=report(
+            f"{R}/figures/webscale/{{search}}/gallery.png",
+            category="Web-scale search",
+            subcategory="{search}",
+            caption="../report/webscale_gallery.rst",
+        ),
+        gallery_pdf=f"{R}/figures/webscale/{{search}}/gallery.pdf",
+        histogram=report(
+            f"{R}/figures/webscale/{{search}}/top1_histogram.png",
+            category="Web-scale search",
+            subcategory="{search}",
+            caption="../report/webscale_histogram.rst",
+        ),
+        histogram_pdf=f"{R}/figures/webscale/{{search}}/top1_histogram.pdf",
+        images=directory(f"{R}/webscale/{{search}}/match_images"),
+    log:
+        f"{LOGS}/figures/webscale/{{search}}.log",
+    conda:
+        "../envs/figures.yaml"
+    params:
+        study=STUDY,
+        label=get_search_label,
+        threshold=get_search_threshold,
+        shards=get_search_shards,
+        size=config["figures"]["gallery_size"],
+        top_k=config["figures"]["gallery_top_k"],
+        dpi=config["figures"]["dpi"],
+    script:
+        "../scripts/webscale_figures.py"

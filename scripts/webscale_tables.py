@@ -1,0 +1,15 @@
+"""Rule webscale_tables: thin entry point; the logic lives in diffrep.websearch."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
+
+from diffrep.websearch import webscale_table
+from diffrep.workflow import setup_logging
+
+setup_logging(snakemake)
+webscale_table([json.loads(Path(p).read_text()) for p in snakemake.input.summaries]).to_csv(
+    snakemake.output.table, index=False
+)

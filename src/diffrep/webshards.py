@@ -1,0 +1,368 @@
+"""A web-scale reference collection as shards: LAION-layout metadata, webdataset tars, their reader.
+
+The collection is a list of parquet files in LAION's layout (a URL column, a caption column and
+whatever ids they carry: ``URL``, ``TEXT``, ``hash``/``key`` in LAION's files). Their rows,
+concatenated in list order, are numbered 0, 1, ... (the row's *index*, the id of a reference image
+in every result). Shard ``i`` holds the rows ``[i * shard_size, (i + 1) * shard_size)``: the split is
+a pure function of the files and the shard size, so it is known before any download.
+
+A downloaded shard is a webdataset tar (the layout img2dataset writes): per fetched row the image
+bytes ``{key}.{ext}`` (``ext`` from the image's format: jpg, png, webp, ...), its caption
+``{key}.txt`` and ``{key}.json`` (url, caption, index, shard, ids), where ``key`` is the index
+zero-padded to 9 digits. Beside it ``{shard}_stats.json`` counts, as img2dataset's ``_stats.json``
+does, ``count``, ``successes``, ``failed_to_download`` and the reasons (``status_dict``), lists every
+failure, and records the tar's sha256. The tar is written deterministically (sorted members, mtime 0),
+so a re-download of the same bytes has the same sha256.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from diffrep.checksums import read_manifest, sha256_file
+from diffrep.fileio import atomic_path
+from diffrep.imagefetch import download_all
+from diffrep.images import EXTENSIONS, IMAGE_SUFFIXES, MODE_NAMES
+
+log = logging.getLogger(__name__)
+KEY_DIGITS = 9
+BAD_IMAGE_POLICIES = ("fail", "drop")
+
+
+class ShardError(RuntimeError):
+    """A collection, shard or shard member that cannot be used; the message names the file."""
+
+
+# ---------------------------------------------------------------- metadata and sharding
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    except FileNotFoundError:
+        raise ShardError(f"reference collection: parquet {path} not found") from None
+    except Exception as err:
+        raise ShardError(f"reference collection: {path} is not a readable parquet file ({err})") from err
+
+
+def check_columns(path: str | os.PathLike, url_col: str, caption_col: str, id_cols=()) -> None:
+    """Raise :class:`ShardError` naming `path` when it lacks the url, caption or an id column."""
+    names = _parquet_columns(Path(path))
+    wanted = {"url_col": url_col, "caption_col": caption_col, **{f"id_cols[{c}]": c for c in id_cols}}
+    missing = [f"{c!r} ({key})" for key, c in wanted.items() if c not in names]
+    if missing:
+        raise ShardError(
+            f"reference collection: {path} has no column {', '.join(missing)}; its columns are "
+            f"{', '.join(names)} (set url_col / caption_col / id_cols to the file's names)"
+        )
+
+
+def row_counts(parquets) -> list[int]:
+    """Rows of each parquet file, read from the footers (no data is read)."""
+    import pyarrow.parquet as pq
+
+    counts = []
+    for p in parquets:
+        _parquet_columns(Path(p))  # a clear error for a missing or unreadable file
+        counts.append(pq.ParquetFile(p).metadata.num_rows)
+    return counts
+
+
+def collection_files(patterns) -> list[Path]:
+    """The parquet files of a collection: each entry a path or a glob pattern (expanded, sorted), in order."""
+    import glob
+
+    files = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(str(pattern))) if glob.has_magic(str(pattern)) else [pattern]
+        files.extend(Path(p) for p in matched)
+    return files
+
+
+def collection_rows(cfg: dict, name: str) -> int:
+    """Rows of collection `name` (a webscale.collections entry): from the parquet footers when the files
+    are on disk, else the configured ``n_rows``; a clear error when neither is there."""
+    files = [p for p in collection_files(cfg["parquets"]) if p.is_file()]
+    if files and len(files) == len(collection_files(cfg["parquets"])):
+        return sum(row_counts(files))
+    if cfg.get("n_rows"):
+        return int(cfg["n_rows"])
+    raise ShardError(
+        f"webscale.collections.{name}: no parquet file of {cfg['parquets']} is on disk (or some are "
+        "missing); put them there, or set n_rows to plan the shards without them"
+    )
+
+
+def n_shards(n_rows: int, shard_size: int) -> int:
+    """Number of shards of `n_rows` rows with `shard_size` rows each (the last may be shorter)."""
+    if shard_size < 1:
+        raise ShardError(f"shard_size must be >= 1, got {shard_size}")
+    return -(-int(n_rows) // int(shard_size))
+
+
+def shard_rows(
+    parquets, shard: int, shard_size: int, url_col: str = "URL", caption_col: str = "TEXT", id_cols=()
+):
+    """The rows of shard `shard` as a DataFrame (index, url, caption, id columns), in row order.
+
+    Rows ``[shard * shard_size, (shard + 1) * shard_size)`` of the parquet files concatenated in
+    list order; the ``index`` column is the row's number in that concatenation.
+    """
+    import pandas as pd
+
+    counts = row_counts(parquets)
+    total = sum(counts)
+    if not 0 <= shard < max(1, n_shards(total, shard_size)):
+        raise ShardError(
+            f"shard {shard} out of range: {total} rows make {n_shards(total, shard_size)} shards"
+        )
+    lo, hi = shard * shard_size, min((shard + 1) * shard_size, total)
+    parts, start = [], 0
+    for path, n in zip(parquets, counts):
+        a, b = max(lo, start), min(hi, start + n)
+        if a < b:
+            check_columns(path, url_col, caption_col, id_cols)
+            cols = [url_col, caption_col, *id_cols]
+            df = pd.read_parquet(path, columns=cols).iloc[a - start : b - start]
+            df = df.rename(columns={url_col: "url", caption_col: "caption"}).reset_index(drop=True)
+            df.insert(0, "index", range(a, b))
+            parts.append(df)
+        start += n
+    return pd.concat(parts, ignore_index=True)
+
+
+def key_of(index: int) -> str:
+    """A reference image's webdataset key: its row index, zero-padded."""
+    return f"{int(index):0{KEY_DIGITS}d}"
+
+
+# ---------------------------------------------------------------- writing a shard
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _extension(data: bytes) -> str:
+    """The file extension of image bytes' format; ``jpg`` when the header cannot be read (the reader
+    then reports the member as corrupt)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return EXTENSIONS.get(im.format, "jpg")
+    except Exception:
+        return "jpg"
+
+
+def write_shard(tar_path: str | os.PathLike, rows, images: dict[int, bytes], shard: int) -> None:
+    """Write the webdataset tar of `rows` (shard_rows' frame) with the fetched `images` {index: bytes}.
+
+    Rows without image bytes are left out. Members are in index order with mtime 0 (deterministic).
+    """
+    id_cols = [c for c in rows.columns if c not in ("index", "url", "caption")]
+    with (
+        atomic_path(tar_path, suffix=".tar") as tmp,
+        tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        for row in rows.itertuples(index=False):
+            data = images.get(int(row.index))
+            if data is None:
+                continue
+            key = key_of(row.index)
+            meta = {"key": key, "index": int(row.index), "shard": int(shard), "url": row.url}
+            meta.update({"caption": row.caption, **{c: _plain(getattr(row, c)) for c in id_cols}})
+            _tar_add(tar, f"{key}.{_extension(data)}", data)
+            _tar_add(tar, f"{key}.txt", str(row.caption).encode())
+            _tar_add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+
+
+def _plain(value):
+    """A parquet cell as a JSON value (numpy scalars to Python)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def recorded_sha256(manifest, tar_path) -> str | None:
+    """The sha256 a collection's manifest (``sha256sum`` format, names relative to the shards folder,
+    e.g. ``cd shards && sha256sum *.tar``) records for a shard tar, or None (no manifest, no line)."""
+    if not manifest:
+        return None
+    return read_manifest(manifest).get(Path(tar_path).name)
+
+
+def _check_recorded(tar_path: Path, shard: int, expected: str | None, manifest) -> None:
+    """Remove the tar and raise when its sha256 differs from the recorded one."""
+    actual = sha256_file(tar_path)
+    if expected and actual != expected:
+        tar_path.unlink()
+        raise ShardError(
+            f"shard {shard}: downloaded {tar_path} has sha256 {actual}, but {manifest} records {expected}: "
+            "the web content changed since the manifest was written (dead or replaced links); remove its "
+            "line from the manifest to accept the new content"
+        )
+
+
+def download_shard(
+    rows,
+    shard: int,
+    tar_path,
+    stats_path,
+    threads: int = 8,
+    timeout: float = 10.0,
+    retries: int = 1,
+    manifest=None,
+) -> dict:
+    """Fetch a shard's URLs (imagefetch) into its tar; write and return its stats.
+
+    A shard of which no image could be fetched raises :class:`ShardError` naming the shard and the
+    commonest reasons; partial shards are written and their failures counted in the stats. With a
+    `manifest` that records the tar's sha256, a tar with other content is removed and raises.
+    """
+    Path(tar_path).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".shard{shard}.", dir=Path(tar_path).parent) as cache:
+        items = [(key_of(i), u) for i, u in zip(rows["index"], rows["url"])]
+        results = download_all(items, cache, threads=threads, timeout=timeout, retries=retries)
+        images = {int(k): Path(r).read_bytes() for k, r in results.items() if not isinstance(r, str)}
+    failures = [{"index": int(k), "reason": r} for k, r in results.items() if isinstance(r, str)]
+    status = Counter(f["reason"] for f in failures)
+    if not images:
+        raise ShardError(
+            f"shard {shard}: no image of its {len(rows)} URLs could be fetched "
+            f"(rows {rows['index'].min()}..{rows['index'].max()}); reasons: {dict(status.most_common(3))}"
+        )
+    write_shard(tar_path, rows, images, shard)
+    _check_recorded(Path(tar_path), shard, recorded_sha256(manifest, tar_path), manifest)
+    stats = {
+        "shard": int(shard),
+        "count": len(rows),
+        "successes": len(images),
+        "failed_to_download": len(failures),
+        "status_dict": dict(status),
+        "failures": failures,
+        "sha256": sha256_file(tar_path),
+    }
+    with atomic_path(stats_path) as tmp:
+        tmp.write_text(json.dumps(stats, indent=1))
+    log.info("shard %d: %d of %d images fetched", shard, len(images), len(rows))
+    return stats
+
+
+def record_failed_shard(rows, shard: int, tar_path, stats_path, error: str) -> dict:
+    """Record a shard that fetched nothing: an empty tar and stats with 0 successes and the error.
+
+    Used when the user allows missing shards; every later step treats the shard as missing.
+    """
+    write_shard(tar_path, rows, {}, shard)
+    stats = {
+        "shard": int(shard),
+        "count": len(rows),
+        "successes": 0,
+        "failed_to_download": len(rows),
+        "error": error,
+        "sha256": sha256_file(tar_path),
+    }
+    with atomic_path(stats_path) as tmp:
+        tmp.write_text(json.dumps(stats, indent=1))
+    log.error("%s (recorded as a missing shard: allow_missing_shards)", error)
+    return stats
+
+
+# ---------------------------------------------------------------- reading a shard
+
+
+@dataclass(frozen=True)
+class ShardImage:
+    """One image of a shard: its key, the bytes and the metadata of its ``.json`` member."""
+
+    key: str
+    member: str
+    data: bytes
+    meta: dict
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why image bytes are not a usable 8-bit RGB image (a reason), or None when they are."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            mode = im.mode
+    except Exception as err:  # PIL raises many types for undecodable data
+        return f"corrupt: {type(err).__name__}: {err}"
+    if mode != "RGB":
+        return f"non-RGB: mode {mode} ({MODE_NAMES.get(mode, 'not 8-bit RGB')})"
+    return None
+
+
+def _members(tar_path: Path, shard: int) -> dict[str, dict[str, bytes]]:
+    """{key: {extension: bytes}} of a tar; a truncated or unreadable tar raises naming the member."""
+    found: dict[str, dict[str, bytes]] = {}
+    member = "(header)"
+    try:
+        with tarfile.open(tar_path, "r:") as tar:
+            for info in tar:
+                member = info.name
+                if not info.isfile():
+                    continue
+                data = tar.extractfile(info).read()
+                if len(data) != info.size:
+                    raise tarfile.ReadError(f"{len(data)} of {info.size} bytes")
+                key, _, ext = info.name.partition(".")
+                found.setdefault(key, {})[ext] = data
+    except (tarfile.ReadError, EOFError, OSError) as err:
+        raise ShardError(
+            f"shard {shard}: {tar_path} is truncated or not a tar (at member {member}: {err}); "
+            "delete it to download the shard again"
+        ) from err
+    return found
+
+
+def read_shard(
+    tar_path: str | os.PathLike, shard: int, stats: dict | None = None, bad_images: str = "drop"
+) -> tuple[list[ShardImage], list[dict]]:
+    """The usable images of a shard tar, in key order, and the bad ones (shard, member, reason).
+
+    `stats` (the shard's ``_stats.json``): its ``successes`` must equal the images found (a tar cut at
+    a member boundary reads cleanly but holds fewer), and its ``sha256`` the tar's. `bad_images`:
+    ``fail`` raises on a corrupt or non-RGB image naming shard and member, ``drop`` lists it.
+    """
+    if bad_images not in BAD_IMAGE_POLICIES:
+        raise ShardError(f"bad_images {bad_images!r}; allowed: {', '.join(BAD_IMAGE_POLICIES)}")
+    tar_path = Path(tar_path)
+    if stats and stats.get("sha256") and sha256_file(tar_path) != stats["sha256"]:
+        raise ShardError(
+            f"shard {shard}: {tar_path} has sha256 {sha256_file(tar_path)}, but its stats record "
+            f"{stats['sha256']} (re-downloaded with different content?); delete both to download again"
+        )
+    members = _members(tar_path, shard)
+    good, bad = [], []
+    for key in sorted(members):
+        parts = members[key]
+        ext = next((e for e in parts if f".{e.lower()}" in IMAGE_SUFFIXES), None)
+        if ext is None or "json" not in parts:
+            raise ShardError(f"shard {shard}: {tar_path} member {key}.*: needs an image and a .json")
+        member = f"{key}.{ext}"
+        reason = image_problem(parts[ext])
+        if reason is None:
+            good.append(ShardImage(key, member, parts[ext], json.loads(parts["json"])))
+        elif bad_images == "fail":
+            raise ShardError(f"shard {shard}: {tar_path} member {member}: {reason} (bad_images is 'fail')")
+        else:
+            bad.append({"shard": int(shard), "member": member, "reason": reason})
+    if stats and len(members) != stats.get("successes", len(members)):
+        raise ShardError(
+            f"shard {shard}: {tar_path} holds {len(members)} images but its stats record "
+            f"{stats['successes']} (a truncated tar?); delete it to download the shard again"
+        )
+    return good, bad

@@ -1,0 +1,375 @@
+"""The web-scale lane's library: metadata and shards, the shard reader's faults, sharded search and merge."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance
+
+from diffrep.embeddings import PixelEmbedder, l2_normalise, write_embeddings
+from diffrep.websearch import (
+    embed_shard,
+    merge_files,
+    merge_topk,
+    replication_rate,
+    search_shard,
+    search_shard_files,
+)
+from diffrep.webshards import (
+    ShardError,
+    check_columns,
+    download_shard,
+    key_of,
+    n_shards,
+    read_shard,
+    record_failed_shard,
+    shard_rows,
+    write_shard,
+)
+
+
+def _laion(path, n, start=0):
+    df = pd.DataFrame(
+        {
+            "URL": [f"http://x/{i}.jpg" for i in range(start, start + n)],
+            "TEXT": [f"caption {i}" for i in range(start, start + n)],
+            "hash": np.arange(start, start + n) * 7,
+        }
+    )
+    df.to_parquet(path, index=False)
+    return path
+
+
+def _texture(seed, size=48):
+    """A random smooth RGB picture: distinct per seed, still itself after mild augmentation."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((size, size), Image.BILINEAR)
+
+
+def _jpeg(im, quality=95):
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _augment(im):
+    """Brightness +10 %, JPEG quality 70, a 2-px crop resized back: a near-copy."""
+    w, h = im.size
+    im = ImageEnhance.Brightness(im).enhance(1.1).crop((2, 2, w - 2, h - 2)).resize((w, h))
+    return Image.open(io.BytesIO(_jpeg(im, 70))).convert("RGB")
+
+
+# ---------------------------------------------------------------- metadata and sharding
+
+
+def test_parquet_without_url_or_caption_column_is_named(tmp_path):
+    path = tmp_path / "part-0.parquet"
+    pd.DataFrame({"url": ["a"], "caption": ["b"]}).to_parquet(path)
+    with pytest.raises(
+        ShardError, match=r"part-0\.parquet has no column 'URL' \(url_col\), 'TEXT'.*url, caption"
+    ):
+        check_columns(path, "URL", "TEXT")
+    with pytest.raises(ShardError, match=r"part-0\.parquet has no column 'TEXT'"):
+        shard_rows([path], 0, 10, url_col="url")
+
+
+def test_shards_cut_the_concatenated_parquets_by_row(tmp_path):
+    files = [_laion(tmp_path / "a.parquet", 7), _laion(tmp_path / "b.parquet", 5, start=7)]
+    assert n_shards(12, 5) == 3
+    shards = [shard_rows(files, i, 5, id_cols=["hash"]) for i in range(3)]
+    assert [list(s["index"]) for s in shards] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    assert list(shards[1]["url"]) == [f"http://x/{i}.jpg" for i in range(5, 10)]
+    assert list(shards[1]["hash"]) == [35, 42, 49, 56, 63]
+    pd.testing.assert_frame_equal(shards[1], shard_rows(files, 1, 5, id_cols=["hash"]))
+    with pytest.raises(ShardError, match="shard 3 out of range: 12 rows make 3 shards"):
+        shard_rows(files, 3, 5)
+
+
+# ---------------------------------------------------------------- shard tars and their faults
+
+
+def _shard(tmp_path, images, shard=0):
+    rows = pd.DataFrame(
+        {"index": list(images), "url": [f"u{i}" for i in images], "caption": [f"c{i}" for i in images]}
+    )
+    tar = tmp_path / f"{shard:05d}.tar"
+    write_shard(tar, rows, images, shard)
+    return tar
+
+
+def test_shard_tar_round_trip_and_determinism(tmp_path):
+    images = {3: _jpeg(_texture(3)), 4: _jpeg(_texture(4))}
+    tar = _shard(tmp_path, images)
+    with tarfile.open(tar) as t:
+        names = t.getnames()
+    assert names == [f"{key_of(3)}.jpg", f"{key_of(3)}.txt", f"{key_of(3)}.json"] + [
+        f"{key_of(4)}.{e}" for e in ("jpg", "txt", "json")
+    ]
+    good, bad = read_shard(tar, 0)
+    assert [g.meta["index"] for g in good] == [3, 4] and bad == []
+    assert good[0].meta["url"] == "u3" and good[0].data == images[3]
+    first = tar.read_bytes()
+    _shard(tmp_path, images)
+    assert tar.read_bytes() == first
+
+
+def test_truncated_tar_names_shard_and_member(tmp_path):
+    tar = _shard(tmp_path, {i: _jpeg(_texture(i)) for i in range(3)}, shard=7)
+    tar.write_bytes(tar.read_bytes()[:1700])  # inside the second member
+    with pytest.raises(ShardError, match=r"shard 7: .*00007\.tar is truncated .*at member 000000000"):
+        read_shard(tar, 7)
+
+
+def test_tar_cut_at_a_member_boundary_is_caught_by_the_stats(tmp_path):
+    tar = _shard(tmp_path, {i: _jpeg(_texture(i)) for i in range(3)}, shard=2)
+    with tarfile.open(tar) as t:
+        cut = t.getmembers()[3].offset  # start of the second image's header
+    tar.write_bytes(tar.read_bytes()[:cut])
+    with pytest.raises(ShardError, match=r"shard 2: .*holds 1 images but its stats record 3"):
+        read_shard(tar, 2, stats={"successes": 3})
+
+
+def test_corrupt_and_non_rgb_members_are_named_or_dropped(tmp_path):
+    gray = io.BytesIO()
+    _texture(1).convert("L").save(gray, format="PNG")
+    images = {0: _jpeg(_texture(0)), 1: gray.getvalue(), 2: _jpeg(_texture(2))[:300]}
+    tar = _shard(tmp_path, images, shard=4)
+    good, bad = read_shard(tar, 4)
+    assert [g.key for g in good] == [key_of(0)]
+    assert [(b["shard"], b["member"]) for b in bad] == [(4, f"{key_of(1)}.png"), (4, f"{key_of(2)}.jpg")]
+    assert bad[0]["reason"] == "non-RGB: mode L (grayscale)" and bad[1]["reason"].startswith("corrupt:")
+    with pytest.raises(ShardError, match=rf"shard 4: .* member {key_of(1)}\.png: non-RGB: mode L"):
+        read_shard(tar, 4, bad_images="fail")
+
+
+def test_redownloaded_shard_with_other_content_fails_on_its_sha256(tmp_path):
+    tar = _shard(tmp_path, {0: _jpeg(_texture(0))}, shard=1)
+    recorded = {"successes": 1, "sha256": "0" * 64}
+    with pytest.raises(
+        ShardError, match=r"shard 1: .*00001\.tar has sha256 [0-9a-f]{64}, but its stats record 0{64}"
+    ):
+        read_shard(tar, 1, stats=recorded)
+
+
+def test_a_shard_whose_download_failed_entirely_names_shard_rows_and_reasons(tmp_path):
+    rows = pd.DataFrame({"index": [10, 11], "url": ["http://127.0.0.1:9/a.jpg"] * 2, "caption": ["a", "b"]})
+    with pytest.raises(
+        ShardError, match=r"shard 5: no image of its 2 URLs .*rows 10\.\.11.*connection failed"
+    ):
+        download_shard(rows, 5, tmp_path / "00005.tar", tmp_path / "00005_stats.json", timeout=2, retries=0)
+    assert not (tmp_path / "00005.tar").exists()
+
+
+# ---------------------------------------------------------------- search and merge
+
+
+def _random_unit(rng, n, d=32):
+    return l2_normalise(rng.standard_normal((n, d)).astype(np.float32))
+
+
+def _meta(start, n):
+    idx = np.arange(start, start + n)
+    return pd.DataFrame(
+        {"key": [key_of(i) for i in idx], "index": idx, "url": [f"u{i}" for i in idx], "caption": ""}
+    )
+
+
+def test_merged_shard_topk_equals_one_monolithic_faiss_search():
+    import faiss
+
+    rng = np.random.default_rng(0)
+    ref, gen = _random_unit(rng, 1000), _random_unit(rng, 40)
+    gen[:4] = ref[[5, 333, 334, 998]]  # exact copies in three different shards
+    gen[4] = l2_normalise(ref[[700]] + 0.05 * rng.standard_normal((1, 32)).astype(np.float32))[0]
+    ids, size, k = [f"g{i:02d}" for i in range(40)], 300, 10
+    frames = [
+        search_shard(
+            ids,
+            gen,
+            ref[s * size : (s + 1) * size],
+            _meta(s * size, len(ref[s * size : (s + 1) * size])),
+            s,
+            k,
+        )
+        for s in range(n_shards(1000, size))
+    ]
+    merged = merge_topk(frames, k)
+    mono = faiss.IndexFlatIP(32)
+    mono.add(ref)
+    sims, rows = mono.search(gen, k)
+    merged = merged.sort_values(["generation", "rank"])
+    np.testing.assert_array_equal(merged["index"].to_numpy().reshape(40, k), rows)
+    np.testing.assert_allclose(merged["similarity"].to_numpy().reshape(40, k), sims, atol=1e-5)
+    assert list(merged.loc[merged["rank"] == 0, "index"][:5]) == [5, 333, 334, 998, 700]
+    assert list(merged.loc[merged["rank"] == 0, "shard"][:5]) == [0, 1, 1, 3, 2]
+    assert (merged["url"] == "u" + merged["index"].astype(str)).all()
+
+
+def _write_shard_results(tmp_path, rng, n_shards_, k=3):
+    ref, gen = _random_unit(rng, 20 * n_shards_), _random_unit(rng, 6)
+    write_embeddings(tmp_path / "gen.npz", [f"g{i}" for i in range(6)], gen, "pixel(size=4)", "pixel4")
+    out = {}
+    for s in range(n_shards_):
+        write_embeddings(
+            tmp_path / f"{s}.npz",
+            [key_of(i) for i in range(s * 20, s * 20 + 20)],
+            ref[s * 20 : s * 20 + 20],
+            "pixel(size=4)",
+            "pixel4",
+        )
+        _meta(s * 20, 20).to_parquet(tmp_path / f"{s}.parquet")
+        out[s] = tmp_path / f"{s}.matches.parquet"
+        search_shard_files(
+            tmp_path / "gen.npz", tmp_path / f"{s}.npz", tmp_path / f"{s}.parquet", s, k, out[s]
+        )
+    return out
+
+
+LABEL = {"model": "sd14", "collection": "laion_a6", "embedder": "pixel(size=4)", "preprocess": "pixel4"}
+
+
+def test_merge_refuses_missing_shards_unless_allowed_and_then_names_them(tmp_path):
+    results = _write_shard_results(tmp_path, np.random.default_rng(1), 4)
+    results[2].unlink()
+    del results[3]
+    kw = {"label": LABEL, "threshold": 0.5, "n_boot": 50}
+    with pytest.raises(ShardError, match=r"2 of 4 shards have no result: 2, 3; .*allow_missing_shards: true"):
+        merge_files(results, 4, 3, tmp_path / "m.parquet", tmp_path / "s.json", **kw)
+    assert not (tmp_path / "m.parquet").exists()
+    summary = merge_files(
+        results, 4, 3, tmp_path / "m.parquet", tmp_path / "s.json", allow_missing=True, **kw
+    )
+    matches = pd.read_parquet(tmp_path / "m.parquet")
+    assert set(matches["missing_shards"]) == {"2,3"} and set(matches["shard"]) == {0, 1}
+    assert (
+        json.loads((tmp_path / "s.json").read_text())["missing_shards"] == [2, 3] == summary["missing_shards"]
+    )
+    assert summary["model"] == "sd14" and set(matches["collection"]) == {"laion_a6"}
+
+
+def test_replication_rate_bootstrap_is_seeded_and_brackets_the_rate():
+    top1 = np.r_[np.full(30, 0.9), np.full(70, 0.2)]
+    a = replication_rate(top1, 0.5, n_boot=500, seed=3)
+    assert a == replication_rate(top1, 0.5, n_boot=500, seed=3)
+    assert a["rate"] == 0.3 and a["ci_low"] < 0.3 < a["ci_high"]
+    assert a["ci_low"] > 0.18 and a["ci_high"] < 0.42  # binomial sd 0.046: about ±0.09
+    assert replication_rate(top1, 0.5, n_boot=500, seed=4) != a
+
+
+# ---------------------------------------------------------------- end to end over HTTP
+
+
+def test_download_embed_search_merge_over_http_finds_planted_copies(tmp_path, web):
+    root, base = web
+    n, size, k = 24, 7, 3
+    for i in range(n):
+        (root / f"{i}.jpg").write_bytes(_jpeg(_texture(i)))
+    urls = [f"{base}/{i}.jpg" for i in range(n)]
+    urls[9] = f"{base}/dead.jpg"  # a dead link: counted, not fatal
+    half = n // 2
+    pd.DataFrame({"URL": urls[:half], "TEXT": [f"t{i}" for i in range(half)]}).to_parquet(
+        tmp_path / "p0.parquet"
+    )
+    pd.DataFrame({"URL": urls[half:], "TEXT": [f"t{i}" for i in range(half, n)]}).to_parquet(
+        tmp_path / "p1.parquet"
+    )
+    parquets = [tmp_path / "p0.parquet", tmp_path / "p1.parquet"]
+    planted = {"exact": [2, 15, 23], "augmented": [5, 12, 20]}  # shards 0, 2, 3 and 0, 1, 2
+    gens = [_texture(i) for i in planted["exact"]] + [_augment(_texture(i)) for i in planted["augmented"]]
+    gens += [_texture(1000 + i) for i in range(4)]  # unrelated generations
+    emb = PixelEmbedder(16)
+    gen_ids = [f"gen{i}" for i in range(len(gens))]
+    gen_emb = emb.embed([io.BytesIO(_jpeg(g, 100)) for g in gens], batch_size=8)
+    write_embeddings(tmp_path / "gen.npz", gen_ids, gen_emb, emb.name, emb.preprocess)
+    results = {}
+    for s in range(n_shards(n, size)):
+        tar, stats_path = tmp_path / f"{s:05d}.tar", tmp_path / f"{s:05d}_stats.json"
+        stats = download_shard(shard_rows(parquets, s, size), s, tar, stats_path, threads=2, timeout=5)
+        assert stats == json.loads(stats_path.read_text())
+        embed_shard(emb, tar, s, tmp_path / f"{s}.npz", tmp_path / f"{s}.parquet", stats=stats, batch_size=8)
+        results[s] = tmp_path / f"{s}.m.parquet"
+        search_shard_files(
+            tmp_path / "gen.npz", tmp_path / f"{s}.npz", tmp_path / f"{s}.parquet", s, k, results[s]
+        )
+    stats1 = json.loads((tmp_path / "00001_stats.json").read_text())
+    assert (stats1["count"], stats1["successes"], stats1["failed_to_download"]) == (7, 6, 1)
+    assert stats1["status_dict"] == {"HTTP 404 File not found": 1}
+    summary = merge_files(
+        results, 4, k, tmp_path / "m.parquet", tmp_path / "s.json", label=LABEL, threshold=0.9, n_boot=100
+    )
+    top1 = pd.read_parquet(tmp_path / "m.parquet").query("rank == 0").set_index("generation")
+    expect = planted["exact"] + planted["augmented"]
+    assert list(top1.loc[gen_ids[:6], "index"]) == expect
+    assert list(top1.loc[gen_ids[:6], "shard"]) == [i // size for i in expect]
+    assert list(top1.loc[gen_ids[:6], "url"]) == [urls[i] for i in expect]
+    assert (top1.loc[gen_ids[:3], "similarity"] > 0.999).all()
+    assert (top1.loc[gen_ids[3:6], "similarity"] > 0.9).all() and (
+        top1.loc[gen_ids[6:], "similarity"] < 0.9
+    ).all()
+    assert summary["rate"] == 6 / 10 and summary["missing_shards"] == []
+
+
+def test_allowed_missing_shard_flows_through_embed_search_and_merge(tmp_path, web):
+    """A shard that fetched nothing, recorded (allow_missing_shards): empty embedding and result, and the
+    merge names it; without the opt-in the merge refuses."""
+    root, base = web
+    for i in range(4):
+        (root / f"{i}.jpg").write_bytes(_jpeg(_texture(i)))
+    urls = [f"{base}/{i}.jpg" for i in range(2)] + [f"{base}/gone{i}.jpg" for i in range(2)]
+    pd.DataFrame({"URL": urls, "TEXT": list("abcd")}).to_parquet(tmp_path / "p.parquet")
+    emb = PixelEmbedder(8)
+    gen = emb.embed([io.BytesIO(_jpeg(_texture(1)))])
+    write_embeddings(tmp_path / "gen.npz", ["g0"], gen, emb.name, emb.preprocess)
+    results = {}
+    for s in range(2):
+        rows, tar, st = (
+            shard_rows([tmp_path / "p.parquet"], s, 2),
+            tmp_path / f"{s}.tar",
+            tmp_path / f"{s}.json",
+        )
+        try:
+            stats = download_shard(rows, s, tar, st, threads=1, timeout=5)
+        except ShardError as err:
+            assert s == 1 and "shard 1: no image of its 2 URLs" in str(err)
+            stats = record_failed_shard(rows, s, tar, st, str(err))
+        embed_shard(emb, tar, s, tmp_path / f"{s}.npz", tmp_path / f"{s}.parquet", stats=stats)
+        results[s] = tmp_path / f"{s}.m.parquet"
+        search_shard_files(
+            tmp_path / "gen.npz", tmp_path / f"{s}.npz", tmp_path / f"{s}.parquet", s, 2, results[s]
+        )
+    assert json.loads((tmp_path / "1.json").read_text())["successes"] == 0
+    assert len(pd.read_parquet(results[1])) == 0
+    kw = {"label": LABEL, "threshold": 0.9, "n_boot": 10}
+    with pytest.raises(ShardError, match=r"1 of 2 shards have no result: 1;"):
+        merge_files(results, 2, 2, tmp_path / "m.parquet", tmp_path / "s.json", **kw)
+    summary = merge_files(
+        results, 2, 2, tmp_path / "m.parquet", tmp_path / "s.json", allow_missing=True, **kw
+    )
+    merged = pd.read_parquet(tmp_path / "m.parquet")
+    assert summary["missing_shards"] == [1] and set(merged["missing_shards"]) == {"1"}
+    assert merged.loc[merged["rank"] == 0, "index"].tolist() == [1]
+
+
+def test_shard_downloaded_again_with_other_content_than_the_manifest_fails(tmp_path, web):
+    root, base = web
+    for i in range(2):
+        (root / f"{i}.jpg").write_bytes(_jpeg(_texture(i)))
+    rows = pd.DataFrame({"index": [0, 1], "url": [f"{base}/0.jpg", f"{base}/1.jpg"], "caption": ["a", "b"]})
+    tar, stats = tmp_path / "shards/00003.tar", tmp_path / "shards/00003_stats.json"
+    first = download_shard(rows, 3, tar, stats, threads=1)
+    manifest = tmp_path / "shards.sha256"
+    manifest.write_text(f"{first['sha256']}  00003.tar\n")
+    tar.unlink()
+    assert download_shard(rows, 3, tar, stats, threads=1, manifest=manifest)["sha256"] == first["sha256"]
+    tar.unlink()
+    (root / "1.jpg").write_bytes(_jpeg(_texture(99)))  # the web changed
+    with pytest.raises(
+        ShardError,
+        match=rf"shard 3: downloaded .*00003\.tar has sha256 [0-9a-f]{{64}}, but .*shards\.sha256 records {first['sha256']}",
+    ):
+        download_shard(rows, 3, tar, stats, threads=1, manifest=manifest)
+    assert not tar.exists()

@@ -1,0 +1,182 @@
+"""The web-scale lane in the workflow: shard jobs known at DAG time, and its config errors (dry runs)."""
+
+import os
+import time
+
+import pandas as pd
+import yaml
+
+from conftest import job_counts, snakemake
+from diffrep.embeddings import PixelEmbedder, write_embeddings
+from test_webscale import _jpeg, _texture
+
+
+def test_paper_webscale_block_plans_one_job_per_shard(workflow_copy):
+    """SD 1.4 against LAION-Aesthetics 6+ on a fresh clone: 12 M rows (n_rows) / 10 000 per shard."""
+    counts = job_counts(snakemake(["-n"], cwd=workflow_copy, check=True).stdout)
+    assert counts["download_shard"] == counts["embed_shard"] == counts["search_shard"] == 1200
+    assert counts["merge_search"] == counts["webscale_tables"] == 1
+
+
+def _dry_run(tmp_path, workflow_copy, cfg, *extra):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return snakemake(
+        ["-n", "--configfile", str(path), "--replace-workflow-config", *extra], cwd=workflow_copy
+    )
+
+
+def test_shard_count_comes_from_the_parquet_footers_when_on_disk(tmp_path, workflow_copy, paper_config):
+    for i, n in enumerate((25, 25, 13)):
+        pd.DataFrame({"URL": ["u"] * n, "TEXT": ["t"] * n}).to_parquet(tmp_path / f"part-{i}.parquet")
+    coll = paper_config["webscale"]["collections"]["laion_a6"]
+    coll.update(parquets=[str(tmp_path / "part-*.parquet")], shard_size=10)  # n_rows stays: footers win
+    proc = _dry_run(tmp_path, workflow_copy, paper_config, "--group-components", "webscale_shard=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = job_counts(proc.stdout)
+    assert counts["download_shard"] == counts["embed_shard"] == counts["search_shard"] == 7  # 63 rows
+    # embed and search of a shard are one group; --group-components packs 4 shards per cluster job
+    assert proc.stdout.count("Group job webscale_shard") == 2
+
+
+def test_webscale_config_errors_name_the_key(tmp_path, workflow_copy, paper_config):
+    search = paper_config["webscale"]["searches"][0]
+    search["collection"] = "laion_a5"
+    out = _dry_run(tmp_path, workflow_copy, paper_config)
+    assert out.returncode != 0
+    assert (
+        "webscale.searches[0] (sd14_laion_a6).collection: 'laion_a5' is not defined; defined: laion_a6"
+        in (out.stdout + out.stderr)
+    )
+    search["collection"] = "laion_a6"
+    del paper_config["webscale"]["collections"]["laion_a6"]["n_rows"]
+    out = _dry_run(tmp_path, workflow_copy, paper_config)
+    assert out.returncode != 0
+    assert "webscale.collections.laion_a6: no parquet file of ['data/laion_aesthetics_6plus/*.parquet']" in (
+        out.stdout + out.stderr
+    )
+
+
+def _in_dir(workflow_copy, wd, config):
+    """Snakemake arguments: the copy's Snakefile, run in the folder `wd` with the config file `config`."""
+    return ["-s", str(workflow_copy / "Snakefile"), "-d", str(wd), "--configfile", str(config)]
+
+
+def test_a_retried_or_redownloaded_shard_reembeds_only_itself(tmp_path, workflow_copy, paper_config):
+    """Per-shard outputs: when shard 3's embedding failed, or shard 5 was downloaded again, exactly those
+    shards are embedded again; nothing already embedded is recomputed."""
+    for i, n in enumerate((25, 25, 13)):
+        pd.DataFrame({"URL": ["u"] * n, "TEXT": ["t"] * n}).to_parquet(tmp_path / f"part-{i}.parquet")
+    coll = paper_config["webscale"]["collections"]["laion_a6"]
+    coll.update(parquets=[str(tmp_path / "part-*.parquet")], shard_size=10)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
+    wd = tmp_path / "wd"
+    ws = wd / "resources/webscale/laion_a6"
+    now = time.time()
+    for part in tmp_path.glob("part-*.parquet"):
+        os.utime(part, (now - 40, now - 40))
+    files = {
+        "resources/models/sscd_disc_large/model.torchscript.pt": now - 30,
+        "resources/models/sscd_disc_large.sha256": now - 30,
+        **{
+            f"resources/webscale/laion_a6/shards/{i:05d}{s}": now - 20
+            for i in range(7)
+            for s in (".tar", "_stats.json")
+        },
+        **{
+            f"resources/webscale/laion_a6/embeddings/sscd_large/{i:05d}.{e}": now - 10
+            for i in (0, 1, 2, 4, 5, 6)
+            for e in ("npz", "parquet")
+        },
+    }
+    for rel, mtime in files.items():
+        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wd / rel).touch()
+        os.utime(wd / rel, (mtime, mtime))
+    os.utime(wd / "resources/models/sscd_disc_large", (now - 30, now - 30))
+    os.utime(ws / "shards/00005.tar", (now, now))  # shard 5 downloaded again
+    targets = [f"resources/webscale/laion_a6/embeddings/sscd_large/{i:05d}.npz" for i in range(7)]
+    args = ["-n", *_in_dir(workflow_copy, wd, tmp_path / "config.yaml")]
+    proc = snakemake([*args, "--replace-workflow-config", *targets], cwd=workflow_copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job_counts(proc.stdout) == {"embed_shard": 2}
+    assert {f"{i:05d}.npz" for i in range(7) if f"output: {targets[i]}" in proc.stdout} == {
+        "00003.npz",
+        "00005.npz",
+    }
+
+
+def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, paper_config, web):
+    """The rules' scripts for real, offline: 8 pictures served on 127.0.0.1 (one link dead), 3 shards,
+    the weight-free pixel embedder; generations are two planted copies (the npz stands in for SD 1.4's)."""
+    root, base = web
+    for i in range(8):
+        (root / f"{i}.jpg").write_bytes(_jpeg(_texture(i)))
+    urls = [f"{base}/{i}.jpg" for i in range(8)]
+    urls[4] = f"{base}/dead.jpg"
+    pd.DataFrame({"URL": urls, "TEXT": [f"t{i}" for i in range(8)]}).to_parquet(tmp_path / "p.parquet")
+    paper_config["embedders"]["pixel16"] = {"type": "pixel", "size": 16}
+    paper_config["webscale"]["collections"]["laion_a6"].update(
+        parquets=[str(tmp_path / "p.parquet")], shard_size=3
+    )
+    paper_config["webscale"]["searches"][0].update(embedder="pixel16", top_k=2, threshold=0.99)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
+    wd = tmp_path / "wd"
+    emb = PixelEmbedder(16)
+    gen_dir = wd / "results/paper/laion10k/generations/pretrained-sd14/default"
+    gen_dir.mkdir(parents=True)
+    for name, i in (("a.png", 1), ("b.png", 7)):
+        _texture(i).save(gen_dir / name)
+    gen = emb.embed([gen_dir / "a.png", gen_dir / "b.png"])
+    write_embeddings(
+        wd / "results/paper/laion10k/embeddings/pixel16/pretrained-sd14/default.npz",
+        ["a.png", "b.png"],
+        gen,
+        emb.name,
+        emb.preprocess,
+    )
+    args = ["--cores", "1", *_in_dir(workflow_copy, wd, tmp_path / "config.yaml")]
+    rules = [
+        "download_shard",
+        "embed_shard",
+        "search_shard",
+        "merge_search",
+        "webscale_tables",
+        "webscale_figures",
+    ]
+    target = "results/paper/tables/webscale.csv"
+    figures = [f"results/paper/figures/webscale/sd14_laion_a6/{f}.png" for f in ("gallery", "top1_histogram")]
+    proc = snakemake(
+        [*args, "--replace-workflow-config", "--allowed-rules", *rules, "--", target, *figures],
+        cwd=workflow_copy,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    table = pd.read_csv(wd / target)
+    assert table.loc[0, ["search", "model", "collection", "embedder_name", "rate"]].tolist() == [
+        "sd14_laion_a6",
+        "sd14",
+        "laion_a6",
+        "pixel(size=16)",
+        1.0,
+    ]
+    matches = pd.read_parquet(wd / "results/paper/webscale/sd14_laion_a6/matches.parquet")
+    top1 = matches[matches["rank"] == 0].set_index("generation")
+    assert top1.loc[["a.png", "b.png"], ["index", "shard"]].values.tolist() == [[1, 0], [7, 2]]
+    # the gallery's web images are the matched images' own bytes, taken from their shard tars
+    images = wd / "results/paper/webscale/sd14_laion_a6/match_images"
+    assert (images / "000000001.jpg").read_bytes() == (root / "1.jpg").read_bytes()
+    assert all((wd / f).stat().st_size > 10_000 for f in figures)
+    shards = pd.read_csv(wd / "results/paper/webscale/sd14_laion_a6/shards.csv")
+    assert shards[["shard", "count", "successes", "failed_to_download"]].values.tolist() == [
+        [0, 3, 3, 0],
+        [1, 3, 2, 1],
+        [2, 2, 2, 0],
+    ]
+    # opting in to missing shards or changing fetch settings re-downloads and re-embeds nothing
+    paper_config["webscale"]["searches"][0]["allow_missing_shards"] = True
+    paper_config["webscale"]["collections"]["laion_a6"]["download"] = {"threads": 2, "timeout": 30}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
+    proc = snakemake(
+        [*args, "--replace-workflow-config", "-n", "--allowed-rules", *rules, "--", target], cwd=workflow_copy
+    )
+    assert job_counts(proc.stdout) == {"merge_search": 1, "webscale_tables": 1}, proc.stdout[-3000:]
