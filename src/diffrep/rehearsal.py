@@ -285,11 +285,11 @@ def scale_vae(cfg: dict, s: float) -> dict:
 
 def scale_transformer(cfg: dict, s: float) -> dict:
     """A text or vision tower's config at width ``s``: hidden, intermediate and projection sizes
-    shrink, heads shrink so that they divide the hidden size; layers, vocabulary and positions stay."""
+    shrink (the hidden size to a multiple of 8 and of the head count); layers, vocabulary and positions stay."""
     if s == 1:
         return dict(cfg)
     heads = max(1, round(cfg["num_attention_heads"] * s))
-    hidden = scaled(cfg["hidden_size"], s, heads)
+    hidden = scaled(cfg["hidden_size"], s, math.lcm(heads, 8))
     out = {**cfg, "hidden_size": hidden, "num_attention_heads": heads}
     out["intermediate_size"] = hidden * cfg["intermediate_size"] // cfg["hidden_size"]
     for key in ("projection_dim", "encoder_hidden_size"):
@@ -372,7 +372,7 @@ def sscd_module(variant: str, width_scale: float = 1.0):
     spec, s = SSCD_MODELS[variant], _check_scale(width_scale)
     base = scaled(64, s, 8)
     groups = max(1, round(spec["groups"] * s))
-    per_group = spec["width_per_group"] * spec["groups"] * base // (64 * groups)
+    per_group = spec["width_per_group"] * spec["groups"] // groups  # torchvision: base_width per 64 planes
     trunk, features = resnet_trunk(spec["layers"], groups, per_group, base)
     return SSCDNet(trunk, features, spec["dims"], spec["pool_param"])
 
@@ -498,7 +498,7 @@ def build_rehearsal_sd(
     pipe = diffusers.StableDiffusionPipeline(
         **{k: m.eval() for k, m in modules.items()},
         tokenizer=clip_tokenizer(seed, spec["pad_token"]),
-        scheduler=getattr(diffusers, cls)(**sched_cfg),
+        scheduler=getattr(diffusers, cls).from_config(sched_cfg),  # drops keys the class ignores
         safety_checker=None,
         feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
         requires_safety_checker=False,

@@ -1,0 +1,133 @@
+"""The rehearsal architectures: full-size parameter counts (meta device) and, at reduced width, every
+builder's folder loaded by the paper study's own loader and run forward once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from diffrep import rehearsal  # noqa: E402
+from diffrep.builders import model_builder  # noqa: E402
+from diffrep.fetch import check_complete  # noqa: E402
+
+SMALL = 0.1  # width scale of the layout tests
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return rehearsal.parameter_counts()
+
+
+def test_full_size_unets_have_the_released_parameter_counts(counts):
+    # SD 2.x: 865,910,724 (about 866 M); SD 1.4: 859,520,964, as its finetuners report it
+    assert counts["sd21"]["unet"]["trainable"] == 865_910_724
+    assert counts["sd21_base"]["unet"]["trainable"] == 865_910_724
+    assert counts["sd14"]["unet"]["trainable"] == 859_520_964
+
+
+def test_full_size_encoders_have_the_released_parameter_counts(counts):
+    assert counts["sd21"]["text_encoder"]["parameters"] == 340_387_840  # OpenCLIP-H text, 23 layers
+    assert counts["sd14"]["text_encoder"]["parameters"] == 123_060_480  # CLIP ViT-L/14 text
+    assert counts["sd21"]["vae"]["parameters"] == counts["sd14"]["vae"]["parameters"] == 83_653_863
+    assert counts["clip_vit_l14"]["parameters"] == 427_616_513
+    # ResNeXt-101 32x4d / ResNet-50 trunks plus Linear(2048, 1024 / 512)
+    assert counts["sscd_disc_large"]["parameters"] == 44_226_880
+    assert counts["sscd_disc_mixup"]["parameters"] == 24_557_120
+    assert (
+        220e6 < counts["blip_base"]["parameters"] < 230e6
+    )  # 224 M; the hub's 247 M counts the tied head twice
+
+
+def test_width_scale_keeps_the_structure_and_rejects_nonsense():
+    full, small = rehearsal.sd_configs("sd21"), rehearsal.sd_configs("sd21", SMALL)
+    assert full["unet"]["block_out_channels"] == [320, 640, 1280, 1280]
+    assert small["unet"]["block_out_channels"] == [32, 64, 128, 128]
+    assert small["unet"]["cross_attention_dim"] == small["text_encoder"]["hidden_size"]
+    assert small["text_encoder"]["num_hidden_layers"] == 23 and small["unet"]["use_linear_projection"]
+    with pytest.raises(ValueError, match="width_scale"):
+        rehearsal.sd_configs("sd21", 0)
+    with pytest.raises(ValueError, match="unknown variant 'sd3'"):
+        rehearsal.sd_configs("sd3")
+
+
+@pytest.mark.parametrize(
+    "variant, prediction, hidden, pad",
+    [
+        ("sd21", "v_prediction", 104, "!"),
+        ("sd21_base", "epsilon", 104, "!"),
+        ("sd14", "epsilon", 80, "<|endoftext|>"),
+    ],
+)
+def test_sd_folder_loads_in_the_paper_loaders_and_generates(tmp_path, variant, prediction, hidden, pad):
+    from diffrep.pipelines import load_pipeline
+    from diffrep.training import load_components
+
+    out = model_builder("rehearsal_sd")(tmp_path / variant, seed=0, variant=variant, width_scale=SMALL)
+    check_complete("diffusers", out)
+    comps = load_components(str(out))
+    assert comps["noise_scheduler"].config.prediction_type == prediction
+    assert comps["text_encoder"].config.hidden_size == hidden and comps["tokenizer"].pad_token == pad
+    assert comps["tokenizer"].model_max_length == 77
+    pipe = load_pipeline(out, "cpu", torch.float32)
+    images = pipe(
+        ["a red circle"], num_inference_steps=2, height=64, width=64, output_type="np", guidance_scale=7.5
+    ).images
+    assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["options"] == {"variant": variant, "width_scale": SMALL}
+
+
+@pytest.mark.parametrize("variant, dims", [("disc_large", 1024), ("disc_mixup", 512)])
+def test_sscd_torchscript_loads_in_the_embedder(tmp_path, variant, dims):
+    from diffrep.embeddings import SSCDEmbedder
+
+    out = model_builder("rehearsal_sscd")(tmp_path / variant, seed=0, variant=variant, width_scale=0.125)
+    check_complete("sscd", out)
+    embedder = SSCDEmbedder(out, "upstream", name=f"sscd_{variant}")
+    assert embedder.file.name == f"sscd_{variant}.torchscript.pt"
+    with torch.no_grad():
+        desc = embedder.load("cpu")(torch.randn(2, 3, 224, 224))
+    assert desc.shape == (2, dims)
+    np.testing.assert_allclose(desc.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+
+
+def _pictures(n=2):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_clip_folder_loads_in_clipscore(tmp_path):
+    from diffrep.clipscore import cosines, load_clip
+
+    out = model_builder("rehearsal_clip")(tmp_path / "clip", seed=0, width_scale=SMALL)
+    check_complete("clip", out)
+    model, processor = load_clip(out)
+    assert model.config.vision_config.patch_size == 14 and model.config.vision_config.num_hidden_layers == 24
+    cos = cosines(model, processor, _pictures(), ["a red circle", "a blue square"])
+    assert cos.shape == (2,) and np.all(np.abs(cos) <= 1)
+
+
+def test_blip_folder_loads_in_the_captioner(tmp_path):
+    from diffrep.blip import caption_images, load_blip
+
+    out = model_builder("rehearsal_blip")(tmp_path / "blip", seed=0, width_scale=SMALL)
+    check_complete("blip", out)
+    processor, model = load_blip(out)
+    assert processor.image_processor.size == {"height": 384, "width": 384}
+    assert len(processor.tokenizer) == 30524 and processor.tokenizer.sep_token_id == 102
+    caps = caption_images(_pictures(1), ["a"], processor, model, n=2, min_length=3, max_length=8)
+    assert len(caps["a"]) == 2 and all(c.strip() for c in caps["a"])
