@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import REPO, job_counts, load_yaml, snakemake  # noqa: E402
 from diffrep import rehearsal  # noqa: E402
 from diffrep.builders import model_builder  # noqa: E402
 from diffrep.fetch import check_complete  # noqa: E402
@@ -131,3 +132,41 @@ def test_blip_folder_loads_in_the_captioner(tmp_path):
     assert len(processor.tokenizer) == 30524 and processor.tokenizer.sep_token_id == 102
     caps = caption_images(_pictures(1), ["a"], processor, model, n=2, min_length=3, max_length=8)
     assert len(caps["a"]) == 2 and all(c.strip() for c in caps["a"])
+
+
+def test_rehearsal_profile_dry_run_lists_every_paper_rule(workflow_copy):
+    """On a fresh copy, `snakemake -n --profile profiles/rehearsal` plans a job of every rule the paper
+    study plans (fetch_model is build_model here: everything is built offline), at the paper's
+    settings but the amount of work."""
+    assert not (workflow_copy / "resources").exists()
+    paper = job_counts(snakemake(["-n"], cwd=workflow_copy, check=True).stdout)
+    proc = snakemake(["-n", "--profile", "profiles/rehearsal"], cwd=workflow_copy, check=True)
+    counts = job_counts(proc.stdout)
+    assert set(paper) - {"fetch_model"} <= set(counts) and "fetch_model" not in counts
+    # sd21, sd21_base, sd14, both SSCD models, Inception, BLIP, CLIP
+    assert counts["build_model"] == 8 and counts["finetune"] == 7 and counts["blip_captions"] == 1
+    assert "results/rehearsal/" in proc.stdout and "results/paper/" not in proc.stdout
+    study = load_yaml(REPO / "profiles/rehearsal/study.yaml")
+    assert study["training"]["resolution"] == 256 and study["training"]["max_train_steps"] == 2
+    assert study["training"]["checkpointing_steps"] == 1 and study["generation"]["n_images"] == 4
+    assert all(p["steps"] == 2 for p in study["generation"]["presets"].values())
+    builds = [m["sources"][0] for m in study["models"].values()]
+    assert all(b["type"] == "build" and "width_scale" not in b["options"] for b in builds)  # full size
+
+
+def test_rehearsal_dataset_has_real_sizes_modes_and_21_captions(tmp_path):
+    from PIL import Image
+
+    from diffrep.builders import dataset_builder
+
+    out = dataset_builder("rehearsal_dataset")(tmp_path / "d", seed=0, n_images=9)
+    captions = json.loads((out / "captions.json").read_text())
+    classes = json.loads((out / "classes.json").read_text())
+    assert len(captions) == len(classes) == 9 and all(len(c) == 21 for c in captions.values())
+    assert len({c[0] for c in captions.values()}) == 9  # caption [0] names its picture
+    modes = {f: Image.open(out / f).mode for f in captions}
+    sizes = {Image.open(out / f).size for f in captions}
+    assert sorted(modes.values()).count("RGB") == 7 and {"L", "CMYK"} <= set(modes.values())
+    assert (1024, 683) in sizes and (384, 512) in sizes and min(min(s) for s in sizes) >= 256
+    with pytest.raises(ValueError, match="kind 'coco' unknown"):
+        dataset_builder("rehearsal_dataset")(tmp_path / "e", seed=0, kind="coco")

@@ -35,6 +35,7 @@ MODEL_BUILDERS = {
 DATASET_BUILDERS = {
     "mini_dataset": "diffrep.minidata:build_mini_dataset",
     "showcase_dataset": "diffrep.showcasedata:build_showcase_dataset",
+    "rehearsal_dataset": "diffrep.rehearsaldata:build_rehearsal_dataset",
 }
 
 
