@@ -170,3 +170,17 @@ def test_rehearsal_dataset_has_real_sizes_modes_and_21_captions(tmp_path):
     assert (1024, 683) in sizes and (384, 512) in sizes and min(min(s) for s in sizes) >= 256
     with pytest.raises(ValueError, match="kind 'coco' unknown"):
         dataset_builder("rehearsal_dataset")(tmp_path / "e", seed=0, kind="coco")
+
+
+def test_predicted_gpu_memory_of_a_finetune_follows_the_parameter_counts():
+    from diffrep.gpumemory import GIB, finetune_estimate, generate_estimate
+
+    f = finetune_estimate("sd21", batch=2, resolution=256)
+    p_unet, p_frozen = 865_910_724, 340_387_840 + 83_653_863
+    assert f["parts_gib"]["adamw_moments"] * GIB == 8 * p_unet
+    assert f["parts_gib"]["unet_fp32_master"] * GIB == f["parts_gib"]["unet_fp32_grads"] * GIB == 4 * p_unet
+    assert f["parts_gib"]["frozen_fp16"] * GIB == 2 * p_frozen
+    assert 0 < f["activations_checkpointed_gib"] < f["activations_gib"] / 5  # checkpointing pays
+    small, large = generate_estimate("sd21", 1, 256), generate_estimate("sd21", 1, 768)
+    assert small["weights_fp16_gib"] == large["weights_fp16_gib"]
+    assert large["largest_layer_gib"] > 8 * small["largest_layer_gib"]  # 9x the pixels
