@@ -14,16 +14,15 @@ from conftest import REPO, job_counts, load_yaml, snakemake  # noqa: E402
 from diffrep import rehearsal  # noqa: E402
 from diffrep.builders import model_builder  # noqa: E402
 from diffrep.fetch import check_complete  # noqa: E402
+from diffrep.tinysd import _seeded  # noqa: E402
 
 SMALL = 0.1  # width scale of the layout tests
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with _seeded(0, threads=1):  # one torch thread (the machine is shared), restored afterwards
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -532,6 +532,20 @@ def build_rehearsal_sscd(
     return Path(out_dir)
 
 
+def _write_transformers(
+    out_dir, builder: str, seed: int, width_scale: float, model, make_processor, source: str
+):
+    """Save a transformers model and the processor ``make_processor(tmp)`` returns into `out_dir`."""
+    with staged_dir(out_dir) as tmp:
+        processor = make_processor(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        _no_pickles(tmp)
+        info = _info(builder, seed, {"width_scale": width_scale}, count(model), source)
+        (tmp / "build_info.json").write_text(info)
+    return Path(out_dir)
+
+
 def build_rehearsal_clip(out_dir: str | os.PathLike, seed: int, width_scale: float = 1.0) -> Path:
     """Builder ``rehearsal_clip``: a CLIPModel + CLIPProcessor folder (openai/clip-vit-large-patch14's config)."""
     from transformers import CLIPImageProcessor, CLIPProcessor
@@ -542,20 +556,15 @@ def build_rehearsal_clip(out_dir: str | os.PathLike, seed: int, width_scale: flo
         size={"shortest_edge": 224}, crop_size=224, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD
     )
     processor = CLIPProcessor(image_processor=images, tokenizer=clip_tokenizer(seed))
-    with staged_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        _no_pickles(tmp)
-        (tmp / "build_info.json").write_text(
-            _info(
-                "rehearsal_clip",
-                seed,
-                {"width_scale": width_scale},
-                count(model),
-                "openai/clip-vit-large-patch14",
-            )
-        )
-    return Path(out_dir)
+    return _write_transformers(
+        out_dir,
+        "rehearsal_clip",
+        seed,
+        width_scale,
+        model,
+        lambda _tmp: processor,
+        "openai/clip-vit-large-patch14",
+    )
 
 
 def build_rehearsal_blip(out_dir: str | os.PathLike, seed: int, width_scale: float = 1.0) -> Path:
@@ -563,18 +572,13 @@ def build_rehearsal_blip(out_dir: str | os.PathLike, seed: int, width_scale: flo
     (Salesforce/blip-image-captioning-base's config)."""
     with _seed(seed):
         model = blip_module(width_scale).eval()
-    with staged_dir(out_dir) as tmp:
-        processor = blip_processor(seed, tmp, model.config.vision_config.image_size)
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        _no_pickles(tmp)
-        (tmp / "build_info.json").write_text(
-            _info(
-                "rehearsal_blip",
-                seed,
-                {"width_scale": width_scale},
-                count(model),
-                "Salesforce/blip-image-captioning-base",
-            )
-        )
-    return Path(out_dir)
+    size = model.config.vision_config.image_size
+    return _write_transformers(
+        out_dir,
+        "rehearsal_blip",
+        seed,
+        width_scale,
+        model,
+        lambda tmp: blip_processor(seed, tmp, size),
+        "Salesforce/blip-image-captioning-base",
+    )
