@@ -183,3 +183,23 @@ def test_predicted_gpu_memory_of_a_finetune_follows_the_parameter_counts():
     small, large = generate_estimate("sd21", 1, 256), generate_estimate("sd21", 1, 768)
     assert small["weights_fp16_gib"] == large["weights_fp16_gib"]
     assert large["largest_layer_gib"] > 8 * small["largest_layer_gib"]  # 9x the pixels
+
+
+@pytest.mark.parametrize(
+    "builder, options", [("rehearsal_sscd", {"variant": "disc_mixup"}), ("rehearsal_sd", {"variant": "sd14"})]
+)
+def test_same_seed_same_bytes(tmp_path, builder, options):
+    """A rebuild gives the same files (the model's manifest does not change, docs/reproducibility.md)."""
+    import hashlib
+
+    def sums(folder):
+        return {
+            p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*")
+            if p.is_file()
+        }
+
+    a = model_builder(builder)(tmp_path / "a", seed=3, width_scale=SMALL, **options)
+    b = model_builder(builder)(tmp_path / "b", seed=3, width_scale=SMALL, **options)
+    c = model_builder(builder)(tmp_path / "c", seed=4, width_scale=SMALL, **options)
+    assert sums(a) == sums(b) and sums(a) != sums(c)
