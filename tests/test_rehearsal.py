@@ -35,6 +35,8 @@ def test_full_size_unets_have_the_released_parameter_counts(counts):
     assert counts["sd21"]["unet"]["trainable"] == 865_910_724
     assert counts["sd21_base"]["unet"]["trainable"] == 865_910_724
     assert counts["sd14"]["unet"]["trainable"] == 859_520_964
+    assert counts["sdxl"]["unet"]["trainable"] == 2_567_463_684  # SDXL base 1.0
+    assert counts["sdxl"]["text_encoder_2"]["parameters"] == 694_659_840  # OpenCLIP-bigG text + projection
 
 
 def test_full_size_encoders_have_the_released_parameter_counts(counts):
@@ -68,6 +70,7 @@ def test_width_scale_keeps_the_structure_and_rejects_nonsense():
         ("sd21", "v_prediction", 104, "!"),
         ("sd21_base", "epsilon", 104, "!"),
         ("sd14", "epsilon", 80, "<|endoftext|>"),
+        ("sdxl", "epsilon", 80, "<|endoftext|>"),
     ],
 )
 def test_sd_folder_loads_in_the_paper_loaders_and_generates(tmp_path, variant, prediction, hidden, pad):
@@ -81,6 +84,9 @@ def test_sd_folder_loads_in_the_paper_loaders_and_generates(tmp_path, variant, p
     assert comps["text_encoder"].config.hidden_size == hidden and comps["tokenizer"].pad_token == pad
     assert comps["tokenizer"].model_max_length == 77
     pipe = load_pipeline(out, "cpu", torch.float32)
+    assert type(pipe).__name__ == (
+        "StableDiffusionXLPipeline" if variant == "sdxl" else "StableDiffusionPipeline"
+    )
     images = pipe(
         ["a red circle"], num_inference_steps=2, height=64, width=64, output_type="np", guidance_scale=7.5
     ).images
@@ -142,8 +148,8 @@ def test_rehearsal_profile_dry_run_lists_every_paper_rule(workflow_copy):
     proc = snakemake(["-n", "--profile", "profiles/rehearsal"], cwd=workflow_copy, check=True)
     counts = job_counts(proc.stdout)
     assert set(paper) - {"fetch_model"} <= set(counts) and "fetch_model" not in counts
-    # sd21, sd21_base, sd14, both SSCD models, Inception, BLIP, CLIP
-    assert counts["build_model"] == 8 and counts["finetune"] == 7 and counts["blip_captions"] == 1
+    # sd21, sd21_base, sd14, sdxl, both SSCD models, Inception, BLIP, CLIP
+    assert counts["build_model"] == 9 and counts["finetune"] == 7 and counts["blip_captions"] == 1
     assert "results/rehearsal/" in proc.stdout and "results/paper/" not in proc.stdout
     study = load_yaml(REPO / "profiles/rehearsal/study.yaml")
     assert study["training"]["resolution"] == 256 and study["training"]["max_train_steps"] == 2

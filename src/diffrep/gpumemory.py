@@ -129,7 +129,14 @@ def generate_estimate(variant: str = "sd21", batch: int = 8, resolution: int = 2
     x = torch.empty(2 * batch, 4, side, side, device="meta", dtype=torch.float16)
     h = torch.empty(2 * batch, 77, text, device="meta", dtype=torch.float16)
     t = torch.zeros(2 * batch, dtype=torch.long, device="meta")
-    layer_unet = largest_layer_bytes(unet, lambda: unet(x, t, h))
+    extra = {}
+    if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text embedding + 6 time ids
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.empty(2 * batch, pooled, device="meta", dtype=torch.float16),
+            "time_ids": torch.empty(2 * batch, 6, device="meta", dtype=torch.float16),
+        }
+    layer_unet = largest_layer_bytes(unet, lambda: unet(x, t, h, **extra))
     z = torch.empty(batch, 4, side, side, device="meta", dtype=torch.float16)
     layer_vae = largest_layer_bytes(vae, lambda: vae.decode(z))
     weights = 2 * sum(_params(m) for m in mods.values())
@@ -181,6 +188,11 @@ def table(batch: int = 16, resolution: int = 256, generate_batch: int = 8, embed
             f"| generate | sd21 | batch {generate_batch} (x2 CFG), {res} px, fp16 | {g['weights_fp16_gib']:.1f} | "
             f"{g['largest_layer_gib']:.1f} | {g['total_gib']:.1f} |"
         )
+    g = generate_estimate("sdxl", generate_batch, 1024)
+    rows.append(
+        f"| generate | sdxl | batch {generate_batch} (x2 CFG), 1024 px, fp16 | {g['weights_fp16_gib']:.1f} | "
+        f"{g['largest_layer_gib']:.1f} | {g['total_gib']:.1f} |"
+    )
     for variant in ("disc_large", "disc_mixup"):
         e = embed_estimate(variant, embed_batch)
         rows.append(

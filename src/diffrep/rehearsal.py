@@ -161,6 +161,44 @@ SD_MODELS = {
         "scheduler": ("PNDMScheduler", {**_SCHEDULER, "prediction_type": "epsilon"}),
     },
 }
+# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json: the cross-attention context is both text
+# encoders' hidden states concatenated (768 + 1280), the added embedding 6 size/crop time ids of 256
+# plus the pooled, projected OpenCLIP-bigG embedding (6 * 256 + 1280 = 2816)
+_SDXL_UNET = {
+    **_SD2_UNET,
+    "sample_size": 128,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [320, 640, 1280],
+    "attention_head_dim": [5, 10, 20],
+    "transformer_layers_per_block": [1, 2, 10],
+    "cross_attention_dim": 2048,
+    "upcast_attention": False,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+# stabilityai/stable-diffusion-xl-base-1.0, text_encoder_2/config.json: OpenCLIP ViT-bigG/14's text
+# tower as a CLIPTextModelWithProjection
+_OPENCLIP_BIGG_TEXT = {
+    **_OPENCLIP_H_TEXT,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "projection_dim": 1280,
+}
+# stabilityai/stable-diffusion-xl-base-1.0 (1024, epsilon): Euler scheduler, VAE scaling_factor 0.13025;
+# generation only in the paper study (its sampler comparison)
+SD_MODELS["sdxl"] = {
+    "unet": _SDXL_UNET,
+    "vae": {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025},
+    "text_encoder": _CLIP_L_TEXT,
+    "text_encoder_2": _OPENCLIP_BIGG_TEXT,
+    "pad_token": "<|endoftext|>",
+    "pad_token_2": "!",
+    "scheduler": ("EulerDiscreteScheduler", {**_SCHEDULER, "prediction_type": "epsilon"}),
+}
 # openai/clip-vit-large-patch14, config.json (and preprocessor_config.json: 224 px, OpenAI mean/std)
 CLIP_VIT_L14 = {
     "text_config": _CLIP_L_TEXT,
@@ -299,17 +337,20 @@ def scale_transformer(cfg: dict, s: float) -> dict:
 
 
 def sd_configs(variant: str, width_scale: float = 1.0) -> dict:
-    """The unet / vae / text_encoder configs of an SD `variant` at `width_scale`."""
+    """The unet / vae / text_encoder (/ text_encoder_2 for SDXL) configs of an SD `variant` at
+    `width_scale`. The UNet's cross-attention width follows the text encoders' (SDXL: both, and its
+    added embedding takes the pooled projection of the second)."""
     if variant not in SD_MODELS:
         raise ValueError(f"rehearsal_sd: unknown variant {variant!r}; known: {', '.join(SD_MODELS)}")
     s = _check_scale(width_scale)
     spec = SD_MODELS[variant]
-    text = scale_transformer(spec["text_encoder"], s)
-    return {
-        "unet": scale_unet(spec["unet"], s, text["hidden_size"]),
-        "vae": scale_vae(spec["vae"], s),
-        "text_encoder": text,
-    }
+    texts = {k: scale_transformer(spec[k], s) for k in ("text_encoder", "text_encoder_2") if k in spec}
+    unet = scale_unet(spec["unet"], s, sum(t["hidden_size"] for t in texts.values()))
+    if "addition_time_embed_dim" in unet:
+        unet["addition_time_embed_dim"] = scaled(unet["addition_time_embed_dim"], s, 8)
+        pooled = texts["text_encoder_2"]["projection_dim"]
+        unet["projection_class_embeddings_input_dim"] = 6 * unet["addition_time_embed_dim"] + pooled
+    return {"unet": unet, "vae": scale_vae(spec["vae"], s), **texts}
 
 
 def clip_config(base: dict, width_scale: float = 1.0) -> dict:
@@ -333,17 +374,20 @@ def clip_config(base: dict, width_scale: float = 1.0) -> dict:
 
 
 def sd_modules(variant: str, width_scale: float = 1.0) -> dict:
-    """``{"unet", "vae", "text_encoder"}`` modules of an SD variant, initialised on torch's current
-    default device (wrap in ``torch.device("meta")`` to count without allocating)."""
+    """``{"unet", "vae", "text_encoder"[, "text_encoder_2"]}`` modules of an SD variant, initialised
+    on torch's current default device (wrap in ``torch.device("meta")`` to count without allocating)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfgs = sd_configs(variant, width_scale)
-    return {
+    modules = {
         "unet": UNet2DConditionModel(**cfgs["unet"]),
         "vae": AutoencoderKL(**cfgs["vae"]),
         "text_encoder": CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"])),
     }
+    if "text_encoder_2" in cfgs:
+        modules["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**cfgs["text_encoder_2"]))
+    return modules
 
 
 def clip_module(width_scale: float = 1.0):
@@ -484,25 +528,37 @@ def _no_pickles(folder: Path) -> None:
         raise RuntimeError(f"save_pretrained wrote pickle files: {stray}")
 
 
-def build_rehearsal_sd(
-    out_dir: str | os.PathLike, seed: int, variant: str = "sd21", width_scale: float = 1.0
-) -> Path:
-    """Builder ``rehearsal_sd``: an SD pipeline folder with the published configuration of `variant`."""
+def _sd_pipeline(variant: str, seed: int, modules: dict):
+    """The diffusers pipeline object of an SD variant (StableDiffusionPipeline, or the XL one)."""
     import diffusers
     from transformers import CLIPImageProcessor
 
-    spec = SD_MODELS.get(variant) or sd_configs(variant)  # sd_configs names the known variants
-    with _seed(seed):
-        modules = sd_modules(variant, width_scale)
+    spec = SD_MODELS[variant]
     cls, sched_cfg = spec["scheduler"]
-    pipe = diffusers.StableDiffusionPipeline(
+    parts = {
         **{k: m.eval() for k, m in modules.items()},
-        tokenizer=clip_tokenizer(seed, spec["pad_token"]),
-        scheduler=getattr(diffusers, cls).from_config(sched_cfg),  # drops keys the class ignores
+        "tokenizer": clip_tokenizer(seed, spec["pad_token"]),
+        "scheduler": getattr(diffusers, cls).from_config(sched_cfg),  # drops keys the class ignores
+    }
+    if "text_encoder_2" in modules:
+        parts["tokenizer_2"] = clip_tokenizer(seed, spec["pad_token_2"])
+        return diffusers.StableDiffusionXLPipeline(**parts, add_watermarker=False)
+    return diffusers.StableDiffusionPipeline(
+        **parts,
         safety_checker=None,
         feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
         requires_safety_checker=False,
     )
+
+
+def build_rehearsal_sd(
+    out_dir: str | os.PathLike, seed: int, variant: str = "sd21", width_scale: float = 1.0
+) -> Path:
+    """Builder ``rehearsal_sd``: an SD pipeline folder with the published configuration of `variant`
+    (sd21, sd21_base, sd14, sdxl)."""
+    with _seed(seed):
+        modules = sd_modules(variant, width_scale)
+    pipe = _sd_pipeline(variant, seed, modules)
     counts = {k: count(m) for k, m in modules.items()}
     options = {"variant": variant, "width_scale": width_scale}
     with staged_dir(out_dir) as tmp:
