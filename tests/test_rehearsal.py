@@ -209,3 +209,13 @@ def test_same_seed_same_bytes(tmp_path, builder, options):
     b = model_builder(builder)(tmp_path / "b", seed=3, width_scale=SMALL, **options)
     c = model_builder(builder)(tmp_path / "c", seed=4, width_scale=SMALL, **options)
     assert sums(a) == sums(b) and sums(a) != sums(c)
+
+
+def test_rehearsal_figures_say_the_weights_are_random():
+    from diffrep.figures import study_title
+
+    assert (
+        study_title("FID", "rehearsal") == "FID — rehearsal study (random weights: not the paper's numbers)"
+    )
+    assert study_title("FID", "mini").endswith("(toy scale: not the paper's numbers)")
+    assert study_title("FID", "paper") == "FID — paper study"
