@@ -2,11 +2,12 @@
 #   make mini   - create .venv and run the mini study (offline, 2 CPU cores)
 #   make test   - create .venv and run the tests
 #   make showcase - the showcase study: a tiny model that copies (offline, 2 CPU cores; docs/showcase.md)
+#   make rehearsal - every paper rule on the full-size architectures, random weights (docs/rehearsal.md)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: mini showcase test install lint clean-mini clean-showcase
+.PHONY: mini showcase rehearsal test install lint clean-mini clean-showcase clean-rehearsal
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ showcase: install
 	$(BIN)/snakemake --profile profiles/showcase
 	$(BIN)/snakemake --profile profiles/showcase --report results/showcase/report.html
 
+# Several GB of models under resources/models/ and hours on 2 cores: not part of `make test`.
+rehearsal: install
+	$(BIN)/snakemake --profile profiles/rehearsal
+	$(BIN)/snakemake --profile profiles/rehearsal --report results/rehearsal/report.html
+
 test: install
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
@@ -38,3 +44,6 @@ clean-mini:
 
 clean-showcase:
 	rm -rf results/showcase logs/showcase benchmarks/showcase
+
+clean-rehearsal:
+	rm -rf results/rehearsal logs/rehearsal benchmarks/rehearsal

@@ -26,10 +26,16 @@ MODEL_BUILDERS = {
     "mini_sd": "diffrep.tinysd:build_mini_sd",
     "tiny_family": "diffrep.tinyfamilies:build_tiny_family_model",
     "fid_inception_from_wheel": "diffrep.fid_weights:build_fid_inception_from_wheel",
+    # full-size architectures with random weights (the rehearsal study, docs/rehearsal.md)
+    "rehearsal_sd": "diffrep.rehearsal:build_rehearsal_sd",
+    "rehearsal_sscd": "diffrep.rehearsal:build_rehearsal_sscd",
+    "rehearsal_clip": "diffrep.rehearsal:build_rehearsal_clip",
+    "rehearsal_blip": "diffrep.rehearsal:build_rehearsal_blip",
 }
 DATASET_BUILDERS = {
     "mini_dataset": "diffrep.minidata:build_mini_dataset",
     "showcase_dataset": "diffrep.showcasedata:build_showcase_dataset",
+    "rehearsal_dataset": "diffrep.rehearsaldata:build_rehearsal_dataset",
 }
 
 

@@ -42,7 +42,8 @@ CONDITIONING_ORDER = ["nolevel", "classlevel", "instancelevel_blip", "instancele
 
 def study_title(title: str, study: str) -> str:
     """``title — {study} study`` (+ a reminder that the numbers are not the paper's)."""
-    note = "" if study.split("-")[0] == "paper" else " (toy scale: not the paper's numbers)"
+    notes = {"paper": "", "rehearsal": " (random weights: not the paper's numbers)"}
+    note = notes.get(study.split("-")[0], " (toy scale: not the paper's numbers)")
     return f"{title} — {study} study{note}"
 
 
