@@ -11,14 +11,11 @@ from urllib.parse import quote
 
 import numpy as np
 
+from diffrep.similarity import STAT_KEYS
+
+# The summary row's columns the page shows first (the full row is behind a disclosure).
 SUMMARY_KEYS = (
-    "n",
-    "mean",
-    "std",
-    "p75",
-    "p90",
-    "p95",
-    "frac_above",
+    *STAT_KEYS,
     "threshold",
     "source_match_rate",
     "duplicated_p95",
