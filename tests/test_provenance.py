@@ -3,11 +3,9 @@
 import logging
 
 import pandas as pd
-import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from diffrep import progress, provenance  # noqa: E402
+from diffrep import progress, provenance
 
 
 def test_fingerprint_records_what_changes_float_results():

@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from diffrep.tinysd import build_tiny_pipeline, train_bpe  # noqa: E402
+from diffrep.tinysd import build_tiny_pipeline, train_bpe
 
 CAPTIONS = [
     "a red circle on a blue background, picture 17",
