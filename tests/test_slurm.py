@@ -97,7 +97,7 @@ def test_profile_covers_every_gpu_job_of_the_paper_study(workflow_copy):
     gpu_jobs: dict[str, set[int]] = {}
     rule = None
     for line in proc.stdout.splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        m = re.match(r"^\s*(?:local)?rule (\w+):$", line)  # grouped jobs are indented
         rule = m.group(1) if m else rule
         gpu = re.search(r"^\s+resources: .*\bgpu=(\d+)", line)
         if gpu and int(gpu.group(1)) > 0:
