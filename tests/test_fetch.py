@@ -457,6 +457,7 @@ def test_paper_dry_run_fetches_every_model(workflow_copy, paper_config):
         for r in s["runs"]
         if r.startswith("pretrained-")
     }
+    used |= {s["model"] for s in paper_config.get("webscale", {}).get("searches", [])}
     full = snakemake(["-n"], cwd=workflow_copy, check=True).stdout
     fetched = set(re.findall(r"output: resources/models/([\w-]+), resources/models/\1\.sha256", full))
     assert fetched == used and job_counts(full)["fetch_model"] == len(used)
