@@ -9,7 +9,7 @@ from diffrep import config as dconf
 from diffrep import webshards
 
 validate(config, schema="../schemas/config.schema.yaml")
-dconf.fill_seeds(config)
+dconf.fill_defaults(config)
 # Params compare by their text: sort every mapping so that reordering keys in a config file (or a
 # tool that rewrites it) re-runs nothing.
 _canonical = dconf.canonical(config)

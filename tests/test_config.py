@@ -10,13 +10,13 @@ from diffrep.config import ConfigError, Run
 
 
 def validated(cfg: dict) -> dict:
-    """Validate like the workflow does (schema with defaults) and return the filled config."""
+    """Validate like the workflow does (schema with defaults, then the derived defaults); return it."""
     from snakemake.utils import validate
 
     from conftest import REPO
 
     validate(cfg, str(REPO / "schemas/config.schema.yaml"))
-    return cfg
+    return dconf.fill_defaults(cfg)
 
 
 def test_run_names_round_trip():
@@ -150,9 +150,23 @@ def test_study_names_a_variant_with_a_suffix_only(paper_config):
             validated({**paper_config, "study": bad})
 
 
+@pytest.mark.parametrize(
+    "clipscore, model",
+    [
+        ({}, "clip"),
+        ({"convention": "upstream"}, "clip_vit_b16"),
+        ({"convention": "upstream", "model": "clip"}, "clip"),
+    ],
+)
+def test_the_clip_model_follows_the_convention_unless_named(paper_config, clipscore, model):
+    cfg = validated({**paper_config, "clipscore": clipscore})
+    assert dconf.fill_defaults(cfg)["clipscore"]["model"] == model
+    dconf.check(cfg)  # both models are defined in config.yaml
+
+
 def test_sections_take_the_master_seed_unless_they_set_their_own(paper_config):
     cfg = validated({**paper_config, "seed": 7, "training": {**paper_config["training"], "seed": 3}})
-    dconf.fill_seeds(cfg)
+    dconf.fill_defaults(cfg)
     assert (cfg["duplication"]["seed"], cfg["training"]["seed"], cfg["generation"]["seed"]) == (7, 3, 7)
 
 

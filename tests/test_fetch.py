@@ -1,5 +1,6 @@
 """Model acquisition without network: a local HTTP server for url sources, fakes for the hubs."""
 
+import copy
 import hashlib
 import http.server
 import inspect
@@ -14,6 +15,7 @@ import yaml
 
 from conftest import REPO, copy_workflow, job_counts, load_yaml, snakemake
 from diffrep import builders, fetch
+from diffrep import config as dconf
 from diffrep.checksums import read_manifest, verify_manifest
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -447,7 +449,7 @@ def test_paper_dry_run_fetches_every_model(workflow_copy, paper_config):
     used = {
         paper_config["base_model"],
         paper_config["fid"]["model"],
-        paper_config["clipscore"]["model"],
+        dconf.fill_defaults(copy.deepcopy(paper_config))["clipscore"]["model"],
         paper_config["captions"]["blip"]["model"] if "captions" in paper_config else "blip",
     }
     used |= {e["model"] for e in paper_config["embedders"].values() if "model" in e}

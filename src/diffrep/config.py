@@ -165,12 +165,24 @@ def check_combination(
 SEEDED_SECTIONS = ("duplication", "training", "generation")
 
 
-def fill_seeds(config: dict) -> dict:
-    """Give the sections that set no seed of their own the master ``seed`` (in place; returned)."""
+# The CLIP model each CLIP-score convention uses unless clipscore.model names another: torchmetrics'
+# CLIPScore defaults to OpenAI ViT-L/14, DCR's gen_clipscore uses OpenAI ViT-B/16.
+CLIP_MODEL_BY_CONVENTION = {"torchmetrics": "clip", "upstream": "clip_vit_b16"}
+
+
+def fill_defaults(config: dict) -> dict:
+    """The defaults that depend on other keys (in place; returned), after the schema's own.
+
+    Sections that set no seed of their own take the master ``seed``; ``clipscore.model`` defaults to
+    the model of ``clipscore.convention`` (:data:`CLIP_MODEL_BY_CONVENTION`).
+    """
     for section in SEEDED_SECTIONS:
         part = config.setdefault(section, {})
         if part.get("seed") is None:
             part["seed"] = config.get("seed", 0)
+    clip = config.setdefault("clipscore", {})
+    if clip.get("model") is None:
+        clip["model"] = CLIP_MODEL_BY_CONVENTION[clip.get("convention", "torchmetrics")]
     return config
 
 

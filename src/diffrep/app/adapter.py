@@ -38,7 +38,7 @@ def load_config(path: str | Path, schema: str | Path = SCHEMA) -> dict:
     if not isinstance(config, dict):
         raise AdapterError(f"{path}: not a study config (a YAML mapping)")
     validate(config, schema=str(schema))
-    dconf.fill_seeds(config)
+    dconf.fill_defaults(config)
     return config
 
 
