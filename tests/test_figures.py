@@ -28,21 +28,27 @@ def _tables(st):
     return st["outputs"]["summary"], st["outputs"]["baselines"]
 
 
-@pytest.mark.parametrize("name", F.SUMMARY_FIGURES)
-def test_summary_figures_draw_and_save(tmp_path, name):
-    st = make_study(tmp_path, presets=("default", "rand_word_add"))
-    summary, baselines = _tables(st)
-    fig = F.summary_figure(
+def _draw(name, st, summary, baselines):
+    """Draw summary figure `name` from a synthetic study's files, as the summary_figure rule does."""
+    inputs = st["inputs"]
+    return F.summary_figure(
         name,
         summary,
         baselines,
-        st["inputs"]["matches"],
-        st["inputs"]["baseline_matches"],
-        st["inputs"]["plans"],
+        inputs["matches"],
+        inputs["baseline_matches"],
+        inputs["plans"],
         st["plan_ids"],
         STYLE,
         "mini",
     )
+
+
+@pytest.mark.parametrize("name", F.SUMMARY_FIGURES)
+def test_summary_figures_draw_and_save(tmp_path, name):
+    st = make_study(tmp_path, presets=("default", "rand_word_add"))
+    summary, baselines = _tables(st)
+    fig = _draw(name, st, summary, baselines)
     text = _texts(fig)
     assert "mini study" in text and "not the paper's numbers" in text
     png, pdf = tmp_path / "f.png", tmp_path / "f.pdf"
@@ -102,17 +108,7 @@ def test_a_study_without_a_setting_gets_a_note_not_a_crash(tmp_path, runs, prese
     summary, baselines = _tables(st)
     texts = ""
     for name in F.SUMMARY_FIGURES:
-        fig = F.summary_figure(
-            name,
-            summary,
-            baselines,
-            st["inputs"]["matches"],
-            st["inputs"]["baseline_matches"],
-            st["inputs"]["plans"],
-            st["plan_ids"],
-            STYLE,
-            "mini",
-        )
+        fig = _draw(name, st, summary, baselines)
         texts += _texts(fig)
     assert expect in texts
 
