@@ -33,7 +33,7 @@ rehearsal: install
 	$(BIN)/snakemake --profile profiles/rehearsal --report results/rehearsal/report.html
 
 test: install
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra --durations=40 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/snakemake --lint

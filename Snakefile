@@ -24,6 +24,7 @@ include: "rules/metrics.smk"
 include: "rules/figures.smk"
 include: "rules/calibration.smk"
 include: "rules/webscale.smk"
+include: "rules/memorization.smk"
 
 
 rule all:

@@ -28,7 +28,13 @@ Sections:
 - app: `python -m diffrep.app` on a completed study (results/mini when it exists, else the micro
   study): start time (process start to the page served), and a try-a-prompt request answered with
   the model and the faiss index cached (the app's way) vs the first request, which loads both
-  (what a per-request load would cost every time; `--no-warmup`, so that nothing is preloaded).
+  (what a per-request load would cost every time; `--no-warmup`, so that nothing is preloaded);
+- webscale: the web-scale search at 1M references (bench/webscale.py): sharded exact search vs one
+  faiss index (time, peak memory, equality of the top-k), IVF-PQ with exact re-ranking vs exact
+  (time, peak memory, recall@1 / @10).
+
+`--only` runs some sections: their rows in bench/results.csv are replaced, the other sections' rows
+are kept.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
-SECTIONS = ("retrieval", "fid", "embeddings", "snakemake", "generation", "app")
+SECTIONS = ("retrieval", "fid", "embeddings", "snakemake", "generation", "app", "webscale")
 COLUMNS = ("section", "measure", "diffrep", "naive", "unit", "ratio", "diffrep_how", "naive_how", "detail")
 THREADS = 2
 
@@ -787,11 +793,26 @@ def print_table(rows) -> None:
 def write_csv(rows, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
+    order = {name: i for i, name in enumerate(SECTIONS)}
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(sorted(rows, key=lambda r: order.get(r["section"], len(order))))
     os.replace(tmp, path)
+
+
+def kept_rows(path: Path, sections) -> list[dict]:
+    """The rows of `path` from sections not in `sections` (kept when only some sections run)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r["section"] not in set(sections)]
+
+
+def bench_webscale(quick: bool):
+    import webscale
+
+    return webscale.bench(1000, 50_000, shard=10_000) if quick else webscale.bench(1000, 1_000_000)
 
 
 def main(argv=None) -> int:
@@ -833,16 +854,17 @@ def main(argv=None) -> int:
             n_images=4 if q else 16, batch=4 if q else 16, steps=4 if q else 20
         ),
         "app": lambda: bench_app(args.app_dir, args.app_study, args.micro_dir),
+        "webscale": lambda: bench_webscale(q),
     }
     print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
-    rows = []
+    rows, kept = [], kept_rows(args.out, only)
     for name in SECTIONS:
         if name in only:
             rows += sections[name]()
-            write_csv(rows, args.out)  # after every section: an interrupted run keeps what it measured
+            write_csv(kept + rows, args.out)  # after every section: an interrupted run keeps what it measured
     print(f"load average at end: {os.getloadavg()[0]:.1f}", flush=True)
     print_table(rows)
-    write_csv(rows, args.out)
+    write_csv(kept + rows, args.out)
     print(f"\nwrote {args.out} ({len(rows)} rows) in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -1,22 +1,30 @@
-"""Benchmark of the web-scale search (docs/webscale.md): sharded vs monolithic exact search, approximate
-index vs exact search. Ratios measured in one run; rows appended to bench/results.csv like bench/run.py.
+"""Benchmark of the web-scale search (docs/webscale.md): sharded vs monolithic exact search, the
+approximate index (IVF-PQ + exact re-ranking) vs exact search. Ratios measured in one run.
 
-    .venv/bin/python bench/webscale.py            # 10k generations x 1M references, 512-d (about 2 GB)
-    .venv/bin/python bench/webscale.py --quick    # 1k x 50k: a smoke test of the script
+Run as the ``webscale`` section of bench/run.py (``bench/run.py --only webscale``: 1k generations x
+1M references, 512-d, about 2 minutes on 2 cores; ``--quick``: 1k x 50k), which writes its rows to
+bench/results.csv beside the other sections' rows.
 
+The references (L2-normalised random 512-d float32, 2 GB at 1M) are written once to a file, shard
+by shard; each variant runs in a fresh process that reads them from that file as the workflow's jobs
+read shard files, one shard at a time where the method allows it. Peak resident memory is counted
+from before the first reference is read (Linux VmHWM after resetting it), so it includes what each
+method holds of the collection:
 - sharded: the workflow's code path (diffrep.websearch.search_shard per shard, merge_topk over the
-  shard results), shard descriptors made one shard at a time (as the search jobs load one shard's npz),
-  vs one faiss IndexFlatIP over all references; time, peak resident memory above the start, and
-  whether the merged top-k equals the monolithic one. The bound: one shard's descriptors
-  (shard_size x d x 4 bytes) plus 2 x generations x k result rows.
-- approximate: diffrep.approxsearch IVF-PQ (trained on a seeded sample, exact re-ranking of 100
-  candidates) vs exact search; time of the search and recall@1 / recall@10 on the generations.
-Generations are near-copies of random references plus noise (0.6 / 0.4), as in bench/run.py.
+  shard results). Bound: one shard's descriptors (shard x d x 4 bytes), one shard's search result and
+  the running top-k (2 x generations x k rows of about 100 bytes);
+- monolithic: one faiss IndexFlatIP over all references (holds all of them);
+- ivfpq: diffrep.approxsearch IVF-PQ trained on a seeded sample, shards added one at a time,
+  candidates re-ranked exactly with diffrep.webapprox.rerank reading the shards again (the
+  approx_search rule's code path); the search time counts index search and re-ranking, the build
+  (once per collection) is reported beside it. Recall@1 / @10 are against the exact top-k.
+Generations are near-copies of random references plus noise (0.6 / 0.4, L2-normalised), as in the
+retrieval section: each has one clear best match; its other neighbours in structureless random data
+are all at similarity ~0 +- 0.04, which is why recall@10 of any approximate index is low here.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -30,185 +38,230 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from run import THREADS, _reset_peak, _rss_kb, descriptors, row, set_threads  # noqa: E402
 
-SHARD = int(os.environ.get("DIFFREP_BENCH_SHARD", 100_000))  # rows per shard (the children read it)
+# the IVF-PQ settings of the run: tuned at 1M x 512-d so that recall@1 >= 0.99 after re-ranking
+IVFPQ = dict(nlist=512, m=64, nbits=8, train=25_600, nprobe=32, candidates=100)
 
 
-def _shard(i: int, n_ref: int, dim: int):
-    """References of shard i (seeded per shard, so any shard can be made alone)."""
-    n = min(SHARD, n_ref - i * SHARD)
-    return descriptors(n, dim, seed=1000 + i)
-
-
-def _generations(n_gen: int, n_ref: int, dim: int):
+def _read_shard(path: Path, s: int, shard: int, n_ref: int, dim: int):
+    """Rows [s*shard, (s+1)*shard) of the references file, read (not mapped) into memory."""
     import numpy as np
 
+    n = min(shard, n_ref - s * shard)
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+            version, np.lib.format.read_array_header_2_0
+        )
+        read_header(f)
+        f.seek(f.tell() + s * shard * dim * 4)
+        return np.fromfile(f, dtype=np.float32, count=n * dim).reshape(n, dim)
+
+
+def write_references(path: Path, n_ref: int, dim: int, shard: int) -> None:
+    """The references file (.npy), written shard by shard (each shard seeded by its number)."""
+    import numpy as np
+
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_ref, dim))
+    for s in range(-(-n_ref // shard)):
+        out[s * shard : (s + 1) * shard] = descriptors(min(shard, n_ref - s * shard), dim, seed=1000 + s)
+    out.flush()
+    del out
+
+
+def generations(path: Path, refs: Path, n_gen: int, n_ref: int, dim: int):
+    """Near-copies of random references (0.6 reference + 0.4 noise), written to `path`."""
+    import numpy as np
+
+    mm = np.load(refs, mmap_mode="r")
     src = np.random.default_rng(3).integers(0, n_ref, n_gen)
-    shards = sorted(set(src // SHARD))
-    gen = descriptors(n_gen, dim, seed=2)
-    for s in shards:
-        ref = _shard(int(s), n_ref, dim)
-        mask = src // SHARD == s
-        gen[mask] = 0.6 * ref[src[mask] - s * SHARD] + 0.4 * gen[mask]
+    gen = 0.6 * np.asarray(mm[np.sort(src)]) + 0.4 * descriptors(n_gen, dim, seed=2)
     gen /= np.linalg.norm(gen, axis=1, keepdims=True)
-    return gen
+    np.save(path, gen.astype(np.float32))
 
 
-def child(method: str, n_gen: int, n_ref: int, dim: int, k: int, out: str) -> None:
-    """One variant in a fresh process; prints a JSON line (seconds, peak_mb) and saves the top-k rows."""
-    import faiss
+def _shards(refs: Path, n_ref: int, dim: int, shard: int):
     import numpy as np
+
+    for s in range(-(-n_ref // shard)):
+        x = _read_shard(refs, s, shard, n_ref, dim)
+        yield np.arange(s * shard, s * shard + len(x)), x
+
+
+def _sharded(gen, refs, n_ref, dim, k, shard):
     import pandas as pd
 
+    from diffrep.websearch import merge_topk, search_shard
+
+    ids = [str(i) for i in range(len(gen))]
+
+    def frames():
+        for idx, x in _shards(refs, n_ref, dim, shard):
+            meta = pd.DataFrame({"key": idx, "index": idx, "url": "", "caption": ""})
+            yield search_shard(ids, gen, x, meta, int(idx[0] // shard), k)
+
+    merged = merge_topk(frames(), k)
+    merged = merged.assign(g=merged["generation"].astype(int)).sort_values(["g", "rank"])
+    return merged["index"].to_numpy().reshape(len(gen), k), {}
+
+
+def _monolithic(gen, refs, n_ref, dim, k, shard):
+    import faiss
+
+    index = faiss.IndexFlatIP(dim)
+    for _, x in _shards(refs, n_ref, dim, shard):
+        index.add(x)
+    return index.search(gen, k)[1], {}
+
+
+def _ivfpq(gen, refs, n_ref, dim, k, shard):
+    import numpy as np
+
+    from diffrep.approxsearch import add_shards, build_index
+    from diffrep.webapprox import candidates, rerank
+
+    t0 = time.perf_counter()
+    take = np.sort(np.random.default_rng(0).choice(n_ref, min(n_ref, IVFPQ["train"]), replace=False))
+    sample = np.vstack([x[np.isin(idx, take)] for idx, x in _shards(refs, n_ref, dim, shard)])
+    index = build_index(sample, "ivfpq", nlist=IVFPQ["nlist"], m=IVFPQ["m"], nbits=IVFPQ["nbits"], seed=0)
+    add_shards(index, _shards(refs, n_ref, dim, shard))
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cand = candidates(index, gen, IVFPQ["candidates"], IVFPQ["nprobe"], 0)
+    _, rows = rerank(gen, cand, _shards(refs, n_ref, dim, shard), k)
+    return rows, {"build": build, "search": time.perf_counter() - t0}
+
+
+METHODS = {"sharded": _sharded, "monolithic": _monolithic, "ivfpq": _ivfpq}
+
+
+def child(method: str, gen_path: str, refs: str, n_ref: int, dim: int, k: int, shard: int, out: str) -> None:
+    """One variant in a fresh process; prints a JSON line (seconds, peak_mb, ...) and saves the top-k."""
+    import faiss  # noqa: F401  (imported before the baseline: library pages are not counted)
+    import numpy as np
+    import pandas as pd  # noqa: F401
+
     import diffrep.approxsearch  # noqa: F401
-    import diffrep.websearch  # noqa: F401  (imported before the baseline: library pages are not counted)
+    import diffrep.webapprox  # noqa: F401
+    import diffrep.websearch  # noqa: F401
 
     set_threads()
-    gen = _generations(n_gen, n_ref, dim)
-    ids = [str(i) for i in range(n_gen)]
-    n_shards = -(-n_ref // SHARD)
+    gen = np.load(gen_path)
     base_kb, peak_ok = _rss_kb("VmRSS"), _reset_peak()
     t0 = time.perf_counter()
-    if method == "monolithic":
-        index = faiss.IndexFlatIP(dim)
-        for s in range(n_shards):
-            index.add(_shard(s, n_ref, dim))
-        _, rows = index.search(gen, k)
-    elif method == "sharded":
-        from diffrep.websearch import merge_topk, search_shard
-
-        def frames():
-            for s in range(n_shards):
-                ref = _shard(s, n_ref, dim)
-                idx = np.arange(s * SHARD, s * SHARD + len(ref))
-                meta = pd.DataFrame({"key": idx, "index": idx, "url": "", "caption": ""})
-                yield search_shard(ids, gen, ref, meta, s, k)
-
-        merged = merge_topk(frames(), k)
-        merged = merged.assign(g=merged["generation"].astype(int)).sort_values(["g", "rank"])
-        rows = merged["index"].to_numpy().reshape(n_gen, k)
-    elif method in ("exact", "ivfpq"):
-        from diffrep.approxsearch import add_shards, build_index, search_reranked
-
-        refs = np.vstack([_shard(s, n_ref, dim) for s in range(n_shards)])  # both sides hold all
-        base_kb, peak_ok = _rss_kb("VmRSS"), _reset_peak()
-        t0 = time.perf_counter()
-        if method == "exact":
-            index = faiss.IndexFlatIP(dim)
-            index.add(refs)
-            _, rows = index.search(gen, k)
-        else:
-            sample = refs[np.random.default_rng(0).choice(len(refs), min(len(refs), 50_000), replace=False)]
-            index = build_index(sample, "ivfpq", nlist=max(16, int(4 * np.sqrt(n_ref))), m=64, seed=0)
-            add_shards(index, [(np.arange(len(refs)), refs)])
-            build = time.perf_counter() - t0
-            t0 = (
-                time.perf_counter()
-            )  # the ratio compares searches; the build (once per collection) is reported
-            _, rows = search_reranked(index, gen, k, 100, vectors_of=lambda r: refs[r], nprobe=16)
-    else:
-        raise ValueError(f"unknown method {method!r}")
+    rows, extra = METHODS[method](gen, Path(refs), n_ref, dim, k, shard)
     seconds = time.perf_counter() - t0
     peak_kb = _rss_kb("VmHWM") if peak_ok else None
     np.save(out, np.asarray(rows, dtype=np.int64))
     peak_mb = (peak_kb - base_kb) / 1024 if peak_kb else None
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "build": locals().get("build")}))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, **extra}))
 
 
-def _run(method, n_gen, n_ref, dim, k, tmp):
+def _run(method, tmp, n_ref, dim, k, shard):
     import numpy as np
 
     out = Path(tmp) / f"{method}.npy"
-    args = [sys.executable, __file__, "--child", method, str(n_gen), str(n_ref), str(dim), str(k), str(out)]
+    args = [str(a) for a in (Path(tmp) / "gen.npy", Path(tmp) / "refs.npy", n_ref, dim, k, shard, out)]
     proc = subprocess.run(
-        args,
+        [sys.executable, __file__, "--child", method, *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(THREADS), "DIFFREP_BENCH_SHARD": str(SHARD)},
+        env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"{method} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"webscale bench {method} failed:\n{proc.stderr[-3000:]}")
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "rows": np.load(out)}
 
 
-def bench(n_gen: int, n_ref: int, dim: int = 512, k: int = 10) -> list[dict]:
+def bench(n_gen: int, n_ref: int, dim: int = 512, k: int = 10, shard: int = 100_000) -> list[dict]:
+    """The section's rows: sharded vs monolithic (time, memory), IVF-PQ vs exact (time, memory, recall)."""
     import tempfile
 
     from diffrep.approxsearch import recall
 
     size = f"{n_gen // 1000}k gen x {n_ref / 1e6:g}M ref x {dim}-d, top-{k}"
+    print(f"webscale ({size}; shards of {shard}; one subprocess per method)", flush=True)
     with tempfile.TemporaryDirectory(prefix="diffrep-bench-webscale-") as tmp:
-        res = {m: _run(m, n_gen, n_ref, dim, k, tmp) for m in ("sharded", "monolithic", "exact", "ivfpq")}
+        t0 = time.perf_counter()
+        write_references(Path(tmp) / "refs.npy", n_ref, dim, shard)
+        generations(Path(tmp) / "gen.npy", Path(tmp) / "refs.npy", n_gen, n_ref, dim)
+        print(f"  references written in {time.perf_counter() - t0:.0f} s", flush=True)
+        res = {m: _run(m, tmp, n_ref, dim, k, shard) for m in METHODS}
     equal = bool((res["sharded"]["rows"] == res["monolithic"]["rows"]).all())
-    bound = (SHARD * dim * 4 + 2 * n_gen * k * 100) / 2**20  # a shard + result rows (~100 B each)
+    r1, r10 = (recall(res["ivfpq"]["rows"], res["monolithic"]["rows"], r) for r in (1, 10))
+    shard_mb, result_mb = shard * dim * 4 / 2**20, 2 * n_gen * k * 100 / 2**20
     sharded, mono = "sharded exact (websearch.search_shard + merge_topk)", "one faiss IndexFlatIP"
-    r1, r10 = (
-        recall(res["ivfpq"]["rows"], res["exact"]["rows"], 1),
-        recall(res["ivfpq"]["rows"], res["exact"]["rows"], 10),
+    ivf = (
+        f"IVF-PQ nlist {IVFPQ['nlist']}, m {IVFPQ['m']}, nprobe {IVFPQ['nprobe']}, exact re-ranking of "
+        f"{IVFPQ['candidates']} (webapprox)"
     )
-    build = res["ivfpq"]["build"]
-    specs = [
-        (
+    ivf_detail = (
+        f"recall@1 {r1:.4f}, recall@10 {r10:.4f} against exact; search + re-ranking (reads every shard "
+        f"again) {res['ivfpq']['search']:.1f} s, index build {res['ivfpq']['build']:.1f} s (once per "
+        f"collection, trained on {IVFPQ['train']})"
+    )
+    return [
+        row(
+            "webscale",
             f"time, {size}",
-            "sharded",
-            "monolithic",
+            res["sharded"]["seconds"],
+            res["monolithic"]["seconds"],
             "s",
             sharded,
             mono,
-            f"merged top-k equals monolithic: {equal}; shards of {SHARD}; {THREADS} threads",
+            f"merged top-k equals monolithic: {equal}; shards of {shard}; {THREADS} threads; both read the "
+            "references from a file",
         ),
-        (
+        row(
+            "webscale",
             f"peak memory, {size}",
-            "sharded",
-            "monolithic",
+            res["sharded"]["peak_mb"],
+            res["monolithic"]["peak_mb"],
             "MB",
             sharded,
             mono,
-            f"bound for sharded: one shard + 2 x gen x k rows = {bound:.0f} MB",
+            f"bound for sharded: one shard {shard_mb:.0f} MB + its result and the running "
+            f"top-k {result_mb:.0f} MB (+ its copy in pandas)",
         ),
-        (
+        row(
+            "webscale",
             f"approximate search time, {size}",
-            "ivfpq",
-            "exact",
+            res["ivfpq"]["search"],
+            res["monolithic"]["seconds"],
             "s",
-            "IVF-PQ + exact re-ranking of 100 (approxsearch)",
-            "faiss IndexFlatIP",
-            f"recall@1 {r1:.4f}, recall@10 {r10:.4f} against exact; index build {build:.1f} s (once per "
-            "collection, not in the time)",
+            ivf,
+            f"{mono} (add + search)",
+            ivf_detail,
         ),
-    ]
-    value = {"s": "seconds", "MB": "peak_mb"}
-    return [
-        row("webscale", measure, res[a][value[unit]], res[b][value[unit]], unit, a_how, b_how, detail)
-        for measure, a, b, unit, a_how, b_how, detail in specs
+        row(
+            "webscale",
+            f"approximate vs sharded exact time, {size}",
+            res["ivfpq"]["search"],
+            res["sharded"]["seconds"],
+            "s",
+            ivf,
+            sharded,
+            ivf_detail,
+        ),
+        row(
+            "webscale",
+            f"approximate peak memory, {size}",
+            res["ivfpq"]["peak_mb"],
+            res["monolithic"]["peak_mb"],
+            "MB",
+            ivf,
+            mono,
+            "index codes 1M x m bytes + one shard; the build's peak included",
+        ),
     ]
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        method, n_gen, n_ref, dim, k, out = argv[1:7]
-        child(method, int(n_gen), int(n_ref), int(dim), int(k), out)
+        method, gen, refs, n_ref, dim, k, shard, out = argv[1:9]
+        child(method, gen, refs, int(n_ref), int(dim), int(k), int(shard), out)
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1k generations x 50k references")
-    ap.add_argument("--out", type=Path, default=HERE / "results.csv", help="rows are appended")
-    args = ap.parse_args(argv)
-    global SHARD
-    if args.quick:
-        SHARD = 10_000
-    rows = bench(1000, 50_000) if args.quick else bench(10_000, 1_000_000)
-    from run import print_table
-
-    print_table(rows)
-    import csv
-
-    new = not args.out.exists()
-    with open(args.out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    return 0
+    raise SystemExit("run it as a section of bench/run.py: bench/run.py --only webscale [--quick]")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 # Descriptor calibration: before a similarity threshold is trusted, measure how well the embedder
 # tells augmented copies of training pictures from distinct pictures (diffrep.calibration). One
-# job per measured dataset and embedder; its threshold is the one the study reports against.
+# job per measured dataset and embedder. With similarity.threshold: calibrated, the study's
+# threshold for an embedder is the largest of its datasets' calibrated thresholds (study_threshold).
 
 
 rule calibrate:
@@ -52,3 +53,17 @@ rule calibration_figure:
         style=get_common_style,
     script:
         "../scripts/calibration_figure.py"
+
+
+rule study_threshold:
+    input:
+        summaries=get_study_threshold_inputs,
+    output:
+        threshold=f"{R}/calibration/{{embedder}}/threshold.json",
+    log:
+        f"{LOGS}/calibration/{{embedder}}/threshold.log",
+    localrule: True
+    params:
+        datasets=get_study_threshold_datasets,
+    script:
+        "../scripts/study_threshold.py"

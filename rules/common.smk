@@ -6,7 +6,7 @@ import re
 from snakemake.utils import validate
 
 from diffrep import config as dconf
-from diffrep import webshards
+from diffrep import jobsizes, miniweb, webshards
 
 validate(config, schema="../schemas/config.schema.yaml")
 dconf.fill_defaults(config)
@@ -159,11 +159,38 @@ def get_caption_inputs(wildcards):
         inputs["blip"] = f"{R}/{wildcards.dataset}/captions/blip.parquet"
     if wildcards.conditioning == "instancelevel_random":
         inputs["tokenizer"] = model_files(config["base_model"])["manifest"]
+    if (
+        wildcards.conditioning == "instancelevel_blip"
+        and DATASETS[wildcards.dataset]["llm_captions"]
+    ):
+        inputs["llm"] = f"{R}/{wildcards.dataset}/captions/llm.parquet"
     return inputs
 
 
-def get_caption_params(wildcards):
+def get_llm_caption_inputs(wildcards):
+    """The dataset's metadata and the instruction model (both have a manifest: named apart)."""
+    data = dataset_files(wildcards.dataset)
+    llm = model_files(config["captions"]["llm"]["model"])
     return {
+        "metadata": data["metadata"],
+        "manifest": data["manifest"],
+        "dir": llm["dir"],
+        "model_manifest": llm["manifest"],
+    }
+
+
+def get_llm_caption_seed(wildcards):
+    return dconf.derive_seed(config["seed"], "llm_captions", wildcards.dataset)
+
+
+def get_caption_params(wildcards):
+    llm = (
+        {"llm_variants": config["captions"]["llm"]["n_variants"]}
+        if DATASETS[wildcards.dataset]["llm_captions"]
+        else {}  # no key: studies without LLM captions keep their params (nothing re-runs)
+    )
+    return {
+        **llm,
         "conditioning": wildcards.conditioning,
         "n_captions": DATASETS[wildcards.dataset]["n_captions"],
         "random_per_image": config["captions"]["random_per_image"],
@@ -237,7 +264,36 @@ def get_generation_params(wildcards):
             config, dconf.Run.parse(wildcards.run)
         ),
         "seed": dconf.derive_seed(config["generation"]["seed"], wildcards.dataset),
+        "dtype": config["generation"]["dtype"],
     }
+
+
+def _generate_sizes(wildcards):
+    """What a generate job asks for, by the model it generates from (diffrep.jobsizes)."""
+    run = dconf.Run.parse(wildcards.run)
+    gen = get_generation_params(wildcards)
+    return jobsizes.generate_resources(
+        MODELS[dconf.run_model(config, run)],
+        PRESETS[wildcards.gen],
+        gen["n_images"],
+        gen["resolution"],
+    )
+
+
+def get_generate_mem_mb(wildcards):
+    return _generate_sizes(wildcards)["mem_mb"]
+
+
+def get_generate_gpu_mem_mb(wildcards):
+    return _generate_sizes(wildcards)["gpu_mem_mb"]
+
+
+def get_generate_runtime(wildcards):
+    return _generate_sizes(wildcards)["runtime"]
+
+
+def get_generate_cuda_dtype(wildcards):
+    return _generate_sizes(wildcards)["dtype"]
 
 
 def get_embedder(wildcards):
@@ -388,7 +444,8 @@ def table_input_ids():
         "weightdiff": [
             {"dataset": d, "run": r.name} for d, r in FINETUNES if weightdiff
         ],
-        "model_manifests": [config["base_model"]],
+        "model_manifests": [config["base_model"]]
+        + sorted({r.model for _, r, _ in MEASURED if r.is_pretrained}),
         "dataset_manifests": sorted({r[0] for r in RUNS}),
     }
 
@@ -511,7 +568,13 @@ def get_sweep_params(wildcards):
 def get_final_output():
     """What `snakemake` (rule all) builds for the configured study."""
     tables = [f"{R}/tables/summary.csv", f"{R}/tables/weightdiff.csv"]
-    return tables + all_figures() + calibration_outputs() + webscale_outputs()
+    return (
+        tables
+        + all_figures()
+        + calibration_outputs()
+        + webscale_outputs()
+        + memorization_outputs()
+    )
 
 
 # ---------------------------------------------------------------- calibration (rules/calibration.smk)
@@ -539,12 +602,45 @@ def get_calibration_params(wildcards):
     return {k: v for k, v in config["calibration"].items() if k != "enabled"}
 
 
+def _calibrated_datasets():
+    return sorted({g[0] for g in MEASURED})
+
+
+def get_study_threshold_inputs(wildcards):
+    """The calibration summaries the study's threshold for an embedder is chosen from."""
+    return [
+        f"{R}/{ds}/calibration/{wildcards.embedder}/summary.json"
+        for ds in _calibrated_datasets()
+    ]
+
+
+def get_study_threshold_datasets(wildcards):
+    return _calibrated_datasets()
+
+
+def get_threshold_input(wildcards):
+    """similarity.threshold: calibrated - the study's threshold file for the embedder; else none."""
+    if config["similarity"]["threshold"] != "calibrated":
+        return []
+    return f"{R}/calibration/{wildcards.embedder}/threshold.json"
+
+
 # ---------------------------------------------------------------- web-scale search (rules/webscale.smk)
 
 WEBSCALE = config["webscale"]
 COLLECTIONS = WEBSCALE["collections"]
 SEARCHES = {s["name"]: s for s in WEBSCALE["searches"]}
+WS = "resources/webscale"
 try:
+    # a model's pretraining pictures as its "web" (the mini lane): parquet and row count are derived
+    for _name, _coll in COLLECTIONS.items():
+        if _coll.get("pretraining_of"):
+            _coll["parquets"] = [miniweb.mini_web_path(WS, _name)["parquet"]]
+            _coll["n_rows"] = miniweb.pretraining_rows(
+                config["models"],
+                _coll["pretraining_of"],
+                f"webscale.collections.{_name}.pretraining_of",
+            )
     # shard counts at DAG time: parquet footers when the files are on disk, else the configured n_rows
     N_SHARDS = {
         name: webshards.n_shards(webshards.collection_rows(c, name), c["shard_size"])
@@ -553,7 +649,6 @@ try:
     }
 except webshards.ShardError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
-WS = "resources/webscale"
 
 
 wildcard_constraints:
@@ -629,7 +724,7 @@ def get_search_label(wildcards):
 
 
 def _search_generations(s):
-    run = f"{dconf.PRETRAINED_PREFIX}{s['model']}"
+    run = dconf.search_run(config, s).name
     ds, preset = s["prompts"]["dataset"], s["prompts"]["preset"]
     return f"{R}/{ds}/embeddings/{s['embedder']}/{run}/{preset}.npz"
 
@@ -654,7 +749,7 @@ def get_search_threshold(wildcards):
 def get_search_generation_dir(wildcards):
     """The generation folder a search's generations come from (run pretrained-<model>)."""
     s = SEARCHES[wildcards.search]
-    run = f"{dconf.PRETRAINED_PREFIX}{s['model']}"
+    run = dconf.search_run(config, s).name
     return generation_dir(s["prompts"]["dataset"], run, s["prompts"]["preset"])
 
 
@@ -703,6 +798,42 @@ def get_merge_inputs(wildcards):
     }
 
 
+def get_pretraining_model(wildcards):
+    """The built model whose pretraining pictures are a collection's web (the mini lane)."""
+    return model_files(COLLECTIONS[wildcards.collection]["pretraining_of"])
+
+
+def get_web_url(wildcards):
+    return COLLECTIONS[wildcards.collection].get("web_url")
+
+
+def get_approx_inputs(wildcards):
+    """A search's generations and every shard's descriptors and metadata (the approximate index's)."""
+    s = SEARCHES[wildcards.search]
+    shard = f"{WS}/{s['collection']}/embeddings/{s['embedder']}"
+    names = shard_names(s["collection"])
+    return {
+        "generations": _search_generations(s),
+        "npz": [f"{shard}/{i}.npz" for i in names],
+        "meta": [f"{shard}/{i}.parquet" for i in names],
+    }
+
+
+def get_approx_params(wildcards):
+    s = SEARCHES[wildcards.search]
+    return {**s["approx"], "shard_size": COLLECTIONS[s["collection"]]["shard_size"]}
+
+
+def approx_outputs():
+    """The approximate index's results of the searches that configure one."""
+    return [
+        f"{R}/webscale/{name}/approx_{f}"
+        for name, s in SEARCHES.items()
+        if s.get("approx")
+        for f in ("matches.parquet", "recall.json")
+    ]
+
+
 def webscale_summaries():
     return [f"{R}/webscale/{name}/summary.json" for name in SEARCHES]
 
@@ -714,4 +845,163 @@ def webscale_outputs():
         for name in SEARCHES
         for fig in ("gallery", "top1_histogram")
     ]
-    return [f"{R}/tables/webscale.csv", *figures] if SEARCHES else []
+    return [f"{R}/tables/webscale.csv", *figures, *approx_outputs()] if SEARCHES else []
+
+
+# ---------------------------------------------------------------- memorization (rules/memorization.smk)
+
+MEMORIZATION = config["memorization"]
+PROMPT_FILES = MEMORIZATION["prompt_files"]
+BENCHMARKS = MEMORIZATION["benchmarks"]
+
+
+wildcard_constraints:
+    bench=_alternatives(BENCHMARKS),
+    prompt_file=_alternatives(PROMPT_FILES),
+
+
+def prompt_table(name):
+    return f"resources/prompts/{name}.parquet"
+
+
+def bench_presets(bench):
+    return BENCHMARKS[bench].get("presets", ["default"])
+
+
+def get_prompt_file_inputs(wildcards):
+    """A prompt file shipped by a built model depends on that model's verified manifest."""
+    src = PROMPT_FILES[wildcards.prompt_file]["source"]
+    return model_files(src["model"]) if src["type"] == "model" else {}
+
+
+def get_prompt_file_params(wildcards):
+    entry = PROMPT_FILES[wildcards.prompt_file]
+    src = dict(entry["source"])
+    if src["type"] == "model":
+        src["file"] = f"{model_dir(src['model'])}/{src['path']}"
+    return {
+        "source": src,
+        "columns": entry.get("columns", {}),
+        "label_map": entry.get("label_map", {}),
+        "sep": entry.get("sep"),
+        "default_label": entry.get("default_label"),
+        "fetch_images": entry.get("fetch_images", False),
+    }
+
+
+def get_bench_inputs(wildcards):
+    bench = BENCHMARKS[wildcards.bench]
+    return {
+        **model_files(bench["model"]),
+        "prompts": [prompt_table(p) for p in bench["prompt_files"]],
+    }
+
+
+def get_detection_params(wildcards):
+    bench = BENCHMARKS[wildcards.bench]
+    return {
+        **MEMORIZATION["detection"],
+        "resolution": memorization_resolution(wildcards.bench),
+        "seed": dconf.derive_seed(MEMORIZATION["seed"], "detection", wildcards.bench),
+        "model": bench["model"],
+    }
+
+
+def memorization_resolution(bench):
+    entry = BENCHMARKS[bench]
+    if entry.get("resolution"):
+        return entry["resolution"]
+    return dconf.generation_resolution(config, dconf.Run(model=entry["model"]))
+
+
+def get_bench_generation_params(wildcards):
+    return {
+        **MEMORIZATION["replication"],
+        "resolution": memorization_resolution(wildcards.bench),
+        "seed": dconf.derive_seed(MEMORIZATION["seed"], "generation", wildcards.bench),
+    }
+
+
+def memorization_embedder():
+    name = MEMORIZATION["replication"]["embedder"] or next(iter(EMBEDDERS))
+    return name
+
+
+def get_replication_inputs(wildcards):
+    emb = EMBEDDERS[memorization_embedder()]
+    return {
+        "generations": f"{R}/memorization/{wildcards.bench}/generations/{wildcards.gen}/memorized",
+        **(model_files(emb["model"]) if emb["type"] == "sscd" else {}),
+    }
+
+
+def get_replication_params(wildcards):
+    return {
+        "embedder": EMBEDDERS[memorization_embedder()],
+        "embedder_name": memorization_embedder(),
+        "thresholds": MEMORIZATION["replication"]["thresholds"],
+        "mitigation": PRESETS[wildcards.gen].get("mitigation", "none"),
+    }
+
+
+def get_quality_inputs(wildcards):
+    inputs = {
+        "generations": f"{R}/memorization/{wildcards.bench}/generations/{wildcards.gen}/general"
+    }
+    ds = BENCHMARKS[wildcards.bench].get("fid_dataset")
+    if ds and config["fid"]["enabled"]:
+        inputs["reference"] = f"{R}/{ds}/fid/reference.npz"
+        inputs.update(get_fid_model(wildcards))
+    if config["clipscore"]["enabled"]:
+        clip = model_files(config["clipscore"]["model"])
+        inputs.update(clip=clip["dir"], clip_manifest=clip["manifest"])
+    return inputs
+
+
+def get_memorization_table_inputs(wildcards):
+    return {
+        "detections": [f"{R}/memorization/{b}/detection.parquet" for b in BENCHMARKS],
+        "replication": [
+            f"{R}/memorization/{b}/replication/{g}.json"
+            for b in BENCHMARKS
+            for g in bench_presets(b)
+        ],
+        "quality": [
+            f"{R}/memorization/{b}/quality/{g}.json"
+            for b in BENCHMARKS
+            for g in bench_presets(b)
+        ],
+        "per_prompt": [
+            f"{R}/memorization/{b}/replication/{g}.parquet"
+            for b in BENCHMARKS
+            for g in bench_presets(b)
+        ],
+    }
+
+
+def get_memorization_table_params(wildcards):
+    return {
+        "runs": [(b, g) for b in BENCHMARKS for g in bench_presets(b)],
+        "benchmarks": list(BENCHMARKS),
+        "n_subsets": MEMORIZATION["detection"]["n_subsets"],
+        "seed": MEMORIZATION["seed"],
+        "study": STUDY,
+    }
+
+
+def memorization_outputs(in_all=True):
+    """The memorization tables and figures of the configured benchmarks: in the default target
+    only when `memorization.enabled`, always for the `memorization` target."""
+    if not BENCHMARKS or (in_all and not MEMORIZATION["enabled"]):
+        return []
+    return [
+        f"{R}/tables/memorization_detection.csv",
+        f"{R}/tables/memorization_mitigations.csv",
+        f"{R}/tables/memorization_prompts.csv",
+        f"{R}/figures/memorization/roc.png",
+        f"{R}/figures/memorization/tradeoff.png",
+    ]
+
+
+def get_quality_resolution(wildcards):
+    return memorization_resolution(wildcards.bench)

@@ -45,6 +45,30 @@ rule blip_captions:
         "../scripts/blip_captions.py"
 
 
+rule llm_captions:
+    input:
+        unpack(get_llm_caption_inputs),
+    output:
+        captions=f"{R}/{{dataset}}/captions/llm.parquet",
+    log:
+        f"{LOGS}/captions/{{dataset}}/llm.log",
+    benchmark:
+        f"{BENCH}/captions/{{dataset}}/llm.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    params:
+        dataset="{dataset}",
+        llm=config["captions"]["llm"],
+        seed=get_llm_caption_seed,
+    script:
+        "../scripts/llm_captions.py"
+
+
 rule captions:
     input:
         unpack(get_caption_inputs),

@@ -16,8 +16,11 @@ rule generate:
     threads: 4
     resources:
         gpu=1,
-        mem_mb=24000,
-        runtime=720,
+        # per model (family, models.<m>.resources): diffrep.jobsizes
+        mem_mb=get_generate_mem_mb,
+        gpu_mem_mb=get_generate_gpu_mem_mb,
+        runtime=get_generate_runtime,
+        cuda_dtype=get_generate_cuda_dtype,
         batch_size=config["resources"]["generate_batch_size"],
     params:
         preset=get_preset,

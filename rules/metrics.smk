@@ -54,6 +54,7 @@ rule embed_generations:
 rule train_baseline:
     input:
         train=f"{R}/{{dataset}}/embeddings/{{embedder}}/train.npz",
+        threshold=get_threshold_input,
     output:
         stats=f"{R}/{{dataset}}/similarity/{{embedder}}/train_baseline.json",
         matches=f"{R}/{{dataset}}/similarity/{{embedder}}/train_baseline.parquet",
@@ -78,6 +79,7 @@ rule retrieve:
         generations=f"{R}/{{dataset}}/embeddings/{{embedder}}/{{run}}/{{gen}}.npz",
         images=get_generations,
         plan=get_run_plan,
+        threshold=get_threshold_input,
     output:
         matches=f"{R}/{{dataset}}/similarity/{{embedder}}/{{run}}/{{gen}}.parquet",
         stats=f"{R}/{{dataset}}/similarity/{{embedder}}/{{run}}/{{gen}}.json",

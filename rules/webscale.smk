@@ -5,6 +5,23 @@
 # sends N shards per cluster job instead of two sbatch calls per shard.
 
 
+rule pretraining_web:
+    input:
+        unpack(get_pretraining_model),
+    output:
+        parquet=f"{WS}/{{collection}}/web.parquet",
+        images=directory(f"{WS}/{{collection}}/web"),
+    log:
+        f"logs/webscale/{{collection}}/pretraining_web.log",
+    localrule: True
+    conda:
+        "../envs/models.yaml"
+    params:
+        url_base=get_web_url,
+    script:
+        "../scripts/webscale_pretraining_web.py"
+
+
 rule download_shard:
     input:
         unpack(get_download_inputs),
@@ -49,6 +66,7 @@ rule embed_shard:
         gpu=1,
         mem_mb=16000,
         runtime=30,
+        webscale_slot=1,  # profiles/slurm: one shard job at a time in a group job
         batch_size=config["resources"]["embed_batch_size"],
         workers=config["resources"]["dataloader_workers"],
     params:
@@ -74,6 +92,7 @@ rule search_shard:
     resources:
         mem_mb=8000,
         runtime=15,
+        webscale_slot=1,
     params:
         shard="{shard}",
         top_k=get_search_top_k,
@@ -155,3 +174,29 @@ rule webscale_figures:
         dpi=config["figures"]["dpi"],
     script:
         "../scripts/webscale_figures.py"
+
+
+rule approx_search:
+    input:
+        unpack(get_approx_inputs),
+    output:
+        matches=f"{R}/webscale/{{search}}/approx_matches.parquet",
+        recall=f"{R}/webscale/{{search}}/approx_recall.json",
+    log:
+        f"{LOGS}/webscale/{{search}}/approx.log",
+    benchmark:
+        f"{BENCH}/webscale/{{search}}/approx.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        mem_mb=32000,
+        runtime=240,
+    params:
+        approx=get_approx_params,
+        label=get_search_label,
+        shards=get_search_shards,
+        top_k=get_search_top_k,
+        seed=get_search_seed,
+    script:
+        "../scripts/webscale_approx.py"

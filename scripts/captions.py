@@ -6,6 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 
 from diffrep.captions import load_tokenizer, make_captions, read_blip, write_captions
 from diffrep.datasets import read_metadata
+from diffrep.llmcaptions import read_llm_captions
 from diffrep.workflow import setup_logging
 
 setup_logging(snakemake)
@@ -19,6 +20,7 @@ data = make_captions(
     n_captions=params["n_captions"],
     blip=read_blip(inputs.blip) if "blip" in inputs.keys() else None,  # noqa: SIM118
     tokenizer=tokenizer,
+    llm=read_llm_captions(inputs.llm, params["llm_variants"]) if "llm" in inputs.keys() else None,  # noqa: SIM118
     random_per_image=params["random_per_image"],
     random_tokens=params["random_tokens"],
     vocab_limit=params["vocab_limit"],

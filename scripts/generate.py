@@ -23,6 +23,7 @@ generate(
     n_images=gen["n_images"],
     resolution=gen["resolution"],
     seed=gen["seed"],
+    dtype=gen["dtype"],
     batch_size=snakemake.resources.batch_size,
     run=snakemake.params.run,
 )

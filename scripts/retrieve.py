@@ -6,6 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 
 import faiss
 
+from diffrep.calibration import resolve_threshold
 from diffrep.similarity import retrieve_files
 from diffrep.workflow import setup_logging
 
@@ -17,7 +18,12 @@ retrieve_files(
     snakemake.input.images,
     snakemake.output.matches,
     snakemake.output.stats,
-    snakemake.params.similarity,
+    {
+        **snakemake.params.similarity,
+        "threshold": resolve_threshold(
+            snakemake.params.similarity["threshold"], snakemake.input.get("threshold")
+        ),
+    },
     identity=snakemake.params.identity,
     plan=snakemake.input.plan,
 )

@@ -6,6 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 
 import faiss
 
+from diffrep.calibration import resolve_threshold
 from diffrep.similarity import train_baseline_files
 from diffrep.workflow import setup_logging
 
@@ -16,7 +17,7 @@ train_baseline_files(
     snakemake.output.stats,
     snakemake.output.matches,
     {
-        "threshold": snakemake.params.threshold,
+        "threshold": resolve_threshold(snakemake.params.threshold, snakemake.input.get("threshold")),
         "index": snakemake.params.faiss_index,
         "nlist": snakemake.params.nlist,
         "nprobe": snakemake.params.nprobe,

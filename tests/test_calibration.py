@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -123,3 +125,36 @@ def test_calibrate_files_rejects_unknown_augmentations_and_stale_embeddings(tmp_
             **common,
         )
     assert not any(p.exists() for p in outs)
+
+
+def _summary(path, threshold, embedder="pixel"):
+    path.write_text(
+        json.dumps(
+            {"threshold": threshold, "auc": 0.99, "tpr_at_fpr": 0.8, "max_fpr": 0.01, "embedder": embedder}
+        )
+    )
+    return path
+
+
+def test_study_threshold_is_the_largest_calibrated_one_and_resolves(tmp_path):
+    summaries = [_summary(tmp_path / f"{i}.json", t) for i, t in enumerate((0.345, 0.433, 0.377))]
+    out = tmp_path / "threshold.json"
+    result = cal.study_threshold(summaries, ["tex100", "tex300", "tex1000"], out)
+    assert result["threshold"] == 0.433 and result["from_dataset"] == "tex300"
+    assert json.loads(out.read_text())["datasets"]["tex1000"]["threshold"] == 0.377
+    assert cal.resolve_threshold("calibrated", out) == 0.433
+    assert cal.resolve_threshold(0.5, None) == 0.5  # a number stays itself, no file needed
+
+
+def test_study_threshold_errors_name_the_file(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"auc": 1.0}')
+    with pytest.raises(cal.CalibrationError, match=r"broken\.json: not a calibration summary"):
+        cal.study_threshold([broken], ["tex100"], tmp_path / "t.json")
+    mixed = [_summary(tmp_path / "a.json", 0.4), _summary(tmp_path / "b.json", 0.4, embedder="sscd")]
+    with pytest.raises(cal.CalibrationError, match="several embedders"):
+        cal.study_threshold(mixed, ["a", "b"], tmp_path / "t.json")
+    with pytest.raises(cal.CalibrationError, match=r"'calibrated' but no calibrated threshold file"):
+        cal.resolve_threshold("calibrated", None)
+    with pytest.raises(cal.CalibrationError, match=r"missing\.json: no calibrated threshold"):
+        cal.resolve_threshold("calibrated", tmp_path / "missing.json")

@@ -84,7 +84,7 @@ def test_presets_fill_defaults(paper_config):
         ),
         (
             lambda c: c["experiments"][0].update(generation=["nosuchpreset"]),
-            "generation preset 'nosuchpreset' is not defined in generation.presets; defined: default, gaussnoise",
+            "generation preset 'nosuchpreset' is not defined in generation.presets; defined: attention_rescale, default",
         ),
         (
             lambda c: c["experiments"][0].update(datasets=["laion"]),
@@ -103,6 +103,10 @@ def test_presets_fill_defaults(paper_config):
         (
             lambda c: c["experiments"].append(dict(c["experiments"][0])),
             "block names must be unique; repeated: duplication_laion",
+        ),
+        (
+            lambda c: c["similarity"].update(threshold="calibrated"),
+            "similarity.threshold: 'calibrated' takes the threshold from the calibration; set calibration.enabled: true",
         ),
     ],
 )

@@ -1,6 +1,7 @@
 """Model families: tiny SDXL / SD3 / Turbo pipelines generate through the one generation code path."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -360,3 +361,94 @@ def test_a_variant_fetch_loads_with_its_variant(tmp_path):
     loaded = P.load_pipeline(tmp_path / "m", "cpu", torch.float32)
     assert type(loaded).__name__ == "StableDiffusionXLPipeline"
     assert P.weight_variant(tmp_path / "nothing") is None
+
+
+# ---------------------------------------------------------------- pretrained models in the matrix
+
+
+def test_mini_measures_a_pretrained_turbo_model_and_draws_its_grid(mini_config):
+    """The mini study generates from a tiny SDXL-Turbo (no finetune), measures it like the base run and
+    draws its sampler grid: scheduler x steps at guidance 0, no negative prompt (distilled)."""
+    from diffrep import config as dconf
+    from diffrep.config import Run
+    from test_config import validated
+
+    cfg = validated(mini_config)
+    dconf.check(cfg)
+    pretrained = [(ds, r.name, g) for ds, r, g in dconf.measured_generations(cfg) if r.is_pretrained]
+    assert pretrained == [("shapes", "pretrained-mini_sdxl_turbo", "turbo")]
+    assert cfg["models"]["mini_sdxl_turbo"]["sources"][0]["options"] == {"family": "sdxl", "distilled": True}
+    cells = [p for p in dconf.presets(cfg).values() if p.get("sweep") == "samplers_sdxl_turbo"]
+    assert [(p["scheduler"], p["steps"]) for p in cells] == [
+        ("default", 1),
+        ("default", 2),
+        ("default", 4),
+        ("euler_ancestral", 1),
+        ("euler_ancestral", 2),
+        ("euler_ancestral", 4),
+    ]
+    assert {(p["guidance_scale"], p["negative_prompt"]) for p in cells} == {(0.0, "")}
+    assert dconf.generation_resolution(cfg, Run(model="mini_sdxl_turbo")) == 32
+    assert not [r for _, r in dconf.finetunes(cfg) if r.is_pretrained]
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        (
+            {"duplication": ["nodup"]},
+            "experiments[0] (b): duplication is given but conditioning is empty; a finetune needs both",
+        ),
+        (
+            {},
+            "experiments[0] (b): the block makes no run; give duplication and conditioning, "
+            "include_base: true or pretrained: [<model>, ...]",
+        ),
+        (
+            {"pretrained": ["fid_inception_offline"]},
+            "experiments[0] (b).pretrained: model 'fid_inception_offline' has kind 'fid_inception', expected 'diffusers'",
+        ),
+        (
+            {"pretrained": ["nosuch"]},
+            "experiments[0] (b).pretrained: model 'nosuch' is not defined in models",
+        ),
+    ],
+)
+def test_experiment_block_errors_name_the_block(mini_config, block, message):
+    from diffrep.config import ConfigError
+
+    mini_config["experiments"] = [{"name": "b", "datasets": ["shapes"], **block}]
+    mini_config["sweeps"] = {}
+    with pytest.raises(ConfigError) as err:
+        checked(mini_config)
+    assert str(err.value).startswith(message)
+
+
+def test_a_pretrained_turbo_block_with_a_cfg_preset_and_negative_prompt_is_a_config_error(mini_config):
+    from diffrep.config import ConfigError
+
+    mini_config["generation"]["presets"]["turbo"]["negative_prompt"] = "blurry"
+    with pytest.raises(ConfigError, match=r"generation preset 'turbo': model 'mini_sdxl_turbo' is distilled"):
+        checked(mini_config)
+
+
+def test_mini_dry_run_measures_the_pretrained_run(workflow_copy):
+    """Generation, embedding, retrieval, FID and gallery of pretrained-mini_sdxl_turbo, its 6 grid cells,
+    its grid, and its model manifest among the tables' inputs."""
+    from conftest import snakemake
+
+    out = snakemake(["-n", "--profile", "profiles/mini"], cwd=workflow_copy, check=True).stdout
+    run = "pretrained-mini_sdxl_turbo"
+    for path in (
+        f"results/mini/shapes/generations/{run}/turbo",
+        f"results/mini/shapes/embeddings/pixel/{run}/turbo.npz",
+        f"results/mini/shapes/similarity/pixel/{run}/turbo.json",
+        f"results/mini/shapes/fid/{run}/turbo.json",
+        f"results/mini/figures/gallery/shapes/pixel/{run}/turbo.png",
+        "results/mini/figures/grid/samplers_sdxl_turbo.png",
+        "resources/models/mini_sdxl_turbo.sha256",
+    ):
+        assert path in out, path
+    cells = set(re.findall(rf"generations/{run}/(samplers_sdxl_turbo-\d\d)\b", out))
+    assert len(cells) == 6
+    assert f"results/mini/shapes/models/{run}" not in out  # never finetuned

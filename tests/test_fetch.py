@@ -571,3 +571,14 @@ def test_sdxl_second_text_encoder_and_tokenizer_are_fetched_and_required(tmp_pat
     monkeypatch.setattr(fetch, "hf_snapshot_download", FakeHub(tmp_path / "hub2", files=broken))
     with pytest.raises(fetch.FetchError, match="no tokenizer_2/ files"):
         fetch_into(tmp_path / "b", "sdxl", sd_spec(HF, variant="fp16"))
+
+
+def test_every_hugging_face_source_of_the_paper_config_is_a_pinned_commit(paper_config):
+    """A moving `main` would fetch other weights tomorrow: every Hugging Face source names a commit."""
+    unpinned = [
+        f"models.{name}.sources[{i}]: {src['repo']}@{src.get('revision')}"
+        for name, model in paper_config["models"].items()
+        for i, src in enumerate(model["sources"])
+        if src["type"] == "huggingface" and not re.fullmatch(r"[0-9a-f]{40}", str(src.get("revision")))
+    ]
+    assert not unpinned, unpinned

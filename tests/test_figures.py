@@ -276,13 +276,28 @@ def _fake_study(wf):
     assert paths, out[-2000:]
     for t, rel in enumerate(paths):
         p = wf / rel
-        if Path(rel).suffix in FILE_SUFFIXES:
+        if rel.startswith("resources/webscale/") and rel.endswith(".parquet"):
+            _fake_collection_parquet(wf, p)  # read at parse time (shard counts): must be a real parquet
+        elif Path(rel).suffix in FILE_SUFFIXES:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.touch()
         else:
             p.mkdir(parents=True, exist_ok=True)
         os.utime(p, (1_700_000_000 + t, 1_700_000_000 + t))
     return paths
+
+
+def _fake_collection_parquet(wf, path):
+    """A LAION-layout parquet with as many rows as the micro web's pretraining pictures."""
+    import yaml
+
+    from diffrep.miniweb import pretraining_rows
+
+    cfg = yaml.safe_load((wf / "tests/micro/config.yaml").read_text())
+    (name,) = cfg["webscale"]["collections"]
+    n = pretraining_rows(cfg["models"], cfg["webscale"]["collections"][name]["pretraining_of"], name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"url": [f"file:{i}.png" for i in range(n)], "caption": ["x"] * n}).to_parquet(path)
 
 
 @pytest.mark.slow
@@ -301,7 +316,7 @@ def test_deleting_figures_reruns_only_figure_rules(tmp_path):
     shutil.rmtree(wf / "results/micro/figures")
     counts = job_counts(snakemake(["-n", *MICRO, "figures"], cwd=wf, check=True).stdout)
     assert set(counts) == {"summary_figure", "gallery", "weightdiff_figure", "sweep_grid", "figures"}, counts
-    assert counts["summary_figure"] == 4
+    assert counts["summary_figure"] == len(F.SUMMARY_FIGURES) == 5
 
 
 @pytest.mark.slow
@@ -316,3 +331,53 @@ def test_report_has_every_figure_and_table_by_category(micro_run):
         assert category in html, category
     for name in (*F.SUMMARY_FIGURES, "summary.csv", "weightdiff.csv", "baselines.csv", "samplers.png"):
         assert name in html, name
+
+
+def test_dataset_size_figure_plots_each_setting_over_its_sizes():
+    """Only settings measured on several dataset sizes are drawn, at x = training images."""
+    summary = pd.DataFrame(
+        {
+            "dataset": ["t100", "t300", "t1000", "t100"],
+            "run": ["dup_both.x.none"] * 3 + ["nodup.x.none"],
+            "preset": ["default"] * 4,
+            "embedder": ["pixel"] * 4,
+            "frac_above": [0.5, 0.1, 0.02, 0.3],
+            "p95": [0.66, 0.40, 0.38, 0.55],
+            "threshold": [0.433] * 4,
+        }
+    )
+    baselines = pd.DataFrame(
+        {
+            "dataset": ["t100", "t300", "t1000"],
+            "embedder": ["pixel"] * 3,
+            "n_train": [100, 300, 1000],
+            "p95": [0.27, 0.33, 0.37],
+        }
+    )
+    fig = F.replication_by_dataset_size(summary, baselines, STYLE, "showcase")
+    text = _texts(fig)
+    assert "dup_both.x.none · default" in text and "nodup.x.none" not in text
+    assert "threshold 0.433" in text
+    frac_ax, p95_ax = fig.axes[:2]
+    curves = {
+        tuple(line.get_xdata()): tuple(line.get_ydata()) for line in frac_ax.lines if len(line.get_xdata())
+    }
+    assert curves[(100, 300, 1000)] == pytest.approx((0.5, 0.1, 0.02))
+    assert any(tuple(line.get_ydata()) == pytest.approx((0.27, 0.33, 0.37)) for line in p95_ax.lines)
+
+
+def test_dataset_size_figure_without_sizes_says_so():
+    summary = pd.DataFrame(
+        {
+            "dataset": ["t100"],
+            "run": ["dup_both.x.none"],
+            "preset": ["default"],
+            "embedder": ["pixel"],
+            "frac_above": [0.5],
+            "p95": [0.6],
+            "threshold": [0.5],
+        }
+    )
+    baselines = pd.DataFrame({"dataset": ["t100"], "embedder": ["pixel"], "n_train": [100], "p95": [0.3]})
+    text = _texts(F.replication_by_dataset_size(summary, baselines, STYLE, "mini"))
+    assert "no setting trained on datasets of several sizes" in text

@@ -39,6 +39,15 @@ def test_full_size_unets_have_the_released_parameter_counts(counts):
     assert counts["sdxl"]["text_encoder_2"]["parameters"] == 694_659_840  # OpenCLIP-bigG text + projection
 
 
+def test_full_size_sd35_medium_has_the_released_parameter_counts(counts):
+    sd35 = counts["sd35_medium"]  # MMDiT-X transformer, 16-channel VAE, CLIP-L + bigG + T5-XXL
+    assert sd35["transformer"]["parameters"] == 2_243_171_520
+    assert sd35["vae"]["parameters"] == 83_819_683
+    assert sd35["text_encoder"]["parameters"] == 123_650_304  # CLIP-L text + its 768 x 768 projection
+    assert sd35["text_encoder_2"]["parameters"] == counts["sdxl"]["text_encoder_2"]["parameters"]
+    assert sd35["text_encoder_3"]["parameters"] == 4_762_310_656  # counted, not built by the rehearsal
+
+
 def test_full_size_encoders_have_the_released_parameter_counts(counts):
     assert counts["sd21"]["text_encoder"]["parameters"] == 340_387_840  # OpenCLIP-H text, 23 layers
     assert counts["sd14"]["text_encoder"]["parameters"] == 123_060_480  # CLIP ViT-L/14 text
@@ -95,6 +104,29 @@ def test_sd_folder_loads_in_the_paper_loaders_and_generates(tmp_path, variant, p
     assert info["options"] == {"variant": variant, "width_scale": SMALL}
 
 
+def test_sd35_folder_without_t5_loads_and_generates_through_the_sd3_path(tmp_path):
+    from diffrep.families import family_of
+    from diffrep.generation import generate_batch
+    from diffrep.pipelines import load_pipeline
+
+    out = model_builder("rehearsal_sd3")(tmp_path / "sd35", seed=0, width_scale=SMALL)
+    check_complete("diffusers", out)
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["text_encoder_3"] == index["tokenizer_3"] == [None, None]
+    assert family_of(out) == "sd3" and not (out / "text_encoder_3").exists()
+    pipe = load_pipeline(out, "cpu", torch.float32)
+    cfg = pipe.transformer.config
+    assert (cfg.num_layers, cfg.patch_size, cfg.in_channels, cfg.qk_norm) == (24, 2, 16, "rms_norm")
+    assert list(cfg.dual_attention_layers) == list(range(13)) and cfg.attention_head_dim == 64
+    assert pipe.vae.config.latent_channels == 16 and pipe.vae.config.shift_factor == 0.0609
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and pipe.text_encoder_3 is None
+    preset = {"steps": 2, "guidance_scale": 7.0, "mitigation": "gaussnoise", "lam": 0.1}
+    images = generate_batch(pipe, ["a red circle"], [0], preset, 64, "cpu", "sd3")
+    assert images[0].size == (64, 64)
+    with pytest.raises(ValueError, match="unknown variant 'sd3_large'"):
+        rehearsal.sd3_configs("sd3_large")
+
+
 @pytest.mark.parametrize("variant, dims", [("disc_large", 1024), ("disc_mixup", 512)])
 def test_sscd_torchscript_loads_in_the_embedder(tmp_path, variant, dims):
     from diffrep.embeddings import SSCDEmbedder
@@ -149,10 +181,15 @@ def test_rehearsal_profile_dry_run_lists_every_paper_rule(workflow_copy):
     counts = job_counts(proc.stdout)
     # the web-scale lane (rules/webscale.smk) needs a reference collection: not rehearsed yet
     webscale = set(re.findall(r"^(?:local)?rule (\w+):", (REPO / "rules/webscale.smk").read_text(), re.M))
-    assert webscale and webscale <= set(paper)
-    assert set(paper) - webscale - {"fetch_model"} <= set(counts) and "fetch_model" not in counts
-    # sd21, sd21_base, sd14, sdxl, both SSCD models, Inception, BLIP, CLIP
-    assert counts["build_model"] == 9 and counts["finetune"] == 7 and counts["blip_captions"] == 1
+    # (pretraining_web is the mini's lane; approx_search runs where a search asks for it)
+    assert {"download_shard", "embed_shard", "search_shard", "merge_search"} <= webscale & set(paper)
+    # nor the memorization lane (rules/memorization.smk: the paper's prompt sets are fetched files)
+    memorization = {rule for rule in paper if rule.startswith("memorization")}
+    assert memorization, "the paper study plans the memorization lane"
+    assert set(paper) - webscale - memorization - {"fetch_model"} <= set(counts)
+    assert "fetch_model" not in counts
+    # sd21, sd21_base, sd14, sdxl, sd35_medium, both SSCD models, Inception, BLIP, CLIP
+    assert counts["build_model"] == 10 and counts["finetune"] == 7 and counts["blip_captions"] == 1
     assert "results/rehearsal/" in proc.stdout and "results/paper/" not in proc.stdout
     study = load_yaml(REPO / "profiles/rehearsal/study.yaml")
     assert study["training"]["resolution"] == 256 and study["training"]["max_train_steps"] == 2

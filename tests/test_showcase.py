@@ -19,6 +19,7 @@ def test_showcase_profile_dry_run_on_a_fresh_clone(workflow_copy):
     assert counts["prepare_dataset"] == 3 and counts["build_model"] == 2 and "fetch_model" not in counts
     assert counts["calibrate"] == counts["calibration_figure"] == counts["embed_train"] == 3
     assert counts["generate"] == counts["retrieve"] == 11  # 9 finetunes + base + rand_word_add
+    assert counts["study_threshold"] == 1  # threshold: calibrated, one per embedder
     assert "results/showcase/tex1000/calibration/pixel/table.csv" in proc.stdout
     assert "results/mini/" not in proc.stdout and "results/paper/" not in proc.stdout
 
@@ -40,6 +41,7 @@ def calibrated(tmp_path_factory):
     targets = [
         "results/microshowcase/micro_tex12/calibration/pixel/table.csv",
         "results/microshowcase/figures/calibration/micro_tex12/pixel.png",
+        "results/microshowcase/micro_tex12/similarity/pixel/train_baseline.json",
     ]
     snakemake(["-c1", *MICRO, *targets], cwd=root, check=True)
     return root / "results/microshowcase"
@@ -59,3 +61,16 @@ def test_calibration_rule_writes_table_summary_and_figure(calibrated):
     scores = pd.read_parquet(calibrated / "micro_tex12/calibration/pixel/scores.parquet")
     assert len(scores) == 40 and (scores["positive"] <= 1 + 1e-6).all()
     assert (calibrated / "figures/calibration/micro_tex12/pixel.png").stat().st_size > 10_000
+
+
+def test_calibrated_threshold_is_the_largest_over_the_datasets_and_is_used(calibrated):
+    """similarity.threshold: calibrated - the study's threshold is the largest calibrated one over
+    its measured datasets, and the similarity statistics count above it."""
+    study = json.loads((calibrated / "calibration/pixel/threshold.json").read_text())
+    per = {
+        ds: json.loads((calibrated / ds / "calibration/pixel/summary.json").read_text())["threshold"]
+        for ds in study["datasets"]
+    }
+    assert len(per) == 2 and study["threshold"] == max(per.values())
+    baseline = json.loads((calibrated / "micro_tex12/similarity/pixel/train_baseline.json").read_text())
+    assert baseline["threshold"] == study["threshold"] != 0.5

@@ -105,7 +105,10 @@ def test_profile_covers_every_gpu_job_of_the_paper_study(workflow_copy):
     assert set(gpu_jobs) >= GPU_RULES
     for rule in gpu_jobs:
         assert rule in sized, f"rule {rule} asks for a GPU but profiles/slurm sets no resources for it"
-        assert {"cpus_per_task", "mem_mb", "runtime"} <= set(sized[rule]), (rule, sized[rule])
+        # generate's memory and time come from its model (diffrep.jobsizes) through the rule's
+        # resources, tested per model in test_families; the profile would override them all
+        required = {"cpus_per_task"} if rule == "generate" else {"cpus_per_task", "mem_mb", "runtime"}
+        assert required <= set(sized[rule]), (rule, sized[rule])
         assert profile["set-threads"][rule] == sized[rule]["cpus_per_task"], rule
     assert gpu_jobs["finetune"] == {1}  # resources.train_processes of config.yaml
 
@@ -182,24 +185,45 @@ def submitted_job_ids(log: str) -> list[str]:
 
 
 def scheduled_jobs(log: str) -> dict[str, dict]:
-    """Snakemake's job blocks: {jobid: {'rule', 'local', 'outputs', 'log'}} from a run's output."""
-    jobs, current = {}, None
+    """Snakemake's job blocks: {jobid: {'rule', 'local', 'outputs', 'log', 'wildcards',
+    'resources'}} from a run's output (wildcards and resources as printed, in order)."""
+    jobs, current, indent = {}, None, 0
     for line in log.splitlines():
-        m = re.match(r"^(local)?rule (\w+):$", line)
+        m = re.match(r"^(\s*)(local)?rule (\w+):$", line)  # indented inside a group job's block
         if m:
-            current = {"rule": m.group(2), "local": bool(m.group(1)), "outputs": [], "log": None}
+            current = {"rule": m.group(3), "local": bool(m.group(2)), "outputs": [], "log": None}
+            current.update(wildcards={}, resources={})
+            indent = len(m.group(1))
             continue
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:  # the block ended
+            current = None
         if current is None:
             continue
-        field = re.match(r"^\s+(output|log|jobid): (.*)$", line)
-        if field and field.group(1) == "output":
-            current["outputs"] = field.group(2).split(", ")
-        elif field and field.group(1) == "log":
-            current["log"] = field.group(2).split(" (check log")[0].split(", ")[0]
-        elif field and field.group(1) == "jobid":
-            jobs[field.group(2).strip()] = current
-            current = None
+        field = re.match(r"^\s+(output|log|jobid|wildcards|resources): (.*)$", line)
+        if not field:
+            continue
+        key, value = field.groups()
+        if key == "output":
+            current["outputs"] = value.split(", ")
+        elif key == "log":
+            current["log"] = value.split(" (check log")[0].split(", ")[0]
+        elif key == "jobid":
+            jobs[value.strip()] = current
+        else:  # wildcards / resources come after the jobid
+            current[key] = dict(kv.split("=", 1) for kv in value.split(", "))
     return jobs
+
+
+def resolved_requests(jobs: dict[str, dict], flags: dict[str, str]) -> dict[str, str]:
+    """--mem and -t of the job an sbatch call submitted, as its rule resolved them (generate's come
+    from its model, diffrep.jobsizes); the job is found by the plugin's --comment."""
+    for job in jobs.values():
+        comment = f"rule_{job['rule']}"
+        if job["wildcards"]:
+            comment += "_wildcards_" + "_".join(job["wildcards"].values())
+        if comment == flags["--comment"]:
+            return {"--mem": job["resources"]["mem_mb"], "-t": job["resources"]["runtime"]}
+    raise AssertionError(f"no scheduled job for the sbatch call {flags}")
 
 
 def finished_and_failed(log: str) -> tuple[set[str], set[str]]:
@@ -424,7 +448,11 @@ def test_micro_study_on_slurm_matches_local_run(cluster, request, tmp_path):
     for flags in calls:
         assert flags["-p"] == PARTITION
         if flags["rule"] in profile["set-resources"]:
-            for flag, value in expected_requests(profile, flags["rule"], gpu_default=1).items():
+            expected = expected_requests(profile, flags["rule"], gpu_default=1)
+            if flags["rule"] == "generate":  # memory and time by the model, not the profile
+                expected.update(resolved_requests(slurm_jobs, flags))
+                assert int(expected["--mem"]) > int(profile["default-resources"]["mem_mb"])
+            for flag, value in expected.items():
                 assert flags.get(flag) == value, (flags["rule"], flag, flags)
         else:
             assert "--gpus" not in flags, flags  # GPUs only for the rules the profile lists
@@ -451,3 +479,109 @@ def test_micro_study_on_slurm_matches_local_run(cluster, request, tmp_path):
         f"{len(slurm_done)} jobs finished, {len(slurm_failed)} not implemented yet, "
         f"{len(local_files)} identical files"
     )
+
+
+# -- the web-scale lane ---------------------------------------------------------------------------
+WEB_SEARCH = "results/micro/webscale/micro_sd_web/matches.parquet"
+
+
+@needs_cluster
+def test_micro_web_lane_on_slurm_groups_shard_jobs(cluster, request, tmp_path):
+    """The micro web-scale lane through sbatch: a shard's embed_shard and search_shard jobs go into
+    the group webscale_shard, and 20 shards' groups into one sbatch job (profiles/slurm
+    group-components), which asks for one shard job's GPU and memory and the sum of their times;
+    the merged top-k equals the local run's."""
+    remote = copy_workflow(tmp_path / "slurm")
+    (tmp_path / "slurm").chmod(0o755)
+    profile = ci_profile(remote)
+    ran = snakemake(["--profile", "profiles/slurm-ci", *MICRO_CONFIG, WEB_SEARCH], cwd=remote, timeout=1500)
+    log = ran.stdout + ran.stderr
+    assert ran.returncode == 0, log[-6000:]
+
+    jobs = scheduled_jobs(log)
+    shards = sorted(j["wildcards"]["shard"] for j in jobs.values() if j["rule"] == "embed_shard")
+    assert (
+        len(shards) >= 2
+        and sorted(j["wildcards"]["shard"] for j in jobs.values() if j["rule"] == "search_shard") == shards
+    )
+    assert {j["rule"] for j in jobs.values() if j["local"]} >= {"download_shard", "pretraining_web"}
+    calls = sbatch_calls(log)
+    rules = [c["rule"] for c in calls]
+    assert "embed_shard" not in rules and "search_shard" not in rules, rules  # never one sbatch each
+    groups = [c for c in calls if c["rule"] == "webscale_shard"]
+    per_job = int(profile["group-components"][0].split("=")[1])
+    assert len(groups) == -(-len(shards) // per_job) == 1, rules
+    embed, search = (
+        {**profile["default-resources"], **profile["set-resources"][r]}
+        for r in ("embed_shard", "search_shard")
+    )
+    flags = groups[0]
+    assert flags["--gpus"] == expected_requests(profile, "embed_shard")["--gpus"]
+    assert flags["--mem"] == str(max(embed["mem_mb"], search["mem_mb"]))  # one shard job at a time
+    assert flags["-t"] == str(len(shards) * (embed["runtime"] + search["runtime"]))
+    job = cluster.job(submitted_job_ids(log)[rules.index("webscale_shard")])
+    assert job["JobState"] == "COMPLETED", job
+    assert_allocated(job, flags)
+    inside = Path(job["StdOut"]).read_text()
+    for rule in ("embed_shard", "search_shard"):
+        assert inside.count(f"rule {rule}:") == len(shards), inside[-3000:]
+
+    local = request.getfixturevalue("micro_run")  # the whole micro study, run locally
+    files = [WEB_SEARCH, *(f"results/micro/webscale/micro_sd_web/shards/{s}.parquet" for s in shards)]
+    assert file_hashes(remote, files) == file_hashes(local, files)
+
+
+# -- per-model generate resources (no cluster needed) -------------------------------------------
+def _generate_jobs(dryrun: str) -> dict[tuple[str, str], dict[str, str]]:
+    """{(run, preset): resources} of every generate job of a dry run's job listing."""
+    jobs, rule, wildcards = {}, None, None
+    for line in dryrun.splitlines():
+        m = re.match(r"^\s*(?:local)?rule (\w+):$", line)
+        if m:
+            rule, wildcards = m.group(1), None
+        elif rule == "generate" and line.strip().startswith("wildcards: "):
+            wildcards = dict(kv.split("=", 1) for kv in line.strip()[len("wildcards: ") :].split(", "))
+        elif rule == "generate" and wildcards and line.strip().startswith("resources: "):
+            res = dict(kv.split("=", 1) for kv in line.strip()[len("resources: ") :].split(", "))
+            jobs[(wildcards["run"], wildcards["gen"])] = res
+    return jobs
+
+
+def test_generate_jobs_are_sized_per_model(workflow_copy):
+    """The paper study through the shipped profile: generate jobs from SD 2.1 (base run and finetunes),
+    SDXL and SD 3.5 Medium ask for the memory, GPU memory, wall time and dtype of their model
+    (diffrep.jobsizes), and the profile sets none of these for generate (it would override them)."""
+    from diffrep import jobsizes
+
+    profile = load_yaml(workflow_copy / "profiles/slurm/config.yaml")
+    assert not {"mem_mb", "runtime", "gpu_mem_mb"} & set(profile["set-resources"]["generate"])
+    proc = snakemake(["-n", "--profile", "profiles/slurm"], cwd=workflow_copy, check=True)
+    jobs = _generate_jobs(proc.stdout)
+    sd21 = jobs[("base", "default")]
+    finetuned = jobs[("dup_both.instancelevel_blip.none", "default")]
+    sdxl = jobs[("pretrained-sdxl", "samplers_sdxl-00")]
+    sd35 = jobs[("pretrained-sd35_medium", "samplers_sd35_medium-00")]
+    got = {
+        name: (int(r["mem_mb"]), int(r["gpu_mem_mb"]), r["cuda_dtype"], int(r["gpu"]))
+        for name, r in (("sd21", sd21), ("sdxl", sdxl), ("sd35", sd35))
+    }
+    assert got == {
+        "sd21": (16000, 8000, "fp16", 1),
+        "sdxl": (32000, 16000, "fp16", 1),
+        "sd35": (48000, 24000, "bf16", 1),
+    }
+    assert finetuned["mem_mb"] == sd21["mem_mb"]  # a finetune generates like its base model
+    # 4000 images x 50 steps x CFG at 256 px: 10 min to load + 3 x 1250 s of sampling
+    assert int(sd21["runtime"]) == 10 + 63
+    assert int(sdxl["runtime"]) == int(sd35["runtime"]) == jobsizes.MIN_RUNTIME  # 4-image grid cells
+    assert sd21["slurm_partition"] == "CHANGE_ME"  # the profile's defaults still apply
+
+
+def test_generate_resources_follow_the_models_entry():
+    from diffrep import jobsizes
+
+    spec = {"family": "sd3", "distilled": True, "resources": {"gpu_mem_mb": 40000, "step_seconds": 0.3}}
+    res = jobsizes.generate_resources(spec, {"steps": 4, "guidance_scale": 0.0}, 4000, 1024)
+    # no CFG: 4000 x 4 x 0.3 s = 4800 s, x 3 = 240 min, + 10 to load
+    assert res == {"gpu_mem_mb": 40000, "mem_mb": 48000, "runtime": 250, "dtype": "bf16"}
+    assert jobsizes.generate_resources({}, {}, 8, 32)["runtime"] == jobsizes.MIN_RUNTIME

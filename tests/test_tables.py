@@ -443,3 +443,35 @@ def test_inputs_and_their_ids_must_pair_up(study):
     study["params"]["ids"]["fid"].append({"run": "base", "preset": "default"})
     with pytest.raises(TableError, match=r"params.ids.fid: .* lacks one of \['dataset', 'run', 'preset'\]"):
         write_tables(study["inputs"], study["outputs"], study["params"])
+
+
+def test_a_pretrained_run_is_a_row_labelled_pretrained_with_its_own_model(tmp_path):
+    """A pretrained-<model> run's row: duplication, conditioning, train_mitigation 'pretrained'; its
+    model and that model's manifest hash in the provenance columns (not the base model's)."""
+    paths, manifests = [], {}
+    for run in ("base", "pretrained-mini_sdxl_turbo"):
+        ident = {"dataset": DS, "embedder": EMB, "run": run, "preset": "default"}
+        p = tmp_path / f"{run}.json"
+        p.write_text(json.dumps({**ident, **_stats([0.5, 0.6], [], [0.5, 0.6])}))
+        paths.append(p)
+    for model, text in (("mini_sd", "ab"), ("mini_sdxl_turbo", "ef")):
+        manifests[model] = tmp_path / f"{model}.sha256"
+        manifests[model].write_text(text * 32 + "  x\n")
+    s = summary_table(
+        paths,
+        manifests={"models": manifests, "datasets": {}},
+        presets=PRESETS,
+        base_model="mini_sd",
+        fid_enabled=False,
+        clipscore_enabled=False,
+    )
+    rows = s.set_index("run")
+    turbo, base = rows.loc["pretrained-mini_sdxl_turbo"], rows.loc["base"]
+    assert (turbo["duplication"], turbo["conditioning"], turbo["train_mitigation"]) == ("pretrained",) * 3
+    assert (base["duplication"], base["base_model"]) == ("base", "mini_sd")
+    assert turbo["base_model"] == "mini_sdxl_turbo"
+    assert (
+        turbo["model_manifest_sha256"]
+        == hashlib.sha256(manifests["mini_sdxl_turbo"].read_bytes()).hexdigest()[:12]
+    )
+    assert base["model_manifest_sha256"] != turbo["model_manifest_sha256"]

@@ -242,7 +242,8 @@ def test_training_argv_reaches_every_training_flag(inputs):
 
 @pytest.mark.slow
 def test_finetune_few_steps_through_accelerate_launch(inputs):
-    """scripts/finetune.py's path: training_argv + launch_command (accelerate launch --cpu)."""
+    """scripts/finetune.py's path: training_argv + launch_command (accelerate launch --cpu), with the
+    paper's fp16 (bf16 on this CPU) and gradient checkpointing."""
     root = inputs["root"]
     train_argv = launch.training_argv(
         base=root / "base",
@@ -264,7 +265,8 @@ def test_finetune_few_steps_through_accelerate_launch(inputs):
             "learning_rate": 1e-3,
             "center_crop": True,
             "random_flip": True,
-            "mixed_precision": "fp16",
+            "mixed_precision": "fp16",  # the paper's GPU setting: bf16 autocast on this CPU
+            "gradient_checkpointing": True,  # on any device
             "keep_checkpoints": False,
         },
     )
@@ -277,7 +279,8 @@ def test_finetune_few_steps_through_accelerate_launch(inputs):
     assert metrics["step"].tolist() == [1, 2, 3] and metrics["loss"].notna().all()
     assert metrics["lr"].tolist() == [0.0, 1e-3, 1e-3]  # constant_with_warmup, 1 warm-up step
     info = json.loads((out / "train_info.json").read_text())
-    assert info["steps"] == 3 and info["processes"] == 1 and info["mixed_precision"] == "no"  # CPU: fp32
+    assert info["steps"] == 3 and info["processes"] == 1 and info["mixed_precision"] == "bf16"
+    assert "training.mixed_precision: fp16 requested on the CPU, running bf16 instead" in proc.stderr
     assert info["settings"]["train_mitigation"] == "gaussnoise"
     assert not (root / "e2e_ckpt").exists()  # removed after the model was written
     assert "step 3/3 loss" in proc.stderr

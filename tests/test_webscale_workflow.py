@@ -1,13 +1,20 @@
 """The web-scale lane in the workflow: shard jobs known at DAG time, and its config errors (dry runs)."""
 
+import io
+import json
 import os
+import re
 import time
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
+from PIL import Image, ImageEnhance
 
-from conftest import job_counts, snakemake
+from conftest import REPO, job_counts, load_yaml, serve_folder, snakemake
 from diffrep.embeddings import PixelEmbedder, write_embeddings
+from diffrep.tinysd import mini_options
 from test_webscale import _jpeg, _texture
 
 
@@ -55,6 +62,14 @@ def test_webscale_config_errors_name_the_key(tmp_path, workflow_copy, paper_conf
     assert "webscale.collections.laion_a6: no parquet file of ['data/laion_aesthetics_6plus/*.parquet']" in (
         out.stdout + out.stderr
     )
+
+
+def job_counts_of_run(stdout: str) -> dict[str, int]:
+    """{rule: jobs} of a real run's output (its 'rule X:' blocks, grouped jobs indented)."""
+    counts: dict[str, int] = {}
+    for rule in re.findall(r"^\s*(?:local)?rule (\w+):$", stdout, flags=re.MULTILINE):
+        counts[rule] = counts.get(rule, 0) + 1
+    return counts
 
 
 def _in_dir(workflow_copy, wd, config):
@@ -180,3 +195,109 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
         [*args, "--replace-workflow-config", "-n", "--allowed-rules", *rules, "--", target], cwd=workflow_copy
     )
     assert job_counts(proc.stdout) == {"merge_search": 1, "webscale_tables": 1}, proc.stdout[-3000:]
+
+
+def _copy_of(picture: Image.Image, augmented: bool) -> Image.Image:
+    """An exact copy, or a near-copy: brightness +5 %, JPEG quality 90."""
+    if not augmented:
+        return picture.copy()
+    buf = io.BytesIO()
+    ImageEnhance.Brightness(picture).enhance(1.05).save(buf, format="JPEG", quality=90)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+# the micro study's web lane (tests/micro/config.yaml): 64 pictures, 4 shards of 16
+LANE = "results/micro/webscale/micro_sd_web"
+LANE_RULES = [
+    "pretraining_web",
+    "download_shard",
+    "embed_shard",
+    "search_shard",
+    "merge_search",
+    "approx_search",
+]
+LANE_TARGETS = [f"{LANE}/matches.parquet", f"{LANE}/approx_matches.parquet"]
+WEB = "resources/webscale/micro_web/web"
+# generation name: (picture, augmented); one per shard
+PLANTED = {
+    "exact_5.png": (5, False),
+    "aug_20.png": (20, True),
+    "exact_40.png": (40, False),
+    "aug_63.png": (63, True),
+}
+
+
+def fake_micro_model(wd: Path) -> None:
+    """micro_sd as built: the lane reads only its build_info.json (seed, options); nothing is trained."""
+    model = wd / "resources/models/micro_sd"
+    model.mkdir(parents=True)
+    info = {"builder": "mini_sd", "seed": 0, "micro": True, "options": mini_options(True, {})}
+    (model / "build_info.json").write_text(json.dumps(info))
+    (wd / "resources/models/micro_sd.sha256").write_text("")
+
+
+def plant_copies(wd: Path) -> None:
+    """Generations of run base (micro_sd itself): PLANTED copies of web pictures and 4 noise images, with
+    their pixel descriptors (the npz the lane searches with)."""
+    gen_dir = wd / "results/micro/micro_shapes/generations/base/default"
+    gen_dir.mkdir(parents=True)
+    for name, (i, aug) in PLANTED.items():
+        _copy_of(Image.open(wd / f"{WEB}/{i:05d}.png").convert("RGB"), aug).save(gen_dir / name)
+    rng = np.random.default_rng(0)
+    for j in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(gen_dir / f"noise_{j}.png")
+    names = sorted(p.name for p in gen_dir.iterdir())
+    emb = PixelEmbedder(8)
+    out = wd / "results/micro/micro_shapes/embeddings/pixel/base/default.npz"
+    write_embeddings(out, names, emb.embed([gen_dir / n for n in names]), emb.name, emb.preprocess)
+
+
+def check_lane_results(wd: Path, url_base: str) -> None:
+    """Every planted copy at top-1 in its shard, exactly and approximately; download counts; recall."""
+    out = wd / LANE
+    shards = pd.read_csv(out / "shards.csv")
+    assert shards[["shard", "count", "successes"]].values.tolist() == [[s, 16, 16] for s in range(4)]
+    for table in ("matches", "approx_matches"):
+        m = pd.read_parquet(out / f"{table}.parquet")
+        top1 = m[m["rank"] == 0].set_index("generation")
+        found = top1.loc[list(PLANTED), ["index", "shard"]].values.tolist()
+        assert found == [[i, i // 16] for i, _ in PLANTED.values()], table
+        assert top1.loc["exact_5.png", "url"] == f"{url_base}/00005.png"
+        assert (top1.loc[["exact_5.png", "exact_40.png"], "similarity"] > 0.9999).all()
+    recall = json.loads((out / "approx_recall.json").read_text())
+    assert recall["recall_queries"] == 8 and recall["n_indexed"] == 64 and recall["recall@1"] == 1.0, recall
+
+
+def test_mini_lane_finds_planted_copies_of_its_pretraining_pictures_over_http(tmp_path, workflow_copy):
+    """The micro study's lane for real: micro_sd's 64 pretraining pictures are its web, served on
+    127.0.0.1, 4 shards of 16 downloaded, embedded and searched. Generations are exact and augmented
+    copies of pictures in each shard among fresh noise: each is found at top-1, in its shard, by the
+    exact merge and by the approximate index, whose recall is written beside the results."""
+    cfg = load_yaml(REPO / "tests/micro/config.yaml")
+    wd = tmp_path / "wd"
+    fake_micro_model(wd)
+    args = [
+        "--cores",
+        "2",
+        *_in_dir(workflow_copy, wd, tmp_path / "config.yaml"),
+        "--replace-workflow-config",
+    ]
+    with serve_folder(wd / WEB) as base:
+        cfg["webscale"]["collections"]["micro_web"]["web_url"] = base
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        only = ["--allowed-rules", "pretraining_web", "--"]
+        proc = snakemake([*args, *only, "resources/webscale/micro_web/web.parquet"], cwd=workflow_copy)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        web = pd.read_parquet(wd / "resources/webscale/micro_web/web.parquet")
+        assert len(web) == 64 and web["URL"][5] == f"{base}/00005.png"
+        plant_copies(wd)
+        proc = snakemake([*args, "--allowed-rules", *LANE_RULES, "--", *LANE_TARGETS], cwd=workflow_copy)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert job_counts_of_run(proc.stdout + proc.stderr) == {
+        "download_shard": 4,
+        "embed_shard": 4,
+        "search_shard": 4,
+        "merge_search": 1,
+        "approx_search": 1,
+    }
+    check_lane_results(wd, base)

@@ -21,6 +21,8 @@ def test_paper_dry_run_on_a_fresh_clone(workflow_copy):
     assert counts["blip_captions"] == 1  # Imagenette only
     # + sweep cells, not measured: SD 2.1 36 (2 runs), SD-Turbo 6, SDXL 24, SDXL-Turbo 4, SD 3.5 Medium 24
     assert counts["generate"] == counts["embed_generations"] + 36 + 6 + 24 + 4 + 24
+    # the sampler comparison: one grid per model (SD 2.1, SD-Turbo, SDXL, SDXL-Turbo, SD 3.5 Medium)
+    assert counts["sweep_grid"] == 5 and "llm_captions" not in counts
     assert counts["retrieve"] == counts["fid"] == counts["clipscore"] == 33
     assert counts["clipscore_train_baseline"] == 2  # upstream's clipscore_bg, once per dataset
 
@@ -28,7 +30,11 @@ def test_paper_dry_run_on_a_fresh_clone(workflow_copy):
 def test_mini_and_micro_dry_run(workflow_copy):
     mini = job_counts(snakemake(["-n", "--profile", "profiles/mini"], cwd=workflow_copy, check=True).stdout)
     assert 6 <= mini["finetune"] <= 8
-    assert mini["build_model"] == 2 and "fetch_model" not in mini
+    # mini_sd, the FID Inception and the tiny SDXL-Turbo (a pretrained run and its grid); the
+    # memorization lane (mini_sd_planted) is not in the default target
+    assert mini["build_model"] == 3 and "fetch_model" not in mini
+    assert not any(rule.startswith("memorization") for rule in mini)
+    assert mini["sweep_grid"] == 2 and mini["generate"] == mini["embed_generations"] + 8 + 6
     micro = job_counts(
         snakemake(
             ["-n", "--configfile", "tests/micro/config.yaml", "--replace-workflow-config"],
@@ -130,7 +136,7 @@ def test_every_rule_has_a_log(workflow_copy):
     """`--lint` checks it too; this names the rule. Aggregate target rules have no job to log."""
     import re
 
-    targets = {"all", "models", "data", "finetune_all", "generate_all", "figures"}
+    targets = {"all", "models", "data", "finetune_all", "generate_all", "figures", "memorization"}
     for smk in sorted((REPO / "rules").glob("*.smk")):
         for name, body in re.findall(r"^rule (\w+):\n((?:    .*\n|\n)*)", smk.read_text(), re.M):
             if name in targets:
@@ -183,7 +189,7 @@ def complete_micro(tmp_path_factory):
     [
         (  # the retrieve and train_baseline rules get the threshold (and their identity) through params
             lambda c: c.setdefault("similarity", {}).update(threshold=0.6),
-            {"train_baseline": 1, "retrieve": 3, "tables": 1, "summary_figure": 4, "gallery": 3, "all": 1},
+            {"train_baseline": 1, "retrieve": 3, "tables": 1, "summary_figure": 5, "gallery": 3, "all": 1},
         ),
         (  # a new sweep cell: its generation and the grid, which names its folders through params
             lambda c: c["sweeps"]["samplers"].update(scheduler=["ddim", "euler", "dpmsolver++"]),

@@ -25,9 +25,11 @@ from diffrep.config import ConfigError
 MODEL_BUILDERS = {
     "mini_sd": "diffrep.tinysd:build_mini_sd",
     "tiny_family": "diffrep.tinyfamilies:build_tiny_family_model",
+    "tiny_llm": "diffrep.tinyllm:build_tiny_llm",
     "fid_inception_from_wheel": "diffrep.fid_weights:build_fid_inception_from_wheel",
     # full-size architectures with random weights (the rehearsal study, docs/rehearsal.md)
     "rehearsal_sd": "diffrep.rehearsal:build_rehearsal_sd",
+    "rehearsal_sd3": "diffrep.rehearsal:build_rehearsal_sd3",
     "rehearsal_sscd": "diffrep.rehearsal:build_rehearsal_sscd",
     "rehearsal_clip": "diffrep.rehearsal:build_rehearsal_clip",
     "rehearsal_blip": "diffrep.rehearsal:build_rehearsal_blip",

@@ -292,6 +292,68 @@ def calibrate_files(
     return summary
 
 
+# ---------------------------------------------------------------- the study's threshold
+
+CALIBRATED = "calibrated"  # similarity.threshold: take it from the calibration
+
+
+def study_threshold(summaries: Sequence, datasets: Sequence[str], out) -> dict:
+    """The replication threshold of a study for one embedder, from its datasets' calibrations.
+
+    The largest of the calibrated thresholds (each the lowest with at most ``max_fpr`` false
+    positives on its dataset), so that every dataset of the study is measured against the same
+    threshold and none has more than ``max_fpr`` false positives. Writes ``out`` (JSON: the
+    threshold, the dataset it comes from, each dataset's threshold, AUC and TPR) and returns it.
+    """
+    if len(summaries) != len(datasets) or not summaries:
+        raise CalibrationError(f"study threshold: {len(summaries)} summaries for datasets {list(datasets)}")
+    per, embedders = {}, set()
+    for ds, path in zip(datasets, summaries):
+        try:
+            summary = json.loads(Path(path).read_text())
+            per[ds] = {k: float(summary[k]) for k in ("threshold", "auc", "tpr_at_fpr", "max_fpr")}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CalibrationError(f"{path}: not a calibration summary with a threshold ({err!r})") from None
+        embedders.add(summary.get("embedder"))
+    if len(embedders) != 1:
+        raise CalibrationError(
+            f"study threshold: summaries of several embedders {sorted(map(str, embedders))}"
+        )
+    source = max(per, key=lambda ds: per[ds]["threshold"])
+    result = {
+        "threshold": per[source]["threshold"],
+        "from_dataset": source,
+        "embedder": embedders.pop(),
+        "datasets": per,
+    }
+    from diffrep.fileio import atomic_path
+
+    with atomic_path(out, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    log.info(
+        "study threshold %.4f (from %s; per dataset %s)",
+        result["threshold"],
+        source,
+        {ds: round(v["threshold"], 4) for ds, v in per.items()},
+    )
+    return result
+
+
+def resolve_threshold(value, threshold_json=None) -> float:
+    """A configured similarity threshold as a number: itself, or for ``calibrated`` the threshold of
+    the study's calibration (:func:`study_threshold`'s file)."""
+    if value != CALIBRATED:
+        return float(value)
+    if not threshold_json:
+        raise CalibrationError(
+            "similarity.threshold is 'calibrated' but no calibrated threshold file was given"
+        )
+    try:
+        return float(json.loads(Path(threshold_json).read_text())["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CalibrationError(f"{threshold_json}: no calibrated threshold ({err!r})") from None
+
+
 def plot_calibration(scores, table, out, title: str = "", dpi: int = 150) -> None:
     """ROC curves per augmentation (left) and the positive / negative score histograms with the
     chosen threshold (right), as one PNG."""

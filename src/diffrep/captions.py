@@ -3,8 +3,9 @@
 - ``nolevel``: every image is ``"An image"``;
 - ``classlevel``: ``"An image of {class}"`` (needs class labels: an error names the dataset otherwise);
 - ``instancelevel_blip``: the image's caption [0] first (on LAION the original caption), then its
-  variants: the dataset's own captions [1:], then BLIP captions (``blip.parquet``) when the dataset
-  has ``blip_captions: true``; ``n_captions`` in all. Fewer is an error unless BLIP captions were
+  variants: LLM rewordings of caption [0] (``llm.parquet``, :mod:`diffrep.llmcaptions`) when the
+  dataset has ``llm_captions: true``, the dataset's own captions [1:], then BLIP captions
+  (``blip.parquet``) when the dataset has ``blip_captions: true``; ``n_captions`` in all. Fewer is an error unless BLIP captions were
   asked for. Where no BLIP captions are used the file says so (``"variants": "dataset"``): in the
   mini study the dataset's own caption variants stand in for BLIP captions, visibly;
 - ``instancelevel_random``: ``random_per_image`` captions per image, each the decoding of
@@ -68,6 +69,7 @@ def make_captions(
     n_captions: int = 21,
     blip: dict[str, list[str]] | None = None,
     tokenizer=None,
+    llm: dict[str, list[str]] | None = None,
     random_per_image: int = 10,
     random_tokens: int = 4,
     vocab_limit: int = 49400,
@@ -75,7 +77,8 @@ def make_captions(
 ) -> dict:
     """The caption file of one conditioning style as a dict (docs/formats.md).
 
-    `meta`: metadata.parquet (columns id, class, captions); `blip`: {id: BLIP captions} or None.
+    `meta`: metadata.parquet (columns id, class, captions); `blip`: {id: BLIP captions} or None;
+    `llm`: {id: LLM rewordings of caption [0]} or None.
     """
     if conditioning not in CONDITIONINGS:
         raise CaptionError(f"conditioning {conditioning!r}; allowed: {', '.join(CONDITIONINGS)}")
@@ -97,6 +100,12 @@ def make_captions(
         caps = {}
         for i, own in zip(ids, meta["captions"]):
             lst = list(own) if own is not None else []
+            if llm is not None:
+                if i not in llm:
+                    raise CaptionError(
+                        f"instancelevel_blip: image {i} of dataset {dataset!r} has no LLM captions"
+                    )
+                lst = lst[:1] + list(llm[i]) + lst[1:]
             if blip is not None:
                 lst += list(blip.get(i, []))
             if not lst:
@@ -104,7 +113,7 @@ def make_captions(
                     f"instancelevel_blip: image {i} of dataset {dataset!r} has no caption"
                     + ("" if blip is not None else " (set blip_captions: true to caption it with BLIP)")
                 )
-            if len(lst) < n_captions and blip is None:
+            if len(lst) < n_captions and blip is None and llm is None:
                 raise CaptionError(
                     f"instancelevel_blip: image {i} of dataset {dataset!r} has {len(lst)} caption(s), "
                     f"n_captions is {n_captions}; lower datasets.{dataset}.n_captions or set blip_captions: true"
@@ -117,7 +126,9 @@ def make_captions(
                 short,
                 n_captions,
             )
-        out["variants"] = "dataset + blip" if blip is not None else "dataset"
+        out["variants"] = " + ".join(
+            [*(["llm"] if llm is not None else []), "dataset", *(["blip"] if blip is not None else [])]
+        )
         if blip is None:
             log.info(
                 "instancelevel_blip: caption variants are the dataset's own captions [1:] (no BLIP captioning)"

@@ -29,8 +29,19 @@ from diffrep.families import (
 # checks that the two agree).
 DUPLICATIONS = ("nodup", "dup_both", "dup_image")
 CONDITIONINGS = ("nolevel", "classlevel", "instancelevel_blip", "instancelevel_random")
-TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise")
-INFERENCE_MITIGATIONS = ("none", "gaussnoise", "rand_numb_add", "rand_word_add", "rand_word_repeat")
+# memthreshold: Wen et al.'s train-time mitigation (issue 18; diffrep.memorization.threshold_mask)
+TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise", "memthreshold")
+INFERENCE_MITIGATIONS = (
+    "none",
+    "gaussnoise",
+    "rand_numb_add",
+    "rand_word_add",
+    "rand_word_repeat",
+    # memorisation mitigations published after DCR (diffrep.memmitigation, issue 18)
+    "prompt_optimization",
+    "guidance_transition",
+    "attention_rescale",
+)
 SCHEDULERS = (*UNET_SCHEDULERS, *FLOW_SCHEDULERS)
 SINGLE_CAPTION_CONDITIONINGS = ("nolevel", "classlevel")
 BASE_RUN = "base"
@@ -53,6 +64,7 @@ SUMMARY_FIGURES = (
     "mitigation_tradeoff",
     "similarity_distributions",
     "duplicated_vs_not",
+    "replication_by_dataset_size",
 )
 
 
@@ -162,7 +174,7 @@ def check_combination(
         )
 
 
-SEEDED_SECTIONS = ("duplication", "training", "generation")
+SEEDED_SECTIONS = ("duplication", "training", "generation", "memorization")
 
 
 # The CLIP model each CLIP-score convention uses unless clipscore.model names another: torchmetrics'
@@ -209,6 +221,7 @@ def check(config: dict) -> None:
                 raise ConfigError(
                     f"{where}: generation preset {gen!r} is not defined in generation.presets; defined: {_allowed(presets)}"
                 )
+        check_block_runs(config, block, where)
         for ds, dup, cond, mit in itertools.product(
             block["datasets"], block["duplication"], block["conditioning"], block["train_mitigation"]
         ):
@@ -228,10 +241,7 @@ def check(config: dict) -> None:
         _require_model(config, config["fid"]["model"], "fid_inception", "fid.model")
     if config["clipscore"]["enabled"]:
         _require_model(config, config["clipscore"]["model"], "clip", "clipscore.model")
-    if any(d["blip_captions"] for d in datasets.values()) and "instancelevel_blip" in _used_conditionings(
-        config
-    ):
-        _require_model(config, config["captions"]["blip"]["model"], "blip", "captions.blip.model")
+    check_caption_models(config)
     matrix = {(ds, r.name) for ds, r in runs({**config, "sweeps": {}})}
     for name, sweep in config.get("sweeps", {}).items():
         where = f"sweeps.{name}"
@@ -264,7 +274,54 @@ def check(config: dict) -> None:
         need = {"folder": "path", "urls": "path", "build": "builder"}[src["type"]]
         if need not in src:
             raise ConfigError(f"datasets.{name}.source: type {src['type']!r} needs '{need}'")
+    check_threshold(config)
     check_webscale(config)
+    check_memorization(config)
+
+
+def check_threshold(config: dict) -> None:
+    """similarity.threshold: calibrated needs the calibration rule."""
+    if config["similarity"]["threshold"] == "calibrated" and not config["calibration"]["enabled"]:
+        raise ConfigError(
+            "similarity.threshold: 'calibrated' takes the threshold from the calibration; "
+            "set calibration.enabled: true"
+        )
+
+
+def check_caption_models(config: dict) -> None:
+    """The captioners instancelevel_blip needs: BLIP where a dataset asks for BLIP captions, the
+    instruction model (and an instruction with a {caption} slot) where one asks for LLM captions."""
+    datasets = config["datasets"]
+    if any(d["blip_captions"] for d in datasets.values()) and "instancelevel_blip" in _used_conditionings(
+        config
+    ):
+        _require_model(config, config["captions"]["blip"]["model"], "blip", "captions.blip.model")
+    if any(d.get("llm_captions") for d in datasets.values()) and "instancelevel_blip" in _used_conditionings(
+        config
+    ):
+        _require_model(config, config["captions"]["llm"]["model"], "llm", "captions.llm.model")
+        instruction = config["captions"]["llm"].get("instruction")
+        if instruction is not None and "{caption}" not in instruction:
+            raise ConfigError(
+                "captions.llm.instruction: no {caption} placeholder; the caption would not be sent"
+            )
+
+
+def check_block_runs(config: dict, block: dict, where: str) -> None:
+    """A block makes runs: finetunes (duplication and conditioning both given), the base run or
+    pretrained models (diffusers models entries)."""
+    if bool(block["duplication"]) != bool(block["conditioning"]):
+        given, empty = (
+            ("duplication", "conditioning") if block["duplication"] else ("conditioning", "duplication")
+        )
+        raise ConfigError(f"{where}: {given} is given but {empty} is empty; a finetune needs both")
+    if not (block["duplication"] or block["include_base"] or block.get("pretrained")):
+        raise ConfigError(
+            f"{where}: the block makes no run; give duplication and conditioning, include_base: true "
+            "or pretrained: [<model>, ...]"
+        )
+    for model in block.get("pretrained", []):
+        _require_model(config, model, "diffusers", f"{where}.pretrained")
 
 
 def check_webscale(config: dict) -> None:
@@ -314,6 +371,7 @@ def runs(config: dict) -> list[tuple[str, Run]]:
         for ds in block["datasets"]:
             if block["include_base"]:
                 out.add((ds, Run()))
+            out.update((ds, Run(model=m)) for m in block.get("pretrained", []))
             for dup, cond, mit in itertools.product(
                 block["duplication"], block["conditioning"], block["train_mitigation"]
             ):
@@ -322,8 +380,16 @@ def runs(config: dict) -> list[tuple[str, Run]]:
         for run in sweep["runs"]:
             out.add((sweep["dataset"], Run.parse(run)))
     for search in config.get("webscale", {}).get("searches", []):  # the web-scale lane's generations
-        out.add((search["prompts"]["dataset"], Run.parse(PRETRAINED_PREFIX + search["model"])))
+        out.add((search["prompts"]["dataset"], search_run(config, search)))
     return sorted(out, key=lambda x: (x[0], not x[1].is_base, x[1].name))
+
+
+def search_run(config: dict, search: dict) -> Run:
+    """The run whose generations a web-scale search searches: ``pretrained-<model>``, or ``base``
+    when the model is the base model (the same generations: the mini lane's mini_sd)."""
+    if search["model"] == config["base_model"]:
+        return Run()
+    return Run.parse(PRETRAINED_PREFIX + search["model"])
 
 
 def finetunes(config: dict) -> list[tuple[str, Run]]:
@@ -402,6 +468,7 @@ def generations(config: dict) -> list[tuple[str, Run, str]]:
             ]
             if block["include_base"]:
                 block_runs.append(Run())
+            block_runs += [Run(model=m) for m in block.get("pretrained", [])]
             for r, gen in itertools.product(block_runs, block["generation"]):
                 out.add((ds, r, gen))
     for sweep_name, sweep in config.get("sweeps", {}).items():
@@ -415,3 +482,59 @@ def measured_generations(config: dict) -> list[tuple[str, Run, str]]:
     """Generations that get similarity / FID / CLIP score (sweep cells only feed image grids)."""
     sweeps = sweep_presets(config)
     return [g for g in generations(config) if g[2] not in sweeps]
+
+
+MEMORIZATION_FAMILIES = ("sd", "sdxl")  # the UNet families (diffrep.memorization.SUPPORTED_FAMILIES)
+PROMPT_SOURCE_NEEDS = {"url": ("url",), "model": ("model", "path"), "file": ("path",)}
+
+
+def check_memorization(config: dict) -> None:
+    """Cross-key checks of the memorization benchmarks (models, families, prompt files, presets) and of
+    the memthreshold train-time mitigation (it needs its threshold)."""
+    if any("memthreshold" in b["train_mitigation"] for b in config["experiments"]) and (
+        config.get("train_mitigations", {}).get("mem_threshold") is None
+    ):
+        raise ConfigError(
+            "train_mitigation memthreshold needs train_mitigations.mem_threshold (the metric's threshold)"
+        )
+    mem = config.get("memorization", {})
+    files = mem.get("prompt_files", {})
+    for name, entry in files.items():
+        src = entry["source"]
+        for key in PROMPT_SOURCE_NEEDS[src["type"]]:
+            if key not in src:
+                raise ConfigError(
+                    f"memorization.prompt_files.{name}.source: type {src['type']!r} needs '{key}'"
+                )
+        if src["type"] == "model":
+            _require_model(
+                config, src["model"], "diffusers", f"memorization.prompt_files.{name}.source.model"
+            )
+    emb = mem.get("replication", {}).get("embedder")
+    if emb is not None and emb not in config["embedders"]:
+        raise ConfigError(
+            f"memorization.replication.embedder: {emb!r} is not defined; defined: {_allowed(config['embedders'])}"
+        )
+    for name, bench in mem.get("benchmarks", {}).items():
+        where = f"memorization.benchmarks.{name}"
+        _require_model(config, bench["model"], "diffusers", f"{where}.model")
+        family = config["models"][bench["model"]].get("family", "sd")
+        if family not in MEMORIZATION_FAMILIES:
+            raise ConfigError(
+                f"{where}.model: model {bench['model']!r} is of family {family!r}; the detection metric "
+                f"||eps(x_t,c) - eps(x_t,empty)|| is implemented for {', '.join(MEMORIZATION_FAMILIES)}"
+            )
+        for key, values, defined in (
+            ("prompt_files", bench["prompt_files"], files),
+            ("presets", bench.get("presets", ["default"]), config["generation"]["presets"]),
+        ):
+            for value in values:
+                if value not in defined:
+                    raise ConfigError(
+                        f"{where}.{key}: {value!r} is not defined; defined: {_allowed(defined)}"
+                    )
+        ds = bench.get("fid_dataset")
+        if ds is not None and ds not in config["datasets"]:
+            raise ConfigError(
+                f"{where}.fid_dataset: {ds!r} is not defined; defined: {_allowed(config['datasets'])}"
+            )

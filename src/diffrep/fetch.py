@@ -105,7 +105,7 @@ class FetchJob:
     """What a source fetcher needs to know about the model besides its source entry."""
 
     name: str  # the model's name in the config (its folder under resources/models/)
-    kind: str  # diffusers | blip | clip | sscd | fid_inception
+    kind: str  # diffusers | blip | clip | sscd | fid_inception | llm
     variant: str | None = None  # hub weight variant (``fp16``); None = full precision
     pins: dict[str, str] = field(default_factory=dict)  # {path in the model folder: sha256}
     partial_dir: Path | None = None  # resumable url downloads, kept across failed jobs
@@ -140,7 +140,7 @@ def allow_patterns(kind: str, variant: str | None = None) -> list[str]:
 
     diffusers: model_index.json, each component's config, the tokenizer, the scheduler, the
     feature extractor's config, and the UNet / VAE / text-encoder safetensors in `variant`
-    (``None`` = full precision, ``"fp16"`` = the ``*.fp16.safetensors`` files only). blip / clip: a
+    (``None`` = full precision, ``"fp16"`` = the ``*.fp16.safetensors`` files only). blip / clip / llm: a
     transformers folder (configs, tokenizer, safetensors). sscd: TorchScript files. fid_inception:
     safetensors or pytorch-fid's released ``pt_inception-*.pth``.
     """
@@ -156,7 +156,7 @@ def allow_patterns(kind: str, variant: str | None = None) -> list[str]:
             *_weights("diffusion_pytorch_model", variant),
             *_weights("model", variant),
         ]
-    if kind in ("blip", "clip"):
+    if kind in ("blip", "clip", "llm"):
         return [
             "config.json",
             "generation_config.json",
@@ -165,12 +165,14 @@ def allow_patterns(kind: str, variant: str | None = None) -> list[str]:
             _variant("model.safetensors", variant),
             "model.safetensors.index.json",
             "model-?????-of-?????.safetensors",
+            # llm: a sentencepiece tokenizer (Gemma) and the chat template, when shipped apart
+            *(["tokenizer.model", "chat_template.jinja", "chat_template.json"] if kind == "llm" else []),
         ]
     if kind == "sscd":
         return ["*.torchscript.pt"]
     if kind == "fid_inception":
         return ["*.safetensors", "pt_inception-*.pth"]
-    raise ValueError(f"unknown model kind {kind!r}; known: blip, clip, diffusers, fid_inception, sscd")
+    raise ValueError(f"unknown model kind {kind!r}; known: blip, clip, diffusers, fid_inception, llm, sscd")
 
 
 def ignore_patterns(kind: str) -> list[str]:
@@ -219,7 +221,7 @@ def check_complete(kind: str, folder: Path, variant: str | None = None, where: s
                 and not any(f.startswith(f"{tok}/") for f in files)
             ):
                 fail(f"no {tok}/ files")
-    elif kind in ("blip", "clip"):
+    elif kind in ("blip", "clip", "llm"):
         if "config.json" not in files:
             fail("no config.json (not a transformers model folder)")
         if not any(f.endswith(".safetensors") for f in files):

@@ -264,6 +264,80 @@ def mitigation_tradeoff(summary: pd.DataFrame, style: Mapping, study: str):
     return fig
 
 
+def _size_series(summary: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the settings (run × preset × embedder) measured on at least two datasets of different
+    training-set size, with ``n_train`` (from the baselines table) and numeric statistics."""
+    rows = summary
+    if "n_train" not in rows or numeric(rows["n_train"]).isna().all():  # older tables: from the baselines
+        sizes = baselines[["dataset", "embedder", "n_train"]].drop_duplicates(["dataset", "embedder"])
+        rows = rows.drop(columns=["n_train"], errors="ignore").merge(sizes, on=["dataset", "embedder"])
+    rows = rows.assign(
+        n_train=numeric(rows["n_train"]), frac_above=numeric(rows["frac_above"]), p95=numeric(rows["p95"])
+    )
+    rows = rows[rows["n_train"].notna()]
+    n_sizes = rows.groupby(["run", "preset", "embedder"])["n_train"].transform("nunique")
+    rows = rows[n_sizes >= 2]
+    return rows.assign(setting=rows["run"] + " · " + rows["preset"]).sort_values("n_train")
+
+
+def replication_by_dataset_size(summary: pd.DataFrame, baselines: pd.DataFrame, style: Mapping, study: str):
+    """CVPR'23's dataset-size experiment: for every setting (run × preset) trained on datasets of
+    several sizes, the fraction of generations above the replication threshold (left) and the 95th
+    percentile of top-1 similarity (right) against the number of training images (log scale), per
+    embedder; dotted: each dataset's train-vs-train baseline p95."""
+    height, aspect = _sizes(style, 3.4, 1.3)
+    rows = _size_series(summary, baselines)
+    embedders = sorted(rows["embedder"].unique()) or ["?"]
+    with themed(style):
+        fig, axes = plt.subplots(
+            len(embedders), 2, figsize=(2 * height * aspect, height * len(embedders) + 0.8), squeeze=False
+        )
+        for (ax_frac, ax_p95), emb in zip(axes, embedders):
+            part = rows[rows["embedder"] == emb]
+            if part.empty:
+                note(ax_frac, "no setting trained on datasets of several sizes in this study")
+                note(ax_p95, "(an experiments block with the same settings on nested datasets)")
+                continue
+            threshold = numeric(part["threshold"]).dropna()
+            for ax, col, ylabel in (
+                (ax_frac, "frac_above", "fraction of generations above the threshold"),
+                (ax_p95, "p95", "95th percentile of top-1 similarity (cosine)"),
+            ):
+                sns.lineplot(
+                    data=part,
+                    x="n_train",
+                    y=col,
+                    hue="setting",
+                    marker="o",
+                    palette=style.get("palette", "deep"),
+                    ax=ax,
+                )
+                for _, r in part.iterrows():
+                    ax.annotate(
+                        f"{r[col]:.3f}",
+                        (r["n_train"], r[col]),
+                        fontsize=7,
+                        xytext=(4, 4),
+                        textcoords="offset points",
+                    )
+                ax.set_xscale("log")
+                ax.set_xlabel("training images (log scale)")
+                ax.set_ylabel(ylabel)
+                ax.legend(fontsize=6, loc="best")
+            bl = baselines[baselines["embedder"] == emb].assign(n_train=lambda d: numeric(d["n_train"]))
+            bl = bl[bl["dataset"].isin(set(part["dataset"]))].sort_values("n_train")
+            ax_p95.plot(
+                bl["n_train"], numeric(bl["p95"]), ls=":", c="0.4", marker=".", label="train vs train"
+            )
+            ax_p95.legend(fontsize=6, loc="best")
+            thr = f", threshold {threshold.iloc[0]:g}" if not threshold.empty else ""
+            ax_frac.set_title(f"{emb}: replication{thr}", fontsize=9)
+            ax_p95.set_title(f"{emb}: similarity", fontsize=9)
+        fig.suptitle(study_title(style.get("title", "Replication by training-set size"), study))
+        fig.tight_layout()
+    return fig
+
+
 def similarity_distributions(
     matches: Mapping[tuple, pd.DataFrame],
     baseline_matches: Mapping[tuple, pd.DataFrame],
@@ -693,6 +767,8 @@ def summary_figure(
         return similarity_distributions(
             read_matches(matches), read_baseline_matches(baseline_matches), style, study
         )
+    if name == "replication_by_dataset_size":
+        return replication_by_dataset_size(summary, baselines, style, study)
     if name == "duplicated_vs_not":
         return duplicated_vs_not(summary, read_matches(matches), read_plans(plans, plan_ids), style, study)
     raise ValueError(f"unknown figure {name!r}; allowed: {', '.join(SUMMARY_FIGURES)}")

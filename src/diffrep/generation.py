@@ -8,7 +8,9 @@ The prompt mitigation (rand_numb_add / rand_word_add / rand_word_repeat, ``repea
 to each prompt with a generator seeded by (seed, index). Image ``i`` is generated with a torch
 generator seeded ``derive_seed(seed, "image", i)`` (upstream left finetuned models unseeded), and
 the gaussnoise mitigation adds λ·N(0, 1) to both classifier-free-guidance halves of the prompt
-embedding from a generator seeded by (seed, "embedding", i). Images therefore depend only on their
+embedding from a generator seeded by (seed, "embedding", i). The memorisation mitigations
+published after DCR (prompt_optimization, guidance_transition, attention_rescale:
+:mod:`diffrep.memmitigation`) act on the embeddings or around the pipeline call. Images therefore depend only on their
 index, never on the batch size or on which images were made before.
 
 Prompt embeddings are computed once per batch (``pipe.encode_prompt``) and passed to the pipeline.
@@ -28,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffrep import families, pipelines
+from diffrep import families, memmitigation, pipelines
 from diffrep.captions import read_caption_file
 from diffrep.config import derive_seed
-from diffrep.devices import resolve_device
+from diffrep.devices import device_precision, resolve_device
 from diffrep.duplication import in_dup_set
 from diffrep.families import scheduler_class
 from diffrep.fileio import atomic_path, resumable_dir
@@ -112,11 +114,19 @@ def set_scheduler(pipe, name: str) -> None:
     pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **extra)
 
 
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
 def resolve_dtype(dtype: str, device: str):
+    """The torch dtype of a generation: ``auto`` is fp16 on a GPU and fp32 on a CPU; fp16 asked for on
+    a CPU runs as bf16, with a warning (:func:`diffrep.devices.device_precision`)."""
     import torch
 
+    if dtype not in DTYPES:
+        raise ValueError(f"generation dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     if dtype == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
+    dtype = device_precision(dtype, device, "generation.dtype")
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
@@ -144,7 +154,10 @@ def generate_batch(
         if preset.get("mitigation") == "gaussnoise":
             gens = [torch.Generator().manual_seed(derive_seed(s, "embedding")) for s in seeds]
             embeds = pipelines.noisy_embeddings(embeds, float(preset.get("lam", 0.1)), gens)
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    if preset.get("mitigation") == "prompt_optimization":
+        embeds = memmitigation.optimize_prompt_embeds(pipe, family, embeds, seeds, preset, resolution)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    with torch.no_grad(), memmitigation.applied(pipe, preset, prompts) as callback:
         out = pipe(
             **embeds,
             guidance_scale=cfg,
@@ -153,6 +166,7 @@ def generate_batch(
             width=resolution,
             generator=gens,
             output_type="pil",
+            callback_on_step_end=callback,
         )
     return out.images
 

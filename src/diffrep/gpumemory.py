@@ -116,34 +116,24 @@ def finetune_estimate(variant: str = "sd21", batch: int = 16, resolution: int = 
 
 
 def generate_estimate(variant: str = "sd21", batch: int = 8, resolution: int = 256) -> dict:
-    """GiB of generation: fp16 weights and the largest layer of the UNet (batch x 2 for classifier-free
-    guidance) or of the VAE decoder (batch)."""
+    """GiB of generation: 2-byte weights (fp16; bf16 for SD 3.x, T5-XXL included) and the largest
+    layer of the denoiser (batch x 2 for classifier-free guidance) or of the VAE decoder (batch)."""
     import torch
 
-    from diffrep.rehearsal import sd_modules
+    from diffrep.flops import denoiser_call, meta_modules
 
-    with torch.device("meta"):
-        mods = sd_modules(variant)
-    unet, vae = mods["unet"].to(torch.float16).eval(), mods["vae"].to(torch.float16).eval()
-    side, text = resolution // 8, unet.config.cross_attention_dim
-    x = torch.empty(2 * batch, 4, side, side, device="meta", dtype=torch.float16)
-    h = torch.empty(2 * batch, 77, text, device="meta", dtype=torch.float16)
-    t = torch.zeros(2 * batch, dtype=torch.long, device="meta")
-    extra = {}
-    if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text embedding + 6 time ids
-        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        extra["added_cond_kwargs"] = {
-            "text_embeds": torch.empty(2 * batch, pooled, device="meta", dtype=torch.float16),
-            "time_ids": torch.empty(2 * batch, 6, device="meta", dtype=torch.float16),
-        }
-    layer_unet = largest_layer_bytes(unet, lambda: unet(x, t, h, **extra))
-    z = torch.empty(batch, 4, side, side, device="meta", dtype=torch.float16)
+    mods = {k: m.to(torch.float16).eval() for k, m in meta_modules(variant).items()}
+    side = resolution // 8
+    denoiser, call = denoiser_call(mods, 2 * batch, side, torch.float16)
+    layer_denoiser = largest_layer_bytes(denoiser, call)
+    vae = mods["vae"]
+    z = torch.empty(batch, vae.config.latent_channels, side, side, device="meta", dtype=torch.float16)
     layer_vae = largest_layer_bytes(vae, lambda: vae.decode(z))
     weights = 2 * sum(_params(m) for m in mods.values())
     return {
         "weights_fp16_gib": weights / GIB,
-        "largest_layer_gib": max(layer_unet, layer_vae) / GIB,
-        "total_gib": (weights + max(layer_unet, layer_vae)) / GIB + OVERHEAD_GIB,
+        "largest_layer_gib": max(layer_denoiser, layer_vae) / GIB,
+        "total_gib": (weights + max(layer_denoiser, layer_vae)) / GIB + OVERHEAD_GIB,
     }
 
 
@@ -188,11 +178,12 @@ def table(batch: int = 16, resolution: int = 256, generate_batch: int = 8, embed
             f"| generate | sd21 | batch {generate_batch} (x2 CFG), {res} px, fp16 | {g['weights_fp16_gib']:.1f} | "
             f"{g['largest_layer_gib']:.1f} | {g['total_gib']:.1f} |"
         )
-    g = generate_estimate("sdxl", generate_batch, 1024)
-    rows.append(
-        f"| generate | sdxl | batch {generate_batch} (x2 CFG), 1024 px, fp16 | {g['weights_fp16_gib']:.1f} | "
-        f"{g['largest_layer_gib']:.1f} | {g['total_gib']:.1f} |"
-    )
+    for variant, dtype in (("sdxl", "fp16"), ("sd35_medium", "bf16, with T5-XXL")):
+        g = generate_estimate(variant, generate_batch, 1024)
+        rows.append(
+            f"| generate | {variant} | batch {generate_batch} (x2 CFG), 1024 px, {dtype} | "
+            f"{g['weights_fp16_gib']:.1f} | {g['largest_layer_gib']:.1f} | {g['total_gib']:.1f} |"
+        )
     for variant in ("disc_large", "disc_mixup"):
         e = embed_estimate(variant, embed_batch)
         rows.append(

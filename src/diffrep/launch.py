@@ -82,6 +82,8 @@ def training_argv(
         "--dataloader_num_workers",
         str(workers),
     ]
+    if mitigation.get("name") == "memthreshold":
+        argv += ["--mem_threshold", str(mitigation["mem_threshold"])]
     for key in TRAINING_FLAGS:
         if key in training:
             argv += [

@@ -49,6 +49,14 @@ CAPTION_MITIGATIONS = (
     "randwordadd",
     "wordrepeat",
 )  # the train-time ones that edit the caption
+# Inference-time mitigations that leave the prompt text as it is (they act on embeddings or sampling).
+EMBEDDING_MITIGATIONS = (
+    "none",
+    "gaussnoise",
+    "prompt_optimization",
+    "guidance_transition",
+    "attention_rescale",
+)
 VOCAB_LIMIT = 49400
 RANDREPL_TOKENS = 4
 ADDED_WORDS = 2
@@ -142,8 +150,8 @@ def augment_prompt(
     tokenizer=None,
     vocab_limit: int = VOCAB_LIMIT,
 ) -> str:
-    """An inference-time prompt mitigation applied `repeats` times; ``none``/``gaussnoise`` return it unchanged."""
-    if style in ("none", "gaussnoise"):
+    """An inference-time prompt mitigation applied `repeats` times; the others return it unchanged."""
+    if style in EMBEDDING_MITIGATIONS:
         return prompt
     if style == "rand_numb_add":
         for _ in range(repeats):

@@ -115,7 +115,7 @@ def with_platform(
     (:func:`describe`) of this machine; the fingerprint is logged to `logger` in full.
 
     The tables rule writes every table through it, so that summaries made on several machines can
-    be told apart (``python -m diffrep.seed_summary`` groups by ``platform_id``).
+    be told apart (``python -m diffrep.seeds`` groups by ``platform_id``).
     """
     fingerprint = fingerprint or platform_fingerprint()
     if logger:

@@ -8,6 +8,8 @@ read it:
   folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
   ``scheduler/``, ``feature_extractor/``; safetensors), with the published UNet / VAE / text-encoder
   / scheduler configurations (:data:`SD_MODELS`);
+- ``rehearsal_sd3`` (variant ``sd35_medium``): a diffusers StableDiffusion3Pipeline folder with SD 3.5
+  Medium's published configurations (:data:`SD3_MODELS`), generation only, without T5-XXL;
 - ``rehearsal_sscd`` (variant ``disc_large`` | ``disc_mixup``): an SSCD TorchScript file
   (``sscd_<variant>.torchscript.pt``): a ResNeXt-101 32x4d / ResNet-50 trunk, GeM pooling
   (p = 3), a linear projection to 1024 / 512 dimensions and L2 normalisation, as the SSCD
@@ -199,6 +201,60 @@ SD_MODELS["sdxl"] = {
     "pad_token_2": "!",
     "scheduler": ("EulerDiscreteScheduler", {**_SCHEDULER, "prediction_type": "epsilon"}),
 }
+# stabilityai/stable-diffusion-3.5-medium (1024, flow matching; generation only): transformer/config.json
+# (SD3Transformer2DModel, MMDiT-X: dual attention in the first 13 blocks, RMS-normed queries and keys),
+# vae/config.json (16 latent channels, no quant convs, scaling 1.5305, shift 0.0609), the two CLIP
+# text encoders with projection (text_encoder/ = CLIP ViT-L/14's, text_encoder_2/ = OpenCLIP-bigG's)
+# and text_encoder_3/ = T5 v1.1 XXL's encoder; scheduler/ FlowMatchEulerDiscreteScheduler, shift 3.
+_SD35_TRANSFORMER = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,  # T5-XXL's width; the CLIP states are zero-padded to it
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,  # CLIP-L's 768 + bigG's 1280 pooled projections
+    "pos_embed_max_size": 384,
+    "dual_attention_layers": list(range(13)),
+    "qk_norm": "rms_norm",
+}
+_SD3_VAE = {
+    **_SD_VAE,
+    "latent_channels": 16,
+    "sample_size": 1024,
+    "scaling_factor": 1.5305,
+    "shift_factor": 0.0609,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+}
+_T5_XXL = {
+    "vocab_size": 32128,
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_layers": 24,
+    "num_heads": 64,
+    "feed_forward_proj": "gated-gelu",
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "layer_norm_epsilon": 1e-6,
+    "tie_word_embeddings": False,
+}
+SD3_MODELS = {
+    "sd35_medium": {
+        "transformer": _SD35_TRANSFORMER,
+        "vae": _SD3_VAE,
+        "text_encoder": _CLIP_L_TEXT,
+        "text_encoder_2": _OPENCLIP_BIGG_TEXT,
+        "text_encoder_3": _T5_XXL,
+        "pad_token": "<|endoftext|>",
+        "pad_token_2": "!",
+        "scheduler": ("FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": 1000, "shift": 3.0}),
+    },
+}
 # openai/clip-vit-large-patch14, config.json (and preprocessor_config.json: 224 px, OpenAI mean/std)
 CLIP_VIT_L14 = {
     "text_config": _CLIP_L_TEXT,
@@ -353,6 +409,33 @@ def sd_configs(variant: str, width_scale: float = 1.0) -> dict:
     return {"unet": unet, "vae": scale_vae(spec["vae"], s), **texts}
 
 
+def sd3_configs(variant: str = "sd35_medium", width_scale: float = 1.0) -> dict:
+    """The transformer / vae / text_encoder / text_encoder_2 / text_encoder_3 (T5) configs of an SD 3.x
+    `variant` at `width_scale`. Heads shrink with the width, each keeping its published size; the
+    transformer's joint attention width follows T5's and its pooled input the two CLIP projections."""
+    if variant not in SD3_MODELS:
+        raise ValueError(f"rehearsal_sd3: unknown variant {variant!r}; known: {', '.join(SD3_MODELS)}")
+    s = _check_scale(width_scale)
+    spec = SD3_MODELS[variant]
+    texts = {k: scale_transformer(spec[k], s) for k in ("text_encoder", "text_encoder_2")}
+    t5, tr = dict(spec["text_encoder_3"]), dict(spec["transformer"])
+    if s != 1:
+        t5.update(
+            d_model=scaled(t5["d_model"], s, 8),
+            d_ff=scaled(t5["d_ff"], s, 8),
+            num_heads=max(1, round(t5["num_heads"] * s)),
+        )
+        tr["num_attention_heads"] = max(1, round(tr["num_attention_heads"] * s))
+    tr.update(
+        caption_projection_dim=tr["num_attention_heads"] * tr["attention_head_dim"],
+        joint_attention_dim=t5["d_model"],
+        pooled_projection_dim=sum(t["projection_dim"] for t in texts.values()),
+    )
+    if sum(t["hidden_size"] for t in texts.values()) > t5["d_model"]:  # the pipeline pads CLIP to T5
+        raise ValueError(f"rehearsal_sd3: width_scale {width_scale} makes T5 narrower than the CLIP states")
+    return {"transformer": tr, "vae": scale_vae(spec["vae"], s), **texts, "text_encoder_3": t5}
+
+
 def clip_config(base: dict, width_scale: float = 1.0) -> dict:
     """CLIP ViT-L/14's or BLIP base's config at `width_scale` (the text tower attends to the vision
     tower's width in BLIP: ``encoder_hidden_size`` follows it)."""
@@ -387,6 +470,24 @@ def sd_modules(variant: str, width_scale: float = 1.0) -> dict:
     }
     if "text_encoder_2" in cfgs:
         modules["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**cfgs["text_encoder_2"]))
+    return modules
+
+
+def sd3_modules(variant: str = "sd35_medium", width_scale: float = 1.0, t5: bool = True) -> dict:
+    """``{"transformer", "vae", "text_encoder", "text_encoder_2"[, "text_encoder_3"]}`` of an SD 3.x
+    variant on torch's current default device; ``t5=False`` leaves T5 out."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    cfgs = sd3_configs(variant, width_scale)
+    modules = {
+        "transformer": SD3Transformer2DModel(**cfgs["transformer"]),
+        "vae": AutoencoderKL(**cfgs["vae"]),
+        "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig(**cfgs["text_encoder"])),
+        "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**cfgs["text_encoder_2"])),
+    }
+    if t5:
+        modules["text_encoder_3"] = T5EncoderModel(T5Config(**cfgs["text_encoder_3"]))
     return modules
 
 
@@ -439,6 +540,8 @@ def parameter_counts(width_scale: float = 1.0) -> dict:
     with torch.device("meta"):
         for variant in SD_MODELS:
             out[variant] = {k: count(m) for k, m in sd_modules(variant, width_scale).items()}
+        for variant in SD3_MODELS:
+            out[variant] = {k: count(m) for k, m in sd3_modules(variant, width_scale).items()}
         for variant in SSCD_MODELS:
             out[f"sscd_{variant}"] = count(sscd_module(variant, width_scale))
         out["clip_vit_l14"] = count(clip_module(width_scale))
@@ -565,6 +668,38 @@ def build_rehearsal_sd(
         pipe.save_pretrained(tmp, safe_serialization=True)
         _no_pickles(tmp)
         (tmp / "build_info.json").write_text(_info("rehearsal_sd", seed, options, counts, variant))
+    return Path(out_dir)
+
+
+def build_rehearsal_sd3(
+    out_dir: str | os.PathLike, seed: int, variant: str = "sd35_medium", width_scale: float = 1.0
+) -> Path:
+    """Builder ``rehearsal_sd3``: a StableDiffusion3Pipeline folder with the published configuration of
+    `variant` (sd35_medium), without T5-XXL: ``text_encoder_3`` and ``tokenizer_3`` are listed as
+    absent (``[null, null]``), the subset diffusers documents (the pipeline then gives the
+    transformer zeros in T5's place). T5-XXL's 4.76 G parameters (19 GB in fp32) are counted by
+    :func:`parameter_counts`, not built."""
+    import diffusers
+
+    with _seed(seed):
+        modules = sd3_modules(variant, width_scale, t5=False)
+    spec = SD3_MODELS[variant]
+    cls, sched_cfg = spec["scheduler"]
+    pipe = diffusers.StableDiffusion3Pipeline(
+        **{k: m.eval() for k, m in modules.items()},
+        tokenizer=clip_tokenizer(seed, spec["pad_token"]),
+        tokenizer_2=clip_tokenizer(seed, spec["pad_token_2"]),
+        text_encoder_3=None,
+        tokenizer_3=None,
+        scheduler=getattr(diffusers, cls).from_config(sched_cfg),
+    )
+    counts = {k: count(m) for k, m in modules.items()}
+    options = {"variant": variant, "width_scale": width_scale}
+    source = f"{variant} without text_encoder_3 (T5-XXL)"
+    with staged_dir(out_dir) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        _no_pickles(tmp)
+        (tmp / "build_info.json").write_text(_info("rehearsal_sd3", seed, options, counts, source))
     return Path(out_dir)
 
 

@@ -67,11 +67,16 @@ def short_hash(path, length: int = 12) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
 
 
+PRETRAINED = "pretrained"
+
+
 def settings(run: str) -> dict:
-    """``duplication``, ``conditioning``, ``train_mitigation`` of a run name (``base`` for the base)."""
+    """``duplication``, ``conditioning``, ``train_mitigation`` of a run name (all three ``base`` for
+    the base run, ``pretrained`` for a ``pretrained-<model>`` run)."""
     r = Run.parse(run)
-    if r.is_base:
-        return {"duplication": BASE_RUN, "conditioning": BASE_RUN, "train_mitigation": BASE_RUN}
+    if r.is_base or r.is_pretrained:
+        name = BASE_RUN if r.is_base else PRETRAINED
+        return {"duplication": name, "conditioning": name, "train_mitigation": name}
     return {"duplication": r.duplication, "conditioning": r.conditioning, "train_mitigation": r.mitigation}
 
 
@@ -216,6 +221,13 @@ def _provenance_columns(stats: dict, base_model: str, model_hash: Mapping, datas
     )
 
 
+def _row_model(run: str, base_model: str) -> str:
+    """The models entry a row's generations come from: a pretrained run's own, else the base model
+    (finetunes are made from it)."""
+    r = Run.parse(run)
+    return r.model if r.is_pretrained else base_model
+
+
 def summary_table(
     similarity: Iterable,
     fid: Mapping | None = None,
@@ -260,7 +272,7 @@ def summary_table(
                 **_similarity_columns(stats, path, base_lines.get((ds, emb))),
                 **_fid_columns(fids, (ds, run, gen), fid_enabled),
                 **_clipscore_columns(clips, clip_bg, (ds, run, gen), clipscore_enabled),
-                **_provenance_columns(stats, base_model, model_hash, data_hash.get(ds, "")),
+                **_provenance_columns(stats, _row_model(run, base_model), model_hash, data_hash.get(ds, "")),
             }
         )
     if not rows:

@@ -327,6 +327,13 @@ MINI_DEFAULTS = dict(
     guidance_scale=3.0,
     threads=2,  # fixed torch thread count while training (results depend on it)
 )
+# Memorised prompts planted during pretraining (issue 18, diffrep.plantedmem): off by default, and
+# then absent from build_info.json (so a model built without them keeps its bytes).
+PLANTED_DEFAULTS = dict(
+    planted=0,  # number of planted pictures, each under one unique nonsense caption
+    planted_fraction=0.25,  # fraction of every UNet pretraining batch drawn from the planted pictures
+    planted_controls=16,  # unseen nonsense captions, and as many held-out descriptions, as controls
+)
 MICRO_OVERRIDES = dict(n_base_images=64, n_holdout=8, vae_steps=40, unet_steps=20, sample_steps=4)
 
 
@@ -422,6 +429,7 @@ def pretrain_unet(
     train_text_encoder,
     generator,
     progress=None,
+    planted: tuple[int, float] | None = None,
 ) -> list[float]:
     """Text-to-image denoising pretraining of the UNet (and optionally the text encoder).
 
@@ -429,7 +437,9 @@ def pretrain_unet(
     latents are sampled from it every step and scaled by ``vae.config.scaling_factor``, the
     standard SD objective (MSE against the noise, or the velocity for v-prediction). Captions
     are dropped (empty prompt) 10 % of the time, so classifier-free guidance works. `progress`
-    (optional) is updated after every step.
+    (optional) is updated after every step. `planted` = (n, fraction): the last n latents and
+    captions are planted pictures (:mod:`diffrep.plantedmem`); each batch element is one of them
+    (uniformly) with probability `fraction`, else a base picture (uniformly).
     """
     import torch
 
@@ -443,7 +453,7 @@ def pretrain_unet(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     losses = []
     for step in range(steps):
-        idx = torch.randint(len(captions), (batch_size,), generator=generator)
+        idx = _draw(len(captions), batch_size, generator, planted)
         drop = torch.rand(batch_size, generator=generator) < 0.1
         tok = tokens[torch.where(drop, torch.full_like(idx, empty), idx)]
         z0 = (
@@ -471,6 +481,19 @@ def pretrain_unet(
     return losses
 
 
+def _draw(n: int, batch_size: int, generator, planted: tuple[int, float] | None):
+    """Indices of one pretraining batch: uniform over `n`, or the planted mix (see pretrain_unet)."""
+    import torch
+
+    if not planted or not planted[0]:
+        return torch.randint(n, (batch_size,), generator=generator)
+    n_planted, fraction = int(planted[0]), float(planted[1])
+    base = torch.randint(n - n_planted, (batch_size,), generator=generator)
+    chosen = n - n_planted + torch.randint(n_planted, (batch_size,), generator=generator)
+    use = torch.rand(batch_size, generator=generator) < fraction
+    return torch.where(use, chosen, base)
+
+
 def _grid(rows) -> Image.Image:
     """Stack rows of uint8 images (each N x H x W x 3) into one PIL image."""
     import numpy as np
@@ -481,12 +504,12 @@ def _grid(rows) -> Image.Image:
 
 def mini_options(micro: bool, options: dict) -> dict:
     """:data:`MINI_DEFAULTS`, then :data:`MICRO_OVERRIDES` if `micro`, then `options` (names checked)."""
-    unknown = set(options) - set(MINI_DEFAULTS)
+    known = {**MINI_DEFAULTS, **PLANTED_DEFAULTS}
+    unknown = set(options) - set(known)
     if unknown:
-        raise ValueError(
-            f"mini_sd: unknown option(s) {sorted(unknown)}; known: micro, {', '.join(MINI_DEFAULTS)}"
-        )
-    return {**MINI_DEFAULTS, **(MICRO_OVERRIDES if micro else {}), **options}
+        raise ValueError(f"mini_sd: unknown option(s) {sorted(unknown)}; known: micro, {', '.join(known)}")
+    planted = PLANTED_DEFAULTS if int(options.get("planted", 0)) > 0 else {}
+    return {**MINI_DEFAULTS, **(MICRO_OVERRIDES if micro else {}), **planted, **options}
 
 
 @dataclasses.dataclass
@@ -557,7 +580,9 @@ def _vae_stage(vae, train_x, hold_x, opts: dict, generator) -> dict:
     }
 
 
-def _unet_stage(components: dict, vae_stage: dict, captions: list[str], opts: dict, generator) -> dict:
+def _unet_stage(
+    components: dict, vae_stage: dict, captions: list[str], opts: dict, generator, n_planted: int = 0
+) -> dict:
     """Pretrain the UNet (and text encoder) on the VAE stage's latents; losses and duration."""
     from diffrep.progress import ProgressLog
 
@@ -574,6 +599,7 @@ def _unet_stage(components: dict, vae_stage: dict, captions: list[str], opts: di
         bool(opts["train_text_encoder"]),
         generator,
         ProgressLog("mini_sd UNet", steps, log),
+        planted=(n_planted, float(opts.get("planted_fraction", 0.0))) if n_planted else None,
     )
     seconds = time.time() - t0
     final = sum(losses[-50:]) / len(losses[-50:]) if losses else float("nan")
@@ -604,21 +630,26 @@ def _samples(components: dict, hold_x, prompts: list[str], opts: dict, seed: int
     return _to_uint8(recon), (samples * 255).round().astype(np.uint8)
 
 
-def _pretrain(components: dict, base: BaseSet, opts: dict, seed: int) -> dict:
+def _pretrain(components: dict, base: BaseSet, opts: dict, seed: int, planted=None) -> dict:
     """Both pretraining stages and the samples, at the fixed thread count ``threads``.
 
     Returns the measurements, the images of ``build_samples.png`` and the platform fingerprint
-    (taken while the fixed thread count is set).
+    (taken while the fixed thread count is set). `planted` (a :class:`diffrep.plantedmem.PlantedSet`)
+    joins the VAE's training pictures and the UNet's pretraining mix.
     """
+    import numpy as np
     import torch
 
     from diffrep.provenance import platform_fingerprint
 
     with _seeded(seed + 10, threads=int(opts["threads"])):
         gen = torch.Generator().manual_seed(seed + 10)
-        train_x, hold_x = _to_tensor(base.train), _to_tensor(base.holdout)
+        train_images = base.train if planted is None else np.concatenate([base.train, planted.images])
+        train_x, hold_x = _to_tensor(train_images), _to_tensor(base.holdout)
+        captions = base.train_captions + ([] if planted is None else planted.captions)
+        n_planted = 0 if planted is None else len(planted.captions)
         vae = _vae_stage(components["vae"], train_x, hold_x, opts, gen)
-        unet = _unet_stage(components, vae, base.train_captions, opts, gen)
+        unet = _unet_stage(components, vae, captions, opts, gen, n_planted)
         prompts = base.holdout_captions[: min(8, len(base.holdout_captions))]
         recon, samples = _samples(components, hold_x, prompts, opts, seed)
         fingerprint = platform_fingerprint()
@@ -692,6 +723,20 @@ def measurements(result: dict, base: BaseSet) -> dict:
     }
 
 
+def _planted(seed: int, opts: dict):
+    """The planted set of a build with ``planted > 0`` (else None)."""
+    if int(opts.get("planted", 0)) <= 0:
+        return None
+    from diffrep.plantedmem import planted_set
+
+    if int(opts["planted_controls"]) > int(opts["n_holdout"]):
+        raise ValueError(
+            f"mini_sd: planted_controls {opts['planted_controls']} exceeds n_holdout {opts['n_holdout']} "
+            "(the held-out descriptions are the second control set)"
+        )
+    return planted_set(seed, int(opts["planted"]), int(opts["planted_controls"]), int(opts["resolution"]))
+
+
 def build_mini_sd(out_dir: str | os.PathLike, seed: int, micro: bool = False, **options) -> Path:
     """Builder ``mini_sd``: the mini study's base model, pretrained on the base image set.
 
@@ -719,8 +764,16 @@ def build_mini_sd(out_dir: str | os.PathLike, seed: int, micro: bool = False, **
     components = make_components(
         corpus, seed, int(opts["resolution"]), prediction_type=str(opts["prediction_type"])
     )
-    result = _pretrain(components, base, opts, seed)
+    planted = _planted(seed, opts)
+    result = _pretrain(components, base, opts, seed, planted)
     info = build_info(seed, micro, opts, components, base, len(corpus))
+    if planted is not None:
+        info["trained"]["planted"] = (
+            f"{len(planted.captions)} planted pictures (diffrep.plantedmem), each under one nonsense caption, "
+            f"in {opts['planted_fraction']} of every UNet batch and among the VAE's pictures; "
+            f"memorization/prompts.csv lists them with {len(planted.unseen)} unseen nonsense and "
+            f"{len(planted.unseen)} held-out description controls"
+        )
     durations = {
         "vae": round(result["vae"]["seconds"], 1),
         "unet": round(result["unet"]["seconds"], 1),
@@ -737,4 +790,8 @@ def build_mini_sd(out_dir: str | os.PathLike, seed: int, micro: bool = False, **
         _grid([base.holdout[: len(result["prompts"])], result["recon"], result["samples"]]).save(
             tmp / "build_samples.png", format="PNG"
         )
+        if planted is not None:
+            from diffrep.plantedmem import write_prompt_file
+
+            write_prompt_file(tmp, planted, base.holdout_captions[: len(planted.unseen)])
     return Path(out_dir)

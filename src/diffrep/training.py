@@ -33,6 +33,7 @@ import numpy as np
 
 from diffrep.captions import read_captions
 from diffrep.config import CONDITIONINGS, DUPLICATIONS, TRAIN_MITIGATIONS, derive_seed
+from diffrep.devices import device_precision
 from diffrep.mitigations import add_embedding_noise, train_caption
 from diffrep.provenance import platform_fingerprint
 
@@ -79,6 +80,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--train_mitigation", default="none", choices=TRAIN_MITIGATIONS)
     add("--trainspecial_prob", type=float, default=0.1, help="p of randrepl / randwordadd / wordrepeat.")
     add("--rand_noise_lam", type=float, default=0.1, help="gaussnoise: std of the text-embedding noise.")
+    add(
+        "--mem_threshold",
+        type=float,
+        default=None,
+        help="memthreshold: drop samples whose metric exceeds it.",
+    )
     add("--resolution", type=int, default=256)
     add("--center_crop", type=_bool, default=True)
     add("--random_flip", type=_bool, default=True)
@@ -103,12 +110,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.trainspecial_prob <= 1:
         parser.error(f"--trainspecial_prob {args.trainspecial_prob}: must be in [0, 1]")
+    if args.train_mitigation == "memthreshold" and args.mem_threshold is None:
+        parser.error("--train_mitigation memthreshold needs --mem_threshold")
     return args
 
 
 def settings_hash(args: argparse.Namespace) -> str:
     """A hash of the result-changing settings: a checkpoint resumes only a run with the same hash."""
     keep = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_RESULT_CHANGING}
+    if keep.get("mem_threshold") is None:  # absent before memthreshold existed: old checkpoints still resume
+        keep.pop("mem_threshold", None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -321,12 +332,17 @@ def diffusion_loss(
     seed: int,
     rand_noise_lam: float = 0.0,
     weight_dtype=None,
+    mem_threshold: float | None = None,
+    empty_ids=None,
 ):
     """Mean-squared error of the UNet's prediction against ε or the velocity, for one micro-batch.
 
     Latents = VAE posterior sample x ``vae.config.scaling_factor``; per image a timestep uniform in
     [0, num_train_timesteps), Gaussian noise, and (gaussnoise) λ·N(0, 1) on the text-encoder hidden
-    states, all from a generator seeded by the image's draw number.
+    states, all from a generator seeded by the image's draw number. With `mem_threshold`
+    (memthreshold, Wen et al.), the unconditional prediction (`empty_ids`: the empty prompt's
+    tokens) is computed too, and the samples whose text-conditional noise norm exceeds the threshold
+    are left out of the mean (:func:`diffrep.memorization.threshold_mask`).
     """
     import torch
     import torch.nn.functional as F
@@ -356,7 +372,17 @@ def diffusion_loss(
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"scheduler prediction_type {kind!r}: expected 'epsilon' or 'v_prediction'")
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    if mem_threshold is None:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    from diffrep.memorization import threshold_mask
+
+    with torch.no_grad():
+        empty = text_encoder(empty_ids.to(device).expand(len(timesteps), -1))[0]
+        pred_u = unet(noisy, timesteps, empty).sample
+        ab = noise_scheduler.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1)
+        keep = threshold_mask(pred.detach(), pred_u, noisy, ab, kind, mem_threshold)
+    per_sample = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+    return (per_sample * keep).sum() / len(keep)
 
 
 def backward_micro_batch(
@@ -372,6 +398,8 @@ def backward_micro_batch(
     seed: int,
     rand_noise_lam: float = 0.0,
     weight_dtype=None,
+    mem_threshold: float | None = None,
+    empty_ids=None,
 ):
     """Loss and backward of one micro-batch (loss / accumulation); DDP syncs gradients only on the `last`.
 
@@ -381,7 +409,16 @@ def backward_micro_batch(
     sync = contextlib.nullcontext() if last else accelerator.no_sync(unet)
     with sync, accelerator.autocast():
         loss = diffusion_loss(
-            unet, vae, text_encoder, noise_scheduler, batch, seed, rand_noise_lam, weight_dtype
+            unet,
+            vae,
+            text_encoder,
+            noise_scheduler,
+            batch,
+            seed,
+            rand_noise_lam,
+            weight_dtype,
+            mem_threshold=mem_threshold,
+            empty_ids=empty_ids,
         )
         accelerator.backward(loss / accumulation)
     return loss.detach()
@@ -518,7 +555,8 @@ def save_model(base: str, unet, output_dir: Path, metrics: list[dict], info: dic
 
 def make_accelerator(mixed_precision: str):
     """(Accelerator, mixed precision in use): the GPU when there is one and ACCELERATE_USE_CPU is not
-    set, with `mixed_precision`; otherwise the CPU in full precision."""
+    set, with `mixed_precision`; otherwise the CPU, where fp16 runs as bf16 autocast with a warning
+    (:func:`diffrep.devices.device_precision`) and ``no`` / ``bf16`` stand."""
     import torch
     from accelerate import Accelerator
 
@@ -526,13 +564,14 @@ def make_accelerator(mixed_precision: str):
         "1",
         "true",
     )
-    mixed = mixed_precision if on_gpu else "no"
+    mixed = device_precision(mixed_precision, "cuda" if on_gpu else "cpu", "training.mixed_precision")
     return Accelerator(mixed_precision=mixed, cpu=not on_gpu), mixed
 
 
 def prepare_models(components: dict, accelerator, mixed_precision: str, gradient_checkpointing: bool):
     """Freeze the VAE and the text encoder (eval mode, on the device, in the mixed-precision dtype) and
-    put the UNet in train mode; return the frozen models' dtype."""
+    put the UNet in train mode, with gradient checkpointing if asked (on any device); return the
+    frozen models' dtype. The UNet keeps its fp32 weights (the master copy autocast works from)."""
     import torch
 
     vae, text_encoder, unet = components["vae"], components["text_encoder"], components["unet"]
@@ -544,7 +583,7 @@ def prepare_models(components: dict, accelerator, mixed_precision: str, gradient
         if weight_dtype != torch.float32:
             frozen.to(dtype=weight_dtype)
         frozen.eval()
-    if gradient_checkpointing and accelerator.device.type == "cuda":
+    if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
     return weight_dtype
@@ -606,6 +645,13 @@ def resume(args: argparse.Namespace, fingerprint: str, unet, optimizer, lr_sched
     return start, metrics, resumed_from
 
 
+def _empty_ids(tokenizer):
+    """Token ids (1 x max length) of the empty prompt: the unconditional input of memthreshold."""
+    return tokenizer(
+        [""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
+
+
 def optimizer_step(
     accelerator,
     components: dict,
@@ -625,6 +671,8 @@ def optimizer_step(
 
     accumulation = args.gradient_accumulation_steps
     lam = args.rand_noise_lam if args.train_mitigation == "gaussnoise" else 0.0
+    mem = args.mem_threshold if args.train_mitigation == "memthreshold" else None
+    empty_ids = _empty_ids(components["tokenizer"]) if mem is not None else None
     unet = components["unet"]
     step_loss = torch.zeros((), device=accelerator.device)
     for micro_step in range(accumulation):
@@ -642,6 +690,8 @@ def optimizer_step(
                 seed=args.seed,
                 rand_noise_lam=lam,
                 weight_dtype=weight_dtype,
+                mem_threshold=mem,
+                empty_ids=empty_ids,
             )
             / accumulation
         )

@@ -4,7 +4,7 @@ A difference between two settings means something only when it is larger than wh
 seed alone does. Run the study once per seed under its own name (``--config seed=1
 study=mini-seed1`` writes ``results/mini-seed1/``), then::
 
-    python -m diffrep.seed_summary results/mini/tables/summary.csv \\
+    python -m diffrep.seeds results/mini/tables/summary.csv \\
         results/mini-seed1/tables/summary.csv --out results/mini-seeds.csv
 
 prints one row per dataset × run × preset × embedder with the mean, the seed spread (standard
@@ -32,6 +32,8 @@ DEFAULT_METRICS = [
     "p95",
     "mean",
     "frac_above",
+    "duplicated_frac_above",
+    "not_duplicated_frac_above",
     "source_match_rate",
     "top1_in_dup_set",
     "duplicated_source_match_rate",
@@ -211,7 +213,7 @@ def markdown(table: pd.DataFrame, metrics=DEFAULT_METRICS, digits: int = 3, mach
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m diffrep.seed_summary", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m diffrep.seeds", description=__doc__.split("\n\n")[0])
     ap.add_argument("summaries", nargs="+", type=Path, help="summary.csv of each seed (and machine)")
     ap.add_argument("--metrics", nargs="+", default=DEFAULT_METRICS, help="summary.csv columns to summarise")
     ap.add_argument("--out", type=Path, help="write the table as CSV")

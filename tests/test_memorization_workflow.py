@@ -1,0 +1,193 @@
+"""The memorization benchmark in the workflow: config checks, dry runs, tables (issue 18)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, job_counts, snakemake
+from diffrep import config as dconf
+from diffrep import membench
+from diffrep.config import ConfigError
+
+
+def validated(cfg: dict) -> dict:
+    """Validate like the workflow does (schema with defaults, then the derived defaults)."""
+    from snakemake.utils import validate
+
+    validate(cfg, str(REPO / "schemas/config.schema.yaml"))
+    return dconf.fill_defaults(cfg)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c["memorization"]["benchmarks"]["sd21_membench"].update(model="sd35_medium"),
+            "model 'sd35_medium' is of family 'sd3'",
+        ),
+        (
+            lambda c: c["memorization"]["benchmarks"]["sd21_membench"].update(prompt_files=["nope"]),
+            "memorization.benchmarks.sd21_membench.prompt_files: 'nope' is not defined",
+        ),
+        (
+            lambda c: c["memorization"]["benchmarks"]["sd21_membench"].update(presets=["fast"]),
+            "memorization.benchmarks.sd21_membench.presets: 'fast' is not defined",
+        ),
+        (
+            lambda c: c["memorization"]["prompt_files"]["coco_captions"]["source"].pop("url"),
+            "memorization.prompt_files.coco_captions.source: type 'url' needs 'url'",
+        ),
+        (
+            lambda c: c["experiments"][3].update(train_mitigation=["memthreshold"]),
+            "train_mitigation memthreshold needs train_mitigations.mem_threshold",
+        ),
+    ],
+)
+def test_memorization_config_errors_name_the_key(paper_config, edit, message):
+    edit(paper_config)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        dconf.check(validated(paper_config))
+
+
+def test_paper_memorization_blocks_dry_run(workflow_copy):
+    proc = snakemake(["-n", "memorization"], cwd=workflow_copy, check=True)
+    counts = job_counts(proc.stdout)
+    assert counts["memorization_prompts"] == 4 and counts["memorization_detect"] == 2
+    assert counts["memorization_generate"] == counts["memorization_replication"] == 14
+    assert (
+        "resources/models/sd14" in proc.stdout and "results/paper/memorization/sd21_membench" in proc.stdout
+    )
+
+
+def test_mini_memorization_dry_run(workflow_copy):
+    counts = job_counts(
+        snakemake(["-n", "--profile", "profiles/mini", "memorization"], cwd=workflow_copy, check=True).stdout
+    )
+    assert counts["memorization_detect"] == 1 and counts["memorization_generate"] == 7
+    assert counts["memorization_quality"] == 7 and counts["fid_reference"] == 1
+
+
+def test_replication_rates_per_prompt_and_label(tmp_path):
+    from PIL import Image
+
+    truth = tmp_path / "truth.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(truth)
+    sims = pd.DataFrame(
+        {
+            "prompt_id": [0, 0, 0, 1, 1, 2],
+            "prompt": ["a", "a", "a", "b", "b", "c"],
+            "label": ["VM", "VM", "VM", "TM", "TM", "TM"],
+            "similarity": [0.9, 0.6, 0.4, 0.8, 0.2, float("nan")],
+        }
+    )
+    per = membench.per_prompt(sims, [0.5, 0.7]).set_index("prompt_id")
+    assert per.loc[0, "frac_above_0.5"] == pytest.approx(2 / 3) and per.loc[
+        0, "frac_above_0.7"
+    ] == pytest.approx(1 / 3)
+    assert per.loc[0, "sim_max"] == 0.9 and not per.loc[2, "available"]
+    rates = membench.rates(per.reset_index(), [0.5, 0.7])
+    assert rates["VM"]["frac_above_0.5"] == pytest.approx(2 / 3)
+    assert rates["TM"] == {
+        "n_prompts": 2,
+        "n_unavailable": 1,
+        "frac_above_0.5": 0.5,
+        "frac_above_0.7": 0.5,
+        "sim_mean": 0.5,
+    }
+    assert rates["all"]["n_prompts"] == 3 and rates["all"]["frac_above_0.5"] == pytest.approx(
+        (2 / 3 + 0.5) / 2
+    )
+
+
+def test_generation_plans_seed_memorised_prompts_with_images_only():
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": [0, 1, 2, 3, 4],
+            "prompt": ["m1", "m2", "n1", "n2", "n3"],
+            "label": ["VM", "TM", "none", "none", "none"],
+            "images": [["x.png"], [], [], [], []],
+        }
+    )
+    plans = membench.generation_plans(prompts, {"n_seeds": 3, "n_general": 2, "general_seeds": 2}, seed=0)
+    mem, gen = plans["memorized"], plans["general"]
+    assert list(mem["prompt"]) == ["m1"] * 3 and len(set(mem["seed"])) == 3
+    assert (
+        len(gen) == 4
+        and set(gen["label"]) == {"none"}
+        and list(gen["file"])[:2] == ["00000.png", "00001.png"]
+    )
+    settings = {"n_seeds": 3, "n_general": 2, "general_seeds": 2}
+    again = membench.generation_plans(prompts, settings, seed=0)
+    assert again["memorized"]["seed"].tolist() == mem["seed"].tolist()  # seeded
+    assert again["general"]["prompt"].tolist() == gen["prompt"].tolist()
+
+
+def test_unavailable_ground_truth_is_kept_for_detection_and_counted(tmp_path):
+    from PIL import Image
+
+    gen_dir = tmp_path / "gen"
+    gen_dir.mkdir()
+    truth = tmp_path / "t.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype="uint8")).save(truth)
+    Image.open(truth).save(gen_dir / "00000.png")
+    Image.open(truth).save(gen_dir / "00001.png")
+    plan = pd.DataFrame(
+        {
+            "index": [0, 1],
+            "file": ["00000.png", "00001.png"],
+            "prompt_id": [0, 1],
+            "prompt": ["a", "b"],
+            "label": ["VM", "TM"],
+            "seed": [1, 2],
+            "images": [[str(truth)], ["https://example.invalid/gone.jpg"]],
+        }
+    )
+    plan.to_parquet(gen_dir / "prompts.parquet")
+    summary = membench.replication_files(
+        gen_dir, {"type": "pixel", "size": 8}, tmp_path / "t.parquet", tmp_path / "s.json", [0.5]
+    )
+    assert summary["rates"]["VM"]["frac_above_0.5"] == 1.0  # an exact copy
+    assert summary["rates"]["TM"] == {
+        "n_prompts": 1,
+        "n_unavailable": 1,
+        "frac_above_0.5": None,
+        "sim_mean": None,
+    }
+    assert json.loads((tmp_path / "s.json").read_text())["rates"] == summary["rates"]
+
+
+def test_benchmark_needs_both_kinds_of_prompt():
+    with pytest.raises(membench.MemorizationError, match="benchmark x: the prompt files hold labels"):
+        membench.check_prompts(pd.DataFrame({"label": ["VM", "TM"]}), "benchmark x")
+
+
+def test_ground_truth_urls_are_fetched_and_dead_ones_listed(tmp_path, web):
+    from PIL import Image
+
+    root, base = web
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(root / "a.png")
+    src = tmp_path / "nemo.csv"
+    src.write_text(
+        f";Caption;URL;type\n0;alive;{base}/a.png;VM\n1;dead;{base}/gone.png;TM\n2;control;;none\n"
+    )
+    table = membench.normalise_prompt_file(
+        src,
+        tmp_path / "out.parquet",
+        "nemo",
+        columns={"prompt": "Caption", "label": "type", "images": "URL"},
+        sep=";",
+        image_cache=tmp_path / "cache",
+    )
+    assert membench.image_available(table["images"][0][0]) and table["image_failures"][0] == []
+    assert table["images"][1] == [] and table["image_failures"][1] == [
+        f"{base}/gone.png: HTTP 404 File not found"
+    ]
+    prompts = membench.benchmark_prompts([tmp_path / "out.parquet"])
+    plans = membench.generation_plans(prompts, {"n_seeds": 2, "n_general": 1, "general_seeds": 1}, 0)
+    assert plans["memorized"]["prompt"].tolist() == ["alive", "alive"]  # the dead one: detection only
+    assert plans["unavailable"]["prompt"].tolist() == ["dead"]  # ... and counted in the rates
+    assert list(prompts["label"]) == ["VM", "TM", "none"]
