@@ -960,7 +960,7 @@ def get_quality_inputs(wildcards):
 
 def get_memorization_table_inputs(wildcards):
     return {
-        "detections": [f"{R}/memorization/{b}/detection.parquet" for b in BENCHMARKS],
+        "sets": [f"{R}/memorization/{b}/detection_sets.csv" for b in BENCHMARKS],
         "replication": [
             f"{R}/memorization/{b}/replication/{g}.json"
             for b in BENCHMARKS
@@ -982,9 +982,6 @@ def get_memorization_table_inputs(wildcards):
 def get_memorization_table_params(wildcards):
     return {
         "runs": [(b, g) for b in BENCHMARKS for g in bench_presets(b)],
-        "benchmarks": list(BENCHMARKS),
-        "n_subsets": MEMORIZATION["detection"]["n_subsets"],
-        "seed": MEMORIZATION["seed"],
         "study": STUDY,
     }
 

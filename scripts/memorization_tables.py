@@ -9,7 +9,7 @@ from diffrep.workflow import setup_logging
 
 log = setup_logging(snakemake)
 tables = write_tables(
-    {k: list(snakemake.input[k]) for k in ("detections", "replication", "quality", "per_prompt")},
+    {k: list(snakemake.input[k]) for k in ("sets", "replication", "quality", "per_prompt")},
     dict(snakemake.params.tables),
     {k: snakemake.output[k] for k in ("detection", "mitigations", "prompts")},
 )

@@ -191,3 +191,42 @@ def test_ground_truth_urls_are_fetched_and_dead_ones_listed(tmp_path, web):
     assert plans["memorized"]["prompt"].tolist() == ["alive", "alive"]  # the dead one: detection only
     assert plans["unavailable"]["prompt"].tolist() == ["dead"]  # ... and counted in the rates
     assert list(prompts["label"]) == ["VM", "TM", "none"]
+
+
+def test_tables_take_the_detection_statistics_the_detect_rule_wrote(tmp_path):
+    """memorization_tables concatenates each benchmark's detection_sets.csv (one computation of the
+    subset statistics: a recomputation with another subset seed gave another AUC, 0.819 vs 0.806)."""
+    from diffrep.memorization import set_statistics
+
+    rng = np.random.default_rng(0)
+    det = pd.DataFrame(
+        {
+            "metric": np.concatenate([rng.normal(1.4, 0.1, 8), rng.normal(1.1, 0.3, 32)]),
+            "label": ["VM"] * 8 + ["none"] * 32,
+        }
+    )
+    det["memorized"] = det["label"] != "none"
+    sets = set_statistics(det, n_subsets=5, seed=12345)
+    sets.insert(0, "benchmark", "planted")
+    sets.to_csv(tmp_path / "sets.csv", index=False)
+    rep = {"mitigation": "none", "rates": {"all": {"n_prompts": 8, "frac_above_0.5": 0.875}}}
+    (tmp_path / "rep.json").write_text(json.dumps(rep))
+    (tmp_path / "quality.json").write_text(json.dumps({"fid": 334.0, "n_generated": 40}))
+    pd.DataFrame({"prompt_id": [0], "frac_above_0.5": [0.9]}).to_parquet(tmp_path / "per.parquet")
+    outputs = {k: tmp_path / f"{k}.csv" for k in ("detection", "mitigations", "prompts")}
+    inputs = {
+        "sets": [tmp_path / "sets.csv"],
+        "replication": [tmp_path / "rep.json"],
+        "quality": [tmp_path / "quality.json"],
+        "per_prompt": [tmp_path / "per.parquet"],
+    }
+    membench.write_tables(inputs, {"runs": [("planted", "default")], "study": "mini"}, outputs)
+    table = pd.read_csv(outputs["detection"])
+    assert table["study"].tolist() == ["mini"] * len(sets)
+    assert table["auc"].tolist() == pytest.approx(sets["auc"].tolist())
+    mitigations = pd.read_csv(outputs["mitigations"]).iloc[0]
+    assert (mitigations["all_frac_above_0.5"], mitigations["fid"], mitigations["clipscore"]) == (
+        0.875,
+        334.0,
+        "skipped",
+    )

@@ -337,18 +337,12 @@ def fetch_prompt_file(source: dict, raw_dir) -> Path:
 def write_tables(inputs: dict, params: dict, outputs: dict) -> dict[str, pd.DataFrame]:
     """The memorization tables: detection per set, mitigation comparison, replication per prompt.
 
-    `inputs`: detections (one parquet per benchmark, in params["benchmarks"] order), replication
-    and quality JSONs and per-prompt parquets (one per (benchmark, preset) of params["runs"]).
+    `inputs`: sets (the detection_sets.csv of each benchmark, as memorization_detect computed them:
+    one computation of the subset statistics, so the table and the per-benchmark file agree),
+    replication and quality JSONs and per-prompt parquets (one per (benchmark, preset) of
+    params["runs"]).
     """
-    from diffrep.memorization import set_statistics
-
-    detection = []
-    for bench, path in zip(params["benchmarks"], inputs["detections"]):
-        sets = set_statistics(
-            pd.read_parquet(path), n_subsets=int(params["n_subsets"]), seed=int(params["seed"])
-        )
-        sets.insert(0, "benchmark", bench)
-        detection.append(sets)
+    detection = [pd.read_csv(path) for path in inputs["sets"]]
     mitigations, prompts = [], []
     for (bench, preset), rep, quality, table in zip(
         params["runs"], inputs["replication"], inputs["quality"], inputs["per_prompt"]
