@@ -230,3 +230,27 @@ def test_tables_take_the_detection_statistics_the_detect_rule_wrote(tmp_path):
         334.0,
         "skipped",
     )
+
+
+def test_tradeoff_figure_has_one_legend_entry_per_preset(tmp_path, monkeypatch):
+    """Presets that agree (default, delayed and opposite guidance at 0.875 and FID ~336) are told
+    apart by their legend entry, not by labels written on top of each other."""
+    from diffrep import memfigures
+
+    drawn = {}
+    monkeypatch.setattr(memfigures, "save_figure", lambda fig, png: drawn.update(fig=fig))
+    table = pd.DataFrame(
+        {
+            "benchmark": ["planted"] * 3,
+            "preset": ["default", "delayed_guidance", "rand_word_add"],
+            "all_frac_above_0.5": [0.875, 0.8375, 0.2375],
+            "fid": [337.5, 334.8, "skipped"],
+        }
+    )
+    memfigures.tradeoff_figure(table, 0.5, "mini", tmp_path / "t.png")
+    ax = drawn["fig"].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["planted: default", "planted: delayed_guidance", "planted: rand_word_add"]
+    points = [tuple(c.get_offsets()[0]) for c in ax.collections]
+    assert len(points) == 3 and points[:2] == [(337.5, 0.875), (334.8, 0.8375)]  # no FID: not drawn
+    assert ax.get_xlabel() == "FID of general prompts (lower is better)"

@@ -508,7 +508,8 @@ def test_micro_web_lane_on_slurm_groups_shard_jobs(cluster, request, tmp_path):
     calls = sbatch_calls(log)
     rules = [c["rule"] for c in calls]
     assert "embed_shard" not in rules and "search_shard" not in rules, rules  # never one sbatch each
-    groups = [c for c in calls if c["rule"] == "webscale_shard"]
+    # a group job's name, in the plugin's --comment: the group id, then its rules in order
+    groups = [c for c in calls if c["rule"] == "webscale_shard_embed_shard_search_shard"]
     per_job = int(profile["group-components"][0].split("=")[1])
     assert len(groups) == -(-len(shards) // per_job) == 1, rules
     embed, search = (
@@ -519,12 +520,13 @@ def test_micro_web_lane_on_slurm_groups_shard_jobs(cluster, request, tmp_path):
     assert flags["--gpus"] == expected_requests(profile, "embed_shard")["--gpus"]
     assert flags["--mem"] == str(max(embed["mem_mb"], search["mem_mb"]))  # one shard job at a time
     assert flags["-t"] == str(len(shards) * (embed["runtime"] + search["runtime"]))
-    job = cluster.job(submitted_job_ids(log)[rules.index("webscale_shard")])
+    job = cluster.job(submitted_job_ids(log)[calls.index(flags)])
     assert job["JobState"] == "COMPLETED", job
     assert_allocated(job, flags)
     inside = Path(job["StdOut"]).read_text()
     for rule in ("embed_shard", "search_shard"):
-        assert inside.count(f"rule {rule}:") == len(shards), inside[-3000:]
+        finished = re.findall(rf"Finished jobid: \d+ \(Rule: {rule}\)", inside)
+        assert len(finished) == len(shards), inside[-3000:]
 
     local = request.getfixturevalue("micro_run")  # the whole micro study, run locally
     files = [WEB_SEARCH, *(f"results/micro/webscale/micro_sd_web/shards/{s}.parquet" for s in shards)]

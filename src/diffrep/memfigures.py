@@ -43,19 +43,18 @@ def tradeoff_figure(mitigations: pd.DataFrame, threshold: float, study: str, png
     import matplotlib.pyplot as plt
 
     col = f"all_frac_above_{threshold}"
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for bench, rows in mitigations.groupby("benchmark"):
+    markers = "osv^DPX*<>ph"
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fid_known = pd.to_numeric(mitigations["fid"], errors="coerce").notna().any()
+    for (bench, rows), color in zip(mitigations.groupby("benchmark", sort=False), plt.cm.tab10.colors):
         fid = pd.to_numeric(rows["fid"], errors="coerce")
-        x = fid if fid.notna().any() else pd.Series(range(len(rows)), index=rows.index)
-        ax.scatter(x, rows[col], label=bench)
-        for xi, yi, name in zip(x, rows[col], rows["preset"]):
-            ax.annotate(str(name), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if not fid.notna().any():
-            ax.set_xlabel("preset (FID skipped)")
-    if ax.get_xlabel() == "":
-        ax.set_xlabel("FID of general prompts (lower is better)")
-    ax.set_ylabel(f"memorised prompts: fraction of generations > {threshold}")
+        x = fid if fid_known else pd.Series(range(len(rows)), index=rows.index)
+        for i, (xi, yi, name) in enumerate(zip(x, rows[col], rows["preset"])):
+            # one legend entry per preset: labels written beside the points overlap where presets agree
+            ax.scatter(xi, yi, color=color, marker=markers[i % len(markers)], label=f"{bench}: {name}")
+    ax.set_xlabel("FID of general prompts (lower is better)" if fid_known else "preset (FID skipped)")
+    ax.set_ylabel(f"memorised prompts: fraction > {threshold}")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title(study_title("Mitigations: replication vs quality", study), fontsize=9)
-    ax.legend(fontsize=7)
     save_figure(fig, png)
     plt.close(fig)
