@@ -63,6 +63,8 @@ rule study_threshold:
     log:
         f"{LOGS}/calibration/{{embedder}}/threshold.log",
     localrule: True
+    conda:
+        "../envs/figures.yaml"
     params:
         datasets=get_study_threshold_datasets,
     script:
