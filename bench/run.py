@@ -29,7 +29,7 @@ Sections:
   study): start time (process start to the page served), and a try-a-prompt request answered with
   the model and the faiss index cached (the app's way) vs the first request, which loads both
   (what a per-request load would cost every time; `--no-warmup`, so that nothing is preloaded);
-- webscale: the web-scale search at 1M references (bench/webscale.py): sharded exact search vs one
+- webscale: the web-scale search at 1M references (10k generations) (bench/webscale.py): sharded exact search vs one
   faiss index (time, peak memory, equality of the top-k), IVF-PQ with exact re-ranking vs exact
   (time, peak memory, recall@1 / @10).
 
@@ -812,7 +812,7 @@ def kept_rows(path: Path, sections) -> list[dict]:
 def bench_webscale(quick: bool):
     import webscale
 
-    return webscale.bench(1000, 50_000, shard=10_000) if quick else webscale.bench(1000, 1_000_000)
+    return webscale.bench(1000, 50_000, shard=10_000) if quick else webscale.bench(10_000, 1_000_000)
 
 
 def main(argv=None) -> int:
