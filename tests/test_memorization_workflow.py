@@ -254,3 +254,58 @@ def test_tradeoff_figure_has_one_legend_entry_per_preset(tmp_path, monkeypatch):
     points = [tuple(c.get_offsets()[0]) for c in ax.collections]
     assert len(points) == 3 and points[:2] == [(337.5, 0.875), (334.8, 0.8375)]  # no FID: not drawn
     assert ax.get_xlabel() == "FID of general prompts (lower is better)"
+
+
+MICRO_MEMORIZATION = """
+models:
+  micro_sd_planted:
+    kind: diffusers
+    sources:
+      - {type: build, builder: mini_sd, options: {micro: true, planted: 3, planted_controls: 4, planted_fraction: 0.25}}
+generation:
+  presets:
+    prompt_optimization: {mitigation: prompt_optimization, optim_steps: 2, steps: 4, guidance_scale: 3.0, scheduler: ddim}
+    attention_rescale: {mitigation: attention_rescale, attention_scale: 1.25, steps: 4, guidance_scale: 3.0, scheduler: ddim}
+memorization:
+  detection: {steps: 4, first_steps: 1, n_generations: 2, guidance_scale: 3.0, n_subsets: 2}
+  replication: {n_seeds: 2, thresholds: [0.5], embedder: pixel, n_general: 4, general_seeds: 1}
+  prompt_files:
+    planted:
+      description: the planted micro model's prompts
+      source: {type: model, model: micro_sd_planted, path: memorization/prompts.csv}
+  benchmarks:
+    planted:
+      model: micro_sd_planted
+      prompt_files: [planted]
+      presets: [default, prompt_optimization, attention_rescale]
+      fid_dataset: micro_shapes
+"""
+
+
+def test_memorization_lane_runs_on_a_planted_micro_model(tmp_path):
+    """Every memorization rule, from a planted micro model's build to its tables and figures: the
+    detection table holds the rule's statistics, one mitigation row per preset, one per-prompt row
+    per planted prompt and preset."""
+    from conftest import copy_workflow
+
+    wf = copy_workflow(tmp_path / "wf")
+    (wf / "memorization.yaml").write_text(MICRO_MEMORIZATION)
+    config = ["--configfile", "tests/micro/config.yaml", "memorization.yaml", "--replace-workflow-config"]
+    snakemake([*config, "-c", "2", "memorization"], cwd=wf, check=True, timeout=1200)
+    results = wf / "results/micro"
+    detection = pd.read_csv(results / "tables/memorization_detection.csv")
+    sets = pd.read_csv(results / "memorization/planted/detection_sets.csv")
+    assert detection["positives"].tolist() == ["memorized", "VM"] == sets["positives"].tolist()
+    assert detection["auc"].tolist() == pytest.approx(sets["auc"].tolist())
+    assert (detection["n_memorized"] == 3).all() and detection["auc"].between(0, 1).all()
+    mitigations = pd.read_csv(results / "tables/memorization_mitigations.csv")
+    assert mitigations["preset"].tolist() == ["default", "prompt_optimization", "attention_rescale"]
+    assert (
+        mitigations["all_frac_above_0.5"].between(0, 1).all()
+        and (mitigations["clipscore"] == "skipped").all()
+    )
+    assert pd.to_numeric(mitigations["fid"]).gt(0).all()
+    prompts = pd.read_csv(results / "tables/memorization_prompts.csv")
+    assert len(prompts) == 3 * 3 and set(prompts["label"]) == {"VM"}
+    for png in ("roc.png", "tradeoff.png"):
+        assert (results / "figures/memorization" / png).stat().st_size > 1000

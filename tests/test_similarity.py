@@ -92,6 +92,32 @@ def test_exact_search_equals_brute_force():
     np.testing.assert_allclose(sims, -np.sort(-brute, axis=1)[:, :5], atol=1e-5)
 
 
+def test_index_free_exact_search_equals_the_index_search_without_copying_the_references():
+    """websearch's shard search: same top-k as an IndexFlatIP, with ties (duplicated rows) included,
+    k capped at the reference count, and float32 references not copied on the Python side (faiss.knn
+    itself reads them in place; an IndexFlatIP would hold its own copy)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    refs = unit(rng.normal(size=(300, 16))).astype(np.float32)
+    refs[7] = refs[3]  # a tie
+    queries = np.vstack([refs[3], unit(rng.normal(size=(40, 16)))]).astype(np.float32)
+    expected = S.search(S.build_index(refs), queries, 10)
+    got = S.exact_search(refs, queries, 10)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert set(got[1][0, :2]) == {3, 7}
+    assert S.exact_search(refs[:4], queries, 10)[1].shape == (41, 4)
+    big = unit(rng.normal(size=(20_000, 64))).astype(np.float32)  # 5 MB
+    tracemalloc.start()
+    S.exact_search(big, queries[:, :1].repeat(64, 1), 5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < big.nbytes / 4, peak
+    with pytest.raises(S.SimilarityError, match="non-empty n × d"):
+        S.exact_search(np.zeros((0, 16), np.float32), queries, 3)
+
+
 def test_ivf_recall_against_exact_search():
     """The approximate index finds the exact top-1 for nearly all queries; all of them when every
     cluster is probed."""

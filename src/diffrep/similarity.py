@@ -86,6 +86,19 @@ def search(idx, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return sims, rows
 
 
+def exact_search(refs: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` of an exact index over ``refs``, without building one: faiss.knn reads
+    ``refs`` in place (an IndexFlatIP holds a copy), so one shard's search holds it once. Same
+    results as ``search(build_index(refs, "exact"), queries, k)`` (the same faiss routine)."""
+    import faiss
+
+    x = np.ascontiguousarray(refs, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise SimilarityError(f"reference descriptors must be a non-empty n × d array, got shape {x.shape}")
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    return faiss.knn(q, x, max(1, min(int(k), x.shape[0])), metric=faiss.METRIC_INNER_PRODUCT)
+
+
 # ---------------------------------------------------------------- statistics
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from diffrep.embeddings import read_embeddings, write_embeddings
 from diffrep.fileio import atomic_path
-from diffrep.similarity import build_index, search
+from diffrep.similarity import exact_search
 from diffrep.webshards import ShardError, read_shard
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def search_shard(gen_ids: Sequence[str], gen_emb: np.ndarray, ref_emb: np.ndarra
 
     if len(meta) != len(ref_emb):
         raise ShardError(f"shard {shard}: {len(ref_emb)} descriptors but {len(meta)} metadata rows")
-    sims, rows = search(build_index(ref_emb, "exact"), gen_emb, k)
+    sims, rows = exact_search(ref_emb, gen_emb, k)  # the shard once in memory, not twice
     kk = sims.shape[1]
     take = rows.ravel()
     return pd.DataFrame(
