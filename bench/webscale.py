@@ -89,6 +89,7 @@ def _shards(refs: Path, n_ref: int, dim: int, shard: int):
 
 
 def _sharded(gen, refs, n_ref, dim, k, shard):
+    import numpy as np
     import pandas as pd
 
     from diffrep.websearch import merge_topk, search_shard
@@ -96,9 +97,15 @@ def _sharded(gen, refs, n_ref, dim, k, shard):
     ids = [str(i) for i in range(len(gen))]
 
     def frames():
-        for idx, x in _shards(refs, n_ref, dim, shard):
+        # one shard in memory at a time, as in the workflow's one-shard jobs (a for loop over
+        # _shards would still hold the previous shard while reading the next)
+        for s in range(-(-n_ref // shard)):
+            x = _read_shard(refs, s, shard, n_ref, dim)
+            idx = np.arange(s * shard, s * shard + len(x))
             meta = pd.DataFrame({"key": idx, "index": idx, "url": "", "caption": ""})
-            yield search_shard(ids, gen, x, meta, int(idx[0] // shard), k)
+            frame = search_shard(ids, gen, x, meta, s, k)
+            del x, meta
+            yield frame
 
     merged = merge_topk(frames(), k)
     merged = merged.assign(g=merged["generation"].astype(int)).sort_values(["g", "rank"])
