@@ -80,6 +80,16 @@ def workflow_copy(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread (the machine is shared) and torch's RNG seeded with 0, both restored
+    afterwards; test modules take it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    from diffrep.tinysd import _seeded
+
+    with _seeded(0, threads=1):
+        yield
+
+
+@pytest.fixture
 def paper_config() -> dict:
     return copy.deepcopy(load_yaml(REPO / "config.yaml"))
 

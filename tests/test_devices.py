@@ -19,10 +19,7 @@ from diffrep.tinysd import _seeded
 SMALL = 0.1  # width scale of the architectures (tests/test_rehearsal.py)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with _seeded(0, threads=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, seeded
 
 
 def test_fp16_on_a_cpu_runs_as_bf16_with_a_warning(caplog):

@@ -7,13 +7,8 @@ import torch
 
 from conftest import REPO
 from diffrep import flops
-from diffrep.tinysd import _seeded
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with _seeded(0, threads=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, seeded
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from diffrep.tinysd import build_tiny_pipeline
 CAPTIONS = ["a red circle on a blue background", "a small green square", "vokarim tesul"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, seeded
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])

@@ -14,15 +14,11 @@ from conftest import REPO, job_counts, load_yaml, snakemake
 from diffrep import rehearsal
 from diffrep.builders import model_builder
 from diffrep.fetch import check_complete
-from diffrep.tinysd import _seeded
 
 SMALL = 0.1  # width scale of the layout tests
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with _seeded(0, threads=1):  # one torch thread (the machine is shared), restored afterwards
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, seeded
 
 
 @pytest.fixture(scope="module")

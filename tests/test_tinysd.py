@@ -26,12 +26,7 @@ def checksums(folder: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, seeded
 
 
 def test_bpe_learns_caption_words_and_keeps_byte_fallback():

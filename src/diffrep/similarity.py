@@ -46,6 +46,14 @@ class SimilarityError(RuntimeError):
 # ---------------------------------------------------------------- faiss
 
 
+def _descriptors(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` as a C-contiguous float32 n × d array (no copy when it is one), n > 0."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise SimilarityError(f"{what} descriptors must be a non-empty n × d array, got shape {x.shape}")
+    return x
+
+
 def build_index(train: np.ndarray, index: str = "exact", nlist: int = 1024, nprobe: int = 32, seed: int = 0):
     """A faiss inner-product index over ``train`` (n × d float32, L2-normalised rows).
 
@@ -54,9 +62,7 @@ def build_index(train: np.ndarray, index: str = "exact", nlist: int = 1024, npro
     """
     import faiss
 
-    x = np.ascontiguousarray(train, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise SimilarityError(f"training descriptors must be a non-empty n × d array, got shape {x.shape}")
+    x = _descriptors(train, "training")
     d = x.shape[1]
     if index == "exact":
         idx = faiss.IndexFlatIP(d)
@@ -92,9 +98,7 @@ def exact_search(refs: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
     results as ``search(build_index(refs, "exact"), queries, k)`` (the same faiss routine)."""
     import faiss
 
-    x = np.ascontiguousarray(refs, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise SimilarityError(f"reference descriptors must be a non-empty n × d array, got shape {x.shape}")
+    x = _descriptors(refs, "reference")
     q = np.ascontiguousarray(queries, dtype=np.float32)
     return faiss.knn(q, x, max(1, min(int(k), x.shape[0])), metric=faiss.METRIC_INNER_PRODUCT)
 

@@ -3,7 +3,8 @@
 Per shard (diffrep.webshards): the shard's images are embedded (the embedders of
 diffrep.embeddings, over the images read from the tar) into ``{shard}.npz`` (docs/formats.md, ids =
 keys) with their metadata in ``{shard}.parquet`` (key, index, url, caption); then every generation's
-top-k within the shard is found with faiss ``IndexFlatIP`` (diffrep.similarity). The merge keeps, per
+top-k within the shard is found exactly with ``faiss.knn`` (diffrep.similarity.exact_search, which
+holds no second copy of the shard). The merge keeps, per
 generation, the k most similar of all shards' candidates (exact ties broken by the lower row index:
 deterministic, where a monolithic search may order exact ties differently). Because each shard
 contributes its own top-k, the global top-k is among the candidates: the merge equals one exact
