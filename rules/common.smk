@@ -252,31 +252,46 @@ def get_generate_inputs(wildcards):
     return inputs
 
 
+def _generation_job(wildcards):
+    """(model, preset name, run, generation params) of a generate job, or of a generate_search job
+    (a web-scale search whose prompts come from its collection or a prompt file)."""
+    if "search" in wildcards.keys():
+        s = SEARCHES[wildcards.search]
+        run, gen = dconf.search_run(config, s), s["prompts"]["preset"]
+        prompts = get_search_prompt_params(wildcards)
+        n_images, seed = prompts["n_images"], prompts["seed"]
+    else:
+        run, gen = dconf.Run.parse(wildcards.run), wildcards.gen
+        n_images = PRESETS[gen].get("n_images", config["generation"]["n_images"])
+        seed = dconf.derive_seed(config["generation"]["seed"], wildcards.dataset)
+    params = {
+        "n_images": n_images,
+        "resolution": dconf.generation_resolution(config, run),
+        "seed": seed,
+        "dtype": config["generation"]["dtype"],
+    }
+    return dconf.run_model(config, run), gen, run, params
+
+
 def get_preset(wildcards):
+    if "search" in wildcards.keys():
+        return PRESETS[SEARCHES[wildcards.search]["prompts"]["preset"]]
     return PRESETS[wildcards.gen]
 
 
 def get_generation_params(wildcards):
-    preset = PRESETS[wildcards.gen]
-    return {
-        "n_images": preset.get("n_images", config["generation"]["n_images"]),
-        "resolution": dconf.generation_resolution(
-            config, dconf.Run.parse(wildcards.run)
-        ),
-        "seed": dconf.derive_seed(config["generation"]["seed"], wildcards.dataset),
-        "dtype": config["generation"]["dtype"],
-    }
+    return _generation_job(wildcards)[3]
+
+
+def get_generation_run(wildcards):
+    return _generation_job(wildcards)[2].name
 
 
 def _generate_sizes(wildcards):
     """What a generate job asks for, by the model it generates from (diffrep.jobsizes)."""
-    run = dconf.Run.parse(wildcards.run)
-    gen = get_generation_params(wildcards)
+    model, gen, _, params = _generation_job(wildcards)
     return jobsizes.generate_resources(
-        MODELS[dconf.run_model(config, run)],
-        PRESETS[wildcards.gen],
-        gen["n_images"],
-        gen["resolution"],
+        MODELS[model], PRESETS[gen], params["n_images"], params["resolution"]
     )
 
 
@@ -300,9 +315,14 @@ def get_embedder(wildcards):
     return EMBEDDERS[wildcards.embedder]
 
 
-def get_embedder_model(wildcards):
-    emb = EMBEDDERS[wildcards.embedder]
+def embedder_model(name):
+    """The model files an embedder needs (SSCD), none for the pixel descriptor."""
+    emb = EMBEDDERS[name]
     return model_files(emb["model"]) if emb["type"] == "sscd" else {}
+
+
+def get_embedder_model(wildcards):
+    return embedder_model(wildcards.embedder)
 
 
 def get_embed_train_inputs(wildcards):
@@ -682,16 +702,15 @@ def get_fetch_retries(wildcards):
     return COLLECTIONS[wildcards.collection]["download"]["retries"]
 
 
+def collection_parquets(name):
+    return [str(p) for p in webshards.collection_files(COLLECTIONS[name]["parquets"])]
+
+
 def get_download_inputs(wildcards):
     """A shard's metadata parquets, and the collection's sha256 manifest when it has one."""
     manifest = COLLECTIONS[wildcards.collection].get("manifest")
     return {
-        "parquets": [
-            str(p)
-            for p in webshards.collection_files(
-                COLLECTIONS[wildcards.collection]["parquets"]
-            )
-        ],
+        "parquets": collection_parquets(wildcards.collection),
         **({"manifest": manifest} if manifest else {}),
     }
 
@@ -724,9 +743,64 @@ def get_search_label(wildcards):
 
 
 def _search_generations(s):
+    """The descriptors of a search's generations: a dataset run's (source dataset) or its own."""
+    if dconf.search_prompt_source(s) != "dataset":
+        return f"{R}/webscale/{s['name']}/generations.npz"
     run = dconf.search_run(config, s).name
     ds, preset = s["prompts"]["dataset"], s["prompts"]["preset"]
     return f"{R}/{ds}/embeddings/{s['embedder']}/{run}/{preset}.npz"
+
+
+def get_search_prompt_inputs(wildcards):
+    """What a search's prompts are sampled from: its collection's parquets, or a prompt table."""
+    s = SEARCHES[wildcards.search]
+    if dconf.search_prompt_source(s) == "prompt_file":
+        return {"table": prompt_table(s["prompts"]["prompt_file"])}
+    return {"parquets": collection_parquets(s["collection"])}
+
+
+def get_search_prompt_params(wildcards):
+    """Source, count and seed of a search's prompts (a change re-draws them), and the collection's
+    columns and shard size."""
+    s = SEARCHES[wildcards.search]
+    p, coll = s["prompts"], COLLECTIONS[s["collection"]]
+    source = dconf.search_prompt_source(s)
+    return {
+        "source": source,
+        "n_images": p.get("n_images", config["generation"]["n_images"]),
+        "seed": p.get(
+            "seed", dconf.derive_seed(config["seed"], "webscale", s["name"], "prompts")
+        ),
+        "collection": (
+            {k: coll[k] for k in ("shard_size", "url_col", "caption_col")}
+            if source == "collection"
+            else {}
+        ),
+    }
+
+
+def get_search_generate_inputs(wildcards):
+    """A search's model (verified by its manifest) and prompts table (generate_search)."""
+    s = SEARCHES[wildcards.search]
+    model = dconf.run_model(config, dconf.search_run(config, s))
+    return {
+        "model": model_dir(model),
+        "manifest": model_files(model)["manifest"],
+        "prompts": f"{R}/webscale/{wildcards.search}/prompts.parquet",
+    }
+
+
+def get_search_embed_inputs(wildcards):
+    """A search's own generations and its embedder's model (embed_search_generations)."""
+    s = SEARCHES[wildcards.search]
+    return {
+        "generations": f"{R}/webscale/{wildcards.search}/generations",
+        **embedder_model(s["embedder"]),
+    }
+
+
+def get_search_embedder(wildcards):
+    return EMBEDDERS[SEARCHES[wildcards.search]["embedder"]]
 
 
 def get_bad_images(wildcards):
@@ -747,8 +821,10 @@ def get_search_threshold(wildcards):
 
 
 def get_search_generation_dir(wildcards):
-    """The generation folder a search's generations come from (run pretrained-<model>)."""
+    """The generation folder of a search: a dataset run's (pretrained-<model>) or its own."""
     s = SEARCHES[wildcards.search]
+    if dconf.search_prompt_source(s) != "dataset":
+        return f"{R}/webscale/{wildcards.search}/generations"
     run = dconf.search_run(config, s).name
     return generation_dir(s["prompts"]["dataset"], run, s["prompts"]["preset"])
 
@@ -795,6 +871,12 @@ def get_merge_inputs(wildcards):
             f"{R}/webscale/{wildcards.search}/shards/{i}.parquet" for i in shards
         ],
         "stats": [f"{WS}/{s['collection']}/shards/{i}_stats.json" for i in shards],
+        # prompts from the collection: each generation's own caption row (own-image matches)
+        **(
+            {"generation_dir": f"{R}/webscale/{wildcards.search}/generations"}
+            if dconf.search_prompt_source(s) == "collection"
+            else {}
+        ),
     }
 
 

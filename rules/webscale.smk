@@ -100,6 +100,78 @@ rule search_shard:
         "../scripts/webscale_search.py"
 
 
+rule search_prompts:
+    input:
+        unpack(get_search_prompt_inputs),
+    output:
+        prompts=f"{R}/webscale/{{search}}/prompts.parquet",
+    log:
+        f"{LOGS}/webscale/{{search}}/prompts.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        prompts=get_search_prompt_params,
+    script:
+        "../scripts/webscale_prompts.py"
+
+
+# A search prompted from its collection or a prompt file generates its own images (same script and
+# resources as rule generate); one prompted by a dataset's captions searches that dataset's run.
+rule generate_search:
+    input:
+        unpack(get_search_generate_inputs),
+    output:
+        images=directory(f"{R}/webscale/{{search}}/generations"),
+    log:
+        f"{LOGS}/webscale/{{search}}/generate.log",
+    benchmark:
+        f"{BENCH}/webscale/{{search}}/generate.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=get_generate_mem_mb,
+        gpu_mem_mb=get_generate_gpu_mem_mb,
+        runtime=get_generate_runtime,
+        cuda_dtype=get_generate_cuda_dtype,
+        batch_size=config["resources"]["generate_batch_size"],
+    params:
+        preset=get_preset,
+        generation=get_generation_params,
+        run=get_generation_run,
+    script:
+        "../scripts/generate.py"
+
+
+rule embed_search_generations:
+    input:
+        unpack(get_search_embed_inputs),
+    output:
+        embeddings=f"{R}/webscale/{{search}}/generations.npz",
+    log:
+        f"{LOGS}/webscale/{{search}}/embed_generations.log",
+    benchmark:
+        f"{BENCH}/webscale/{{search}}/embed_generations.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=60,
+        batch_size=config["resources"]["embed_batch_size"],
+        workers=config["resources"]["dataloader_workers"],
+    params:
+        embedder=get_search_embedder,
+    script:
+        "../scripts/embed.py"
+
+
 rule merge_search:
     input:
         unpack(get_merge_inputs),

@@ -1,4 +1,4 @@
-"""Rule generate: images of one run with one preset (prompts, seeds, mitigation: diffrep.generation)."""
+"""Rules generate and generate_search: images of one run with one preset (prompts, seeds, mitigation: diffrep.generation)."""
 
 import sys
 
@@ -16,8 +16,9 @@ torch.set_num_threads(max(1, snakemake.threads))
 gen = snakemake.params.generation
 generate(
     model_dir=snakemake.input.model,
-    captions_file=snakemake.input.captions,
-    plan_file=snakemake.input.plan,
+    captions_file=snakemake.input.get("captions"),
+    plan_file=snakemake.input.get("plan"),
+    prompts_file=snakemake.input.get("prompts"),  # a web-scale search's prompts table (generate_search)
     out_dir=snakemake.output.images,
     preset=snakemake.params.preset,
     n_images=gen["n_images"],

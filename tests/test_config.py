@@ -108,6 +108,24 @@ def test_presets_fill_defaults(paper_config):
             lambda c: c["similarity"].update(threshold="calibrated"),
             "similarity.threshold: 'calibrated' takes the threshold from the calibration; set calibration.enabled: true",
         ),
+        (
+            lambda c: c["webscale"]["searches"][0]["prompts"].update(
+                source="prompt_file", prompt_file="nope"
+            ),
+            "webscale.searches[0] (sd14_laion_a6).prompts.prompt_file: 'nope' is not defined; defined: "
+            "coco_captions, laion_nonmemorized_nemo, membench_sd2, webster500_nemo",
+        ),
+        (
+            lambda c: c["webscale"]["searches"][0]["prompts"].update(dataset="laion10k"),
+            "webscale.searches[0] (sd14_laion_a6).prompts: dataset has no effect with source 'collection' "
+            "(it uses n_images, seed and preset)",
+        ),
+        (
+            lambda c: c["webscale"]["searches"][0]["prompts"].update(
+                source="dataset", dataset="laion", n_images=3
+            ),
+            "webscale.searches[0] (sd14_laion_a6).prompts.dataset: 'laion' is not defined",
+        ),
     ],
 )
 def test_impossible_combinations_are_named(paper_config, edit, message):
@@ -189,3 +207,21 @@ def test_schema_enums_are_the_python_name_sets():
     assert preset["mitigation"]["enum"] == list(dconf.INFERENCE_MITIGATIONS)
     assert preset["scheduler"]["enum"] == list(dconf.SCHEDULERS)
     assert ["default", *SCHEDULER_CLASSES, *FLOW_SCHEDULERS] == list(dconf.SCHEDULERS)
+
+
+def test_a_search_prompted_by_a_prompt_file_must_name_it(paper_config):
+    from snakemake.exceptions import WorkflowError
+
+    paper_config["webscale"]["searches"][0]["prompts"] = {"source": "prompt_file"}
+    with pytest.raises(WorkflowError, match="'prompt_file' is a required property"):
+        validated(paper_config)
+
+
+def test_searches_prompted_from_their_collection_add_no_dataset_run(paper_config):
+    """The paper's SD 1.4 search samples LAION-A 6+'s captions: no laion10k run of pretrained-sd14
+    (its generations are the search's own); prompted by laion10k's captions, the run is there."""
+    runs = {(ds, r.name) for ds, r in dconf.runs(validated(paper_config))}
+    assert ("laion10k", "pretrained-sd14") not in runs
+    paper_config["webscale"]["searches"][0]["prompts"] = {"dataset": "laion10k"}
+    runs = {(ds, r.name) for ds, r in dconf.runs(validated(paper_config))}
+    assert ("laion10k", "pretrained-sd14") in runs

@@ -29,6 +29,14 @@ def test_every_artifact_kind_is_written(micro_run):
     assert set(summary["study"]) == {"micro"}
     assert len(summary) == 3
     assert (micro_run / "results/micro/figures/sim95_by_dup_cond.png").stat().st_size > 0
+    # the web lane prompted with 6 captions sampled from its collection (micro_sd's pretraining set)
+    own = micro_run / "results/micro/webscale/micro_sd_web_own"
+    web = pd.read_parquet(micro_run / "resources/webscale/micro_web/web.parquet")
+    prompts = pd.read_parquet(own / "generations/prompts.parquet")
+    assert len(prompts) == len(list((own / "generations").glob("*.png"))) == 6
+    assert prompts["prompt"].tolist() == web["TEXT"][prompts["source_id"].astype(int)].tolist()
+    summary = json.loads((own / "summary.json").read_text())
+    assert summary["n"] == 6 and 0 <= summary["own_image_top1"] <= summary["own_image_topk"] <= 1
 
 
 def test_nothing_to_do_after_a_complete_run(micro_run):
@@ -68,6 +76,22 @@ def test_new_matrix_setting_adds_only_its_jobs(micro_run, tmp_path):
     assert counts["finetune"] == 1 and counts["generate"] == 1 and counts["duplication_plan"] == 1
     assert counts["tables"] == 1
     assert "embed_train" not in counts and "fid_reference" not in counts and "build_model" not in counts
+
+
+def test_search_prompt_count_redraws_its_prompts_and_downloads_or_embeds_no_shard(micro_run, tmp_path):
+    counts = _dry_run_with(
+        micro_run, tmp_path, lambda c: c["webscale"]["searches"][1]["prompts"].update(n_images=7)
+    )
+    assert counts == {
+        "search_prompts": 1,
+        "generate_search": 1,
+        "embed_search_generations": 1,
+        "search_shard": 4,
+        "merge_search": 1,
+        "webscale_tables": 1,
+        "webscale_figures": 1,
+        "all": 1,
+    }
 
 
 def test_figure_option_reruns_only_that_figure(micro_run, tmp_path):

@@ -105,9 +105,11 @@ def test_profile_covers_every_gpu_job_of_the_paper_study(workflow_copy):
     assert set(gpu_jobs) >= GPU_RULES
     for rule in gpu_jobs:
         assert rule in sized, f"rule {rule} asks for a GPU but profiles/slurm sets no resources for it"
-        # generate's memory and time come from its model (diffrep.jobsizes) through the rule's
-        # resources, tested per model in test_families; the profile would override them all
-        required = {"cpus_per_task"} if rule == "generate" else {"cpus_per_task", "mem_mb", "runtime"}
+        # generate's and generate_search's memory and time come from the model (diffrep.jobsizes)
+        # through the rule's resources, tested per model in test_families; the profile would
+        # override them all
+        per_model = ("generate", "generate_search")
+        required = {"cpus_per_task"} if rule in per_model else {"cpus_per_task", "mem_mb", "runtime"}
         assert required <= set(sized[rule]), (rule, sized[rule])
         assert profile["set-threads"][rule] == sized[rule]["cpus_per_task"], rule
     assert gpu_jobs["finetune"] == {1}  # resources.train_processes of config.yaml

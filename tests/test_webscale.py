@@ -251,6 +251,27 @@ def test_merge_refuses_missing_shards_unless_allowed_and_then_names_them(tmp_pat
     assert summary["model"] == "sd14" and set(matches["collection"]) == {"laion_a6"}
 
 
+def test_merge_marks_matches_to_the_image_of_the_generations_own_caption(tmp_path):
+    """Prompts sampled from the collection: a match whose index is the prompt's own row is marked, and
+    the summary gives the share of generations whose top-1 / top-k holds that image."""
+    results = _write_shard_results(tmp_path, np.random.default_rng(1), 2)
+    kw = {"label": LABEL, "threshold": 0.5, "n_boot": 50}
+    merge_files(results, 2, 3, tmp_path / "m.parquet", tmp_path / "s.json", **kw)
+    m = pd.read_parquet(tmp_path / "m.parquet")
+    top = m.set_index(["generation", "rank"])["index"]
+    # g0: its own row at top-1; g1: at rank 2; g2..g5: a row that is not among their matches
+    own = {"g0": int(top["g0", 0]), "g1": int(top["g1", 2]), **{f"g{i}": 999 for i in range(2, 6)}}
+    summary = merge_files(results, 2, 3, tmp_path / "m.parquet", tmp_path / "s.json", prompt_rows=own, **kw)
+    m = pd.read_parquet(tmp_path / "m.parquet")
+    assert m.loc[m["own_image"], ["generation", "rank"]].values.tolist() == [["g0", 0], ["g1", 2]]
+    assert (m["prompt_index"] == m["generation"].map(own)).all()
+    assert summary["own_image_top1"] == pytest.approx(1 / 6) and summary["own_image_topk"] == pytest.approx(
+        2 / 6
+    )
+    without = merge_files(results, 2, 3, tmp_path / "m2.parquet", tmp_path / "s2.json", **kw)
+    assert "own_image_top1" not in without and "own_image" not in pd.read_parquet(tmp_path / "m2.parquet")
+
+
 def test_replication_rate_bootstrap_is_seeded_and_brackets_the_rate():
     top1 = np.r_[np.full(30, 0.9), np.full(70, 0.2)]
     a = replication_rate(top1, 0.5, n_boot=500, seed=3)

@@ -23,6 +23,8 @@ def test_paper_webscale_block_plans_one_job_per_shard(workflow_copy):
     counts = job_counts(snakemake(["-n"], cwd=workflow_copy, check=True).stdout)
     assert counts["download_shard"] == counts["embed_shard"] == counts["search_shard"] == 1200
     assert counts["merge_search"] == counts["webscale_tables"] == 1
+    # prompted with LAION-A 6+'s own captions: one draw, one generation and one embedding job
+    assert counts["search_prompts"] == counts["generate_search"] == counts["embed_search_generations"] == 1
 
 
 def _dry_run(tmp_path, workflow_copy, cfg, *extra):
@@ -134,7 +136,9 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
     paper_config["webscale"]["collections"]["laion_a6"].update(
         parquets=[str(tmp_path / "p.parquet")], shard_size=3
     )
-    paper_config["webscale"]["searches"][0].update(embedder="pixel16", top_k=2, threshold=0.99)
+    paper_config["webscale"]["searches"][0].update(
+        embedder="pixel16", top_k=2, threshold=0.99, prompts={"dataset": "laion10k"}
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
     wd = tmp_path / "wd"
     emb = PixelEmbedder(16)

@@ -324,6 +324,14 @@ def check_block_runs(config: dict, block: dict, where: str) -> None:
         _require_model(config, model, "diffusers", f"{where}.pretrained")
 
 
+# the keys of webscale.searches[].prompts each source uses (besides preset)
+SEARCH_PROMPT_KEYS = {
+    "dataset": ("dataset",),
+    "collection": ("n_images", "seed"),
+    "prompt_file": ("prompt_file", "n_images", "seed"),
+}
+
+
 def check_webscale(config: dict) -> None:
     """Cross-key checks of the webscale searches: their model, collection, embedder, dataset, preset."""
     ws = config.get("webscale", {})
@@ -335,14 +343,27 @@ def check_webscale(config: dict) -> None:
     for i, search in enumerate(ws.get("searches", [])):
         where = f"webscale.searches[{i}] ({search['name']})"
         _require_model(config, search["model"], "diffusers", f"{where}.model")
-        for key, value, defined in (
+        prompts, source = search["prompts"], search_prompt_source(search)
+        checks = [
             ("collection", search["collection"], collections),
             ("embedder", search["embedder"], config["embedders"]),
-            ("prompts.dataset", search["prompts"]["dataset"], config["datasets"]),
-            ("prompts.preset", search["prompts"]["preset"], config["generation"]["presets"]),
-        ):
+            ("prompts.preset", prompts["preset"], config["generation"]["presets"]),
+        ]
+        if source == "dataset":
+            checks.append(("prompts.dataset", prompts["dataset"], config["datasets"]))
+        if source == "prompt_file":
+            files = config.get("memorization", {}).get("prompt_files", {})
+            checks.append(("prompts.prompt_file", prompts["prompt_file"], files))
+        for key, value, defined in checks:
             if value not in defined:
                 raise ConfigError(f"{where}.{key}: {value!r} is not defined; defined: {_allowed(defined)}")
+        unused = [k for k in ("dataset", "prompt_file", "n_images", "seed") if k in prompts]
+        unused = [k for k in unused if k not in SEARCH_PROMPT_KEYS[source]]
+        if unused:
+            raise ConfigError(
+                f"{where}.prompts: {', '.join(unused)} has no effect with source {source!r} (it uses "
+                f"{', '.join(SEARCH_PROMPT_KEYS[source])} and preset)"
+            )
 
 
 def check_families(config: dict) -> None:
@@ -380,8 +401,15 @@ def runs(config: dict) -> list[tuple[str, Run]]:
         for run in sweep["runs"]:
             out.add((sweep["dataset"], Run.parse(run)))
     for search in config.get("webscale", {}).get("searches", []):  # the web-scale lane's generations
-        out.add((search["prompts"]["dataset"], search_run(config, search)))
+        if search_prompt_source(search) == "dataset":
+            out.add((search["prompts"]["dataset"], search_run(config, search)))
     return sorted(out, key=lambda x: (x[0], not x[1].is_base, x[1].name))
+
+
+def search_prompt_source(search: dict) -> str:
+    """dataset (a dataset's run generates the search's images), collection or prompt_file (the search's
+    own generate_search job, from its prompts table)."""
+    return search["prompts"].get("source", "dataset")
 
 
 def search_run(config: dict, search: dict) -> Run:

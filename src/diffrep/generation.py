@@ -188,8 +188,14 @@ def generate(
     device: str | None = None,
     dtype: str = "auto",
     run: str | None = None,
+    prompts_file=None,
 ) -> Path:
-    """Write ``{index:05d}.png``, prompts.parquet and generation_info.json into `out_dir` (docs/formats.md)."""
+    """Write ``{index:05d}.png``, prompts.parquet and generation_info.json into `out_dir` (docs/formats.md).
+
+    The prompts are drawn from `captions_file` and `plan_file`, or, with `prompts_file` (a prompts
+    table of :mod:`diffrep.webprompts`: one row per image, its prompt and seed), taken from it; then
+    `captions_file` and `plan_file` are None and `n_images` must equal the table's rows.
+    """
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -198,9 +204,16 @@ def generate(
     if dtype == "auto" and device.startswith("cuda"):
         dtype = families.FAMILIES[family].cuda_dtype
     torch_dtype = resolve_dtype(dtype, device)
-    caps = read_caption_file(captions_file)
-    plan = pd.read_parquet(plan_file)
-    prompts = draw_prompts(caps["captions"], plan, n_images, seed)
+    if prompts_file is not None:
+        from diffrep.webprompts import read_prompts
+
+        prompts, conditioning = read_prompts(prompts_file), None
+        if len(prompts) != n_images:
+            raise ValueError(f"{prompts_file}: {len(prompts)} prompts, but n_images is {n_images}")
+    else:
+        caps = read_caption_file(captions_file)
+        prompts = draw_prompts(caps["captions"], pd.read_parquet(plan_file), n_images, seed)
+        conditioning = caps.get("conditioning")
     pipe = load_pipeline(model_dir, device, torch_dtype, family)
     set_scheduler(pipe, preset.get("scheduler", "default"))
     prompts["prompt_used"] = mitigate_prompts(prompts, preset, seed, pipe.tokenizer)
@@ -209,7 +222,7 @@ def generate(
         "preset": {k: v for k, v in preset.items()},
         "model": str(model_dir),
         "run": run,
-        "conditioning": caps.get("conditioning"),
+        "conditioning": conditioning,
         "resolution": int(resolution),
         "n_images": int(n_images),
         "seed": int(seed),
@@ -217,7 +230,11 @@ def generate(
         "family": family,
         "dtype": str(torch_dtype).replace("torch.", ""),
     }
-    key = fingerprint({**info, "model": Path(model_dir).resolve().as_posix()})
+    # the prompts are part of what a kept partial image was made from
+    drawn = hashlib.sha256(
+        json.dumps([list(prompts["prompt_used"]), [int(s) for s in prompts["seed"]]]).encode()
+    )
+    key = fingerprint({**info, "model": Path(model_dir).resolve().as_posix(), "prompts": drawn.hexdigest()})
     out_dir = Path(out_dir)
     with resumable_dir(out_dir, key) as staging:
         todo = [i for i in range(n_images) if not (staging / f"{i:05d}.png").exists()]
@@ -250,6 +267,7 @@ def generate(
             bar.update(len(idx))
         bar.close()
         cols = ["index", "file", "source_id", "duplicated", "dup_set", "prompt", "prompt_used", "seed"]
+        cols += [c for c in prompts if c not in cols]  # a prompts table's own columns (url, shard, label)
         prompts[cols].to_parquet(staging / "prompts.parquet", index=False)
         info["duration_s"] = time.time() - t0
         (staging / "generation_info.json").write_text(json.dumps(info, indent=1, default=str))

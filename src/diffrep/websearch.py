@@ -226,12 +226,17 @@ def merge_files(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    prompt_rows: dict[str, int] | None = None,
 ) -> dict:
     """Merge per-shard matches parquets {shard: path}; write the global top-k and the summary.
 
     Shards in ``range(n_shards)`` absent from `results` (or whose file is absent) are missing: see
     :func:`check_complete`. `label` (model, collection, embedder, preprocess) and the missing shards
     are written into every output: columns of the matches table, keys of the summary JSON.
+    `prompt_rows` ({generation: the collection row its prompt was taken from}, for prompts sampled
+    from the collection itself) adds ``prompt_index`` and ``own_image`` (the match is the image of
+    the generation's own caption) to the matches, and to the summary the share of generations whose
+    top-1 (``own_image_top1``) or any top-k match (``own_image_topk``) is that image.
     """
     import pandas as pd
 
@@ -249,6 +254,12 @@ def merge_files(
         "n_shards": int(n_shards),
         "missing_shards": missing,
     }
+    if prompt_rows is not None:
+        merged["prompt_index"] = merged["generation"].map(prompt_rows).astype("Int64")
+        merged["own_image"] = (merged["index"] == merged["prompt_index"]).fillna(False).astype(bool)
+        own = merged.groupby("generation")["own_image"]
+        summary["own_image_top1"] = float(merged.loc[merged["rank"] == 0, "own_image"].mean())
+        summary["own_image_topk"] = float(own.any().mean())
     _write_parquet(merged, out_matches)
     with atomic_path(out_summary) as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
