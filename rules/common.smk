@@ -663,7 +663,7 @@ try:
             )
     # shard counts at DAG time: parquet footers when the files are on disk, else the configured n_rows
     N_SHARDS = {
-        name: webshards.n_shards(webshards.collection_rows(c, name), c["shard_size"])
+        name: webshards.shard_count(c, name)
         for name, c in COLLECTIONS.items()
         if any(s["collection"] == name for s in SEARCHES.values())
     }
@@ -675,6 +675,29 @@ wildcard_constraints:
     collection=_alternatives(COLLECTIONS),
     search=_alternatives(SEARCHES),
     shard=r"\d{5}",
+
+
+# collections whose shards are downloaded (download_shard) / already on disk (register_shard)
+DOWNLOADED = [n for n, c in COLLECTIONS.items() if not c.get("on_disk")]
+ON_DISK = [n for n, c in COLLECTIONS.items() if c.get("on_disk")]
+
+
+def shard_tar(collection, shard):
+    """A shard's tar: downloaded under resources/webscale/, or img2dataset's on the user's disk."""
+    folder = COLLECTIONS[collection].get("on_disk")
+    if folder:
+        return f"{folder}/{shard}.tar"
+    return f"{WS}/{collection}/shards/{shard}.tar"
+
+
+def get_on_disk_shard(wildcards):
+    """An on-disk shard's tar and img2dataset stats, and the parquets it is checked against."""
+    folder = COLLECTIONS[wildcards.collection]["on_disk"]
+    return {
+        "tar": f"{folder}/{wildcards.shard}.tar",
+        "stats": f"{folder}/{wildcards.shard}_stats.json",
+        **get_download_inputs(wildcards),
+    }
 
 
 def shard_names(collection):
@@ -832,8 +855,15 @@ def get_search_generation_dir(wildcards):
 def get_search_shard_tars(wildcards):
     """Every shard tar of a search's collection, in shard order (the gallery reads the matched ones)."""
     s = SEARCHES[wildcards.search]
+    return [shard_tar(s["collection"], i) for i in shard_names(s["collection"])]
+
+
+def get_search_shard_stats(wildcards):
+    """Every shard's stats of a search's collection, in shard order."""
+    s = SEARCHES[wildcards.search]
     return [
-        f"{WS}/{s['collection']}/shards/{i}.tar" for i in shard_names(s["collection"])
+        f"{WS}/{s['collection']}/shards/{i}_stats.json"
+        for i in shard_names(s["collection"])
     ]
 
 
@@ -853,10 +883,9 @@ def get_search_shard_inputs(wildcards):
 
 
 def get_embed_shard_inputs(wildcards):
-    shard = f"{WS}/{wildcards.collection}/shards/{wildcards.shard}"
     return {
-        "tar": f"{shard}.tar",
-        "stats": f"{shard}_stats.json",
+        "tar": shard_tar(wildcards.collection, wildcards.shard),
+        "stats": f"{WS}/{wildcards.collection}/shards/{wildcards.shard}_stats.json",
         **get_embedder_model(wildcards),
     }
 

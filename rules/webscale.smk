@@ -30,6 +30,8 @@ rule download_shard:
         stats=f"{WS}/{{collection}}/shards/{{shard}}_stats.json",
     log:
         f"logs/webscale/{{collection}}/download/{{shard}}.log",
+    wildcard_constraints:
+        collection=_alternatives(DOWNLOADED),
     retries: 2
     localrule: True
     conda:
@@ -45,6 +47,26 @@ rule download_shard:
         shard="{shard}",
     script:
         "../scripts/webscale_download.py"
+
+
+# img2dataset's shards already on disk: checked against the parquets and recorded, not copied
+rule register_shard:
+    input:
+        unpack(get_on_disk_shard),
+    output:
+        stats=f"{WS}/{{collection}}/shards/{{shard}}_stats.json",
+    log:
+        f"logs/webscale/{{collection}}/register/{{shard}}.log",
+    wildcard_constraints:
+        collection=_alternatives(ON_DISK),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        rows=get_shard_rows_params,
+        shard="{shard}",
+    script:
+        "../scripts/webscale_register.py"
 
 
 rule embed_shard:
@@ -216,6 +238,7 @@ rule webscale_figures:
         matches=f"{R}/webscale/{{search}}/matches.parquet",
         generations=get_search_generation_dir,
         tars=get_search_shard_tars,
+        stats=get_search_shard_stats,
     output:
         gallery=report(
             f"{R}/figures/webscale/{{search}}/gallery.png",

@@ -22,10 +22,12 @@ from diffrep.webshards import (
     ShardError,
     check_columns,
     download_shard,
+    img2dataset_ranges,
     key_of,
     n_shards,
     read_shard,
     record_failed_shard,
+    register_shard,
     shard_rows,
     write_shard,
 )
@@ -279,6 +281,119 @@ def test_replication_rate_bootstrap_is_seeded_and_brackets_the_rate():
     assert a["rate"] == 0.3 and a["ci_low"] < 0.3 < a["ci_high"]
     assert a["ci_low"] > 0.18 and a["ci_high"] < 0.42  # binomial sd 0.046: about ±0.09
     assert replication_rate(top1, 0.5, n_boot=500, seed=4) != a
+
+
+# ---------------------------------------------------------------- img2dataset shards already on disk
+
+
+def write_img2dataset_folder(parquets, folder, shard_size, pictures, failed=()):
+    """What img2dataset (output_format webdataset, number_sample_per_shard = shard_size) writes for
+    `parquets` given in this order: each file cut on its own, shards numbered on across files,
+    ``{shard:05d}.tar`` of ``{key}.jpg/.txt/.json`` and ``{shard:05d}_stats.json``; key = shard and
+    row in shard (img2dataset's compute_key). `pictures(row)` is a collection row's JPEG bytes;
+    rows in `failed` are not fetched."""
+    import math
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = math.ceil(math.log10(shard_size))
+    shard, start = 0, 0
+    for path in parquets:
+        df = pd.read_parquet(path)
+        for a in range(0, len(df), shard_size):
+            part = df.iloc[a : a + shard_size]
+            ok = 0
+            with tarfile.open(folder / f"{shard:05d}.tar", "w") as tar:
+                for j, (url, caption) in enumerate(zip(part["URL"], part["TEXT"])):
+                    row = start + a + j
+                    if row in failed:
+                        continue
+                    key = f"{10**digits * shard + j:0{5 + digits}d}"
+                    meta = {"url": url, "caption": caption, "key": key, "status": "success"}
+                    for ext, data in (
+                        ("jpg", pictures(row)),
+                        ("txt", caption.encode()),
+                        ("json", json.dumps(meta).encode()),
+                    ):
+                        info = tarfile.TarInfo(f"{key}.{ext}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+                    ok += 1
+            stats = {
+                "count": len(part),
+                "successes": ok,
+                "failed_to_download": len(part) - ok,
+                "failed_to_resize": 0,
+                "status_dict": {
+                    "success": ok,
+                    **({"HTTP Error 404": len(part) - ok} if ok < len(part) else {}),
+                },
+            }
+            (folder / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
+            shard += 1
+        start += len(df)
+
+
+def test_img2dataset_cuts_each_parquet_on_its_own():
+    assert img2dataset_ranges([25, 13], 10) == [(0, 10), (10, 20), (20, 25), (25, 35), (35, 38)]
+
+
+def test_img2dataset_shards_on_disk_are_numbered_by_collection_row(tmp_path):
+    """Two parquets (7 + 5 rows), 4 rows per shard: img2dataset's shards 0-3 are rows 0-3, 4-6, 7-10,
+    11; each image read from them carries its collection row, whatever img2dataset keyed it."""
+    parquets = [_laion(tmp_path / "a.parquet", 7), _laion(tmp_path / "b.parquet", 5, start=7)]
+    folder = tmp_path / "i2d"
+    write_img2dataset_folder(parquets, folder, 4, lambda r: _jpeg(_texture(r)), failed={5})
+    found = {}
+    for shard in range(4):
+        out = tmp_path / f"{shard}_stats.json"
+        rec = register_shard(
+            folder / f"{shard:05d}.tar", folder / f"{shard:05d}_stats.json", parquets, shard, 4, out
+        )
+        assert rec == json.loads(out.read_text()) and rec["layout"] == "img2dataset"
+        images, bad = read_shard(folder / f"{shard:05d}.tar", shard, stats=rec)
+        assert not bad
+        found.update({im.meta["index"]: im for im in images})
+    assert sorted(found) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]  # row 5 failed to download
+    for row, im in found.items():
+        assert im.key == key_of(row) and im.meta["url"] == f"http://x/{row}.jpg"
+        assert im.data == _jpeg(_texture(row))
+    assert json.loads((tmp_path / "1_stats.json").read_text())["rows"] == [4, 7]
+
+
+def test_img2dataset_shards_of_other_parquets_or_sizes_are_refused_naming_the_member(tmp_path):
+    parquets = [_laion(tmp_path / "a.parquet", 7), _laion(tmp_path / "b.parquet", 5, start=7)]
+    pics = lambda r: _jpeg(_texture(r))  # noqa: E731
+    write_img2dataset_folder(parquets, tmp_path / "size5", 5, pics)  # number_sample_per_shard 5, not 4
+    with pytest.raises(
+        ShardError, match=r"shard 1: .*member 000010: url 'http://x/5.jpg', but collection row 4"
+    ):
+        register_shard(
+            tmp_path / "size5/00001.tar", tmp_path / "size5/00001_stats.json", parquets, 1, 4, tmp_path / "s"
+        )
+    write_img2dataset_folder(parquets[::-1], tmp_path / "swapped", 4, pics)  # the files in another order
+    with pytest.raises(ShardError, match=r"img2dataset's input must be these parquets, in this order"):
+        register_shard(
+            tmp_path / "swapped/00000.tar",
+            tmp_path / "swapped/00000_stats.json",
+            parquets,
+            0,
+            4,
+            tmp_path / "s",
+        )
+    (tmp_path / "swapped/00002_stats.json").unlink()
+    with pytest.raises(
+        ShardError, match=r"shard 2: .*00002_stats.json is missing \(img2dataset did not finish"
+    ):
+        register_shard(
+            tmp_path / "swapped/00002.tar",
+            tmp_path / "swapped/00002_stats.json",
+            parquets,
+            2,
+            4,
+            tmp_path / "s",
+        )
+    assert not (tmp_path / "s").exists()
 
 
 # ---------------------------------------------------------------- end to end over HTTP

@@ -15,7 +15,7 @@ from PIL import Image, ImageEnhance
 from conftest import REPO, job_counts, load_yaml, serve_folder, snakemake
 from diffrep.embeddings import PixelEmbedder, write_embeddings
 from diffrep.tinysd import mini_options
-from test_webscale import _jpeg, _texture
+from test_webscale import _jpeg, _texture, write_img2dataset_folder
 
 
 def test_paper_webscale_block_plans_one_job_per_shard(workflow_copy):
@@ -199,6 +199,77 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
         [*args, "--replace-workflow-config", "-n", "--allowed-rules", *rules, "--", target], cwd=workflow_copy
     )
     assert job_counts(proc.stdout) == {"merge_search": 1, "webscale_tables": 1}, proc.stdout[-3000:]
+
+
+def test_img2dataset_shards_on_disk_are_searched_without_download(tmp_path, workflow_copy, paper_config):
+    """A collection whose shards img2dataset already wrote (on_disk): no download job, one
+    register_shard per img2dataset shard (each parquet cut on its own), and the planted copies are
+    found at their collection rows; the gallery shows the on-disk images' own bytes."""
+    parquets = []
+    for name, rows in (("a", range(0, 5)), ("b", range(5, 9))):
+        pd.DataFrame(
+            {"URL": [f"http://web/{i}.jpg" for i in rows], "TEXT": [f"t{i}" for i in rows]}
+        ).to_parquet(tmp_path / f"{name}.parquet")
+        parquets.append(tmp_path / f"{name}.parquet")
+    folder = tmp_path / "img2dataset_out"
+    write_img2dataset_folder(parquets, folder, 3, lambda r: _jpeg(_texture(r)), failed={4})
+    paper_config["embedders"]["pixel16"] = {"type": "pixel", "size": 16}
+    paper_config["webscale"]["collections"]["laion_a6"].update(
+        parquets=[str(tmp_path / "*.parquet")], shard_size=3, on_disk=str(folder)
+    )
+    paper_config["webscale"]["searches"][0].update(
+        embedder="pixel16", top_k=2, threshold=0.99, prompts={"dataset": "laion10k"}
+    )
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
+    wd = tmp_path / "wd"
+    emb = PixelEmbedder(16)
+    gen_dir = wd / "results/paper/laion10k/generations/pretrained-sd14/default"
+    gen_dir.mkdir(parents=True)
+    for name, i in (("a.png", 2), ("b.png", 6)):  # rows 2 (shard 0) and 6 (shard 2: b.parquet's first)
+        Image.open(io.BytesIO(_jpeg(_texture(i)))).save(gen_dir / name)
+    gen = emb.embed([gen_dir / "a.png", gen_dir / "b.png"])
+    write_embeddings(
+        wd / "results/paper/laion10k/embeddings/pixel16/pretrained-sd14/default.npz",
+        ["a.png", "b.png"],
+        gen,
+        emb.name,
+        emb.preprocess,
+    )
+    args = [
+        "--cores",
+        "1",
+        *_in_dir(workflow_copy, wd, tmp_path / "config.yaml"),
+        "--replace-workflow-config",
+    ]
+    rules = ["register_shard", "embed_shard", "search_shard", "merge_search", "webscale_figures"]
+    lane = "results/paper/webscale/sd14_laion_a6"
+    gallery = "results/paper/figures/webscale/sd14_laion_a6/gallery.png"
+    proc = snakemake(
+        [*args, "--allowed-rules", *rules, "--", f"{lane}/matches.parquet", gallery], cwd=workflow_copy
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    counts = job_counts_of_run(proc.stdout + proc.stderr)
+    assert (
+        counts["register_shard"] == counts["embed_shard"] == 4 and "download_shard" not in counts
+    )  # 3+2, 3+1
+    top1 = pd.read_parquet(wd / lane / "matches.parquet").query("rank == 0").set_index("generation")
+    assert top1.loc[["a.png", "b.png"], ["index", "shard", "url"]].values.tolist() == [
+        [2, 0, "http://web/2.jpg"],
+        [6, 2, "http://web/6.jpg"],
+    ]
+    assert (top1["similarity"] > 0.9999).all()
+    shards = pd.read_csv(wd / lane / "shards.csv")
+    assert shards[["shard", "count", "successes"]].values.tolist() == [
+        [0, 3, 3],
+        [1, 2, 1],
+        [2, 3, 3],
+        [3, 1, 1],
+    ]
+    shown = wd / lane / "match_images"
+    assert (shown / "000000002.jpg").read_bytes() == _jpeg(
+        _texture(2)
+    )  # an on-disk image, renamed to its row
+    assert not (wd / "resources/webscale/laion_a6/shards/00000.tar").exists()  # nothing copied
 
 
 def _copy_of(picture: Image.Image, augmented: bool) -> Image.Image:

@@ -175,6 +175,55 @@ def fingerprint(info: dict) -> str:
     return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class PromptError(ValueError):
+    """A prompts table or source that cannot give the prompts asked for; the message names the file."""
+
+
+# the columns of a prompts table (one row per image; diffrep.webprompts adds its own after these)
+PROMPT_COLUMNS = ["index", "source_id", "duplicated", "dup_set", "prompt", "seed"]
+
+
+def read_prompt_table(path) -> pd.DataFrame:
+    """A prompts table, checked for the columns generation needs (a clear error naming the file)."""
+    table = pd.read_parquet(path)
+    missing = [c for c in PROMPT_COLUMNS if c not in table]
+    if missing:
+        raise PromptError(f"prompts table {path} lacks column(s) {', '.join(missing)}")
+    if list(table["index"]) != list(range(len(table))):
+        raise PromptError(f"prompts table {path}: 'index' must be 0, 1, ... in order")
+    return table
+
+
+def _prompts(
+    captions_file, plan_file, prompts_file, n_images: int, seed: int
+) -> tuple[pd.DataFrame, str | None]:
+    """The prompts of a generate job and their caption conditioning: drawn from a caption file and a
+    plan, or the rows of a prompts table (diffrep.webprompts: one per image, its prompt and seed;
+    `n_images` must equal its rows)."""
+    if prompts_file is not None:
+        prompts = read_prompt_table(prompts_file)
+        if len(prompts) != n_images:
+            raise PromptError(f"{prompts_file}: {len(prompts)} prompts, but n_images is {n_images}")
+        return prompts, None
+    caps = read_caption_file(captions_file)
+    return draw_prompts(caps["captions"], pd.read_parquet(plan_file), n_images, seed), caps.get(
+        "conditioning"
+    )
+
+
+def _partial_key(info: dict, model_dir, prompts: pd.DataFrame) -> str:
+    """What kept partial images must have been made with: the settings, the model, the prompts."""
+    drawn = json.dumps([list(prompts["prompt_used"]), [int(s) for s in prompts["seed"]]])
+    model = Path(model_dir).resolve().as_posix()
+    return fingerprint({**info, "model": model, "prompts": hashlib.sha256(drawn.encode()).hexdigest()})
+
+
+def _write_prompts(prompts: pd.DataFrame, path) -> None:
+    cols = ["index", "file", "source_id", "duplicated", "dup_set", "prompt", "prompt_used", "seed"]
+    cols += [c for c in prompts if c not in cols]  # a prompts table's own columns (url, shard, label)
+    prompts[cols].to_parquet(path, index=False)
+
+
 def generate(
     model_dir,
     captions_file,
@@ -192,9 +241,7 @@ def generate(
 ) -> Path:
     """Write ``{index:05d}.png``, prompts.parquet and generation_info.json into `out_dir` (docs/formats.md).
 
-    The prompts are drawn from `captions_file` and `plan_file`, or, with `prompts_file` (a prompts
-    table of :mod:`diffrep.webprompts`: one row per image, its prompt and seed), taken from it; then
-    `captions_file` and `plan_file` are None and `n_images` must equal the table's rows.
+    Prompts: drawn from `captions_file` and `plan_file`, or the rows of `prompts_file` (:func:`_prompts`).
     """
     from tqdm.auto import tqdm
 
@@ -204,16 +251,7 @@ def generate(
     if dtype == "auto" and device.startswith("cuda"):
         dtype = families.FAMILIES[family].cuda_dtype
     torch_dtype = resolve_dtype(dtype, device)
-    if prompts_file is not None:
-        from diffrep.webprompts import read_prompts
-
-        prompts, conditioning = read_prompts(prompts_file), None
-        if len(prompts) != n_images:
-            raise ValueError(f"{prompts_file}: {len(prompts)} prompts, but n_images is {n_images}")
-    else:
-        caps = read_caption_file(captions_file)
-        prompts = draw_prompts(caps["captions"], pd.read_parquet(plan_file), n_images, seed)
-        conditioning = caps.get("conditioning")
+    prompts, conditioning = _prompts(captions_file, plan_file, prompts_file, n_images, seed)
     pipe = load_pipeline(model_dir, device, torch_dtype, family)
     set_scheduler(pipe, preset.get("scheduler", "default"))
     prompts["prompt_used"] = mitigate_prompts(prompts, preset, seed, pipe.tokenizer)
@@ -230,13 +268,8 @@ def generate(
         "family": family,
         "dtype": str(torch_dtype).replace("torch.", ""),
     }
-    # the prompts are part of what a kept partial image was made from
-    drawn = hashlib.sha256(
-        json.dumps([list(prompts["prompt_used"]), [int(s) for s in prompts["seed"]]]).encode()
-    )
-    key = fingerprint({**info, "model": Path(model_dir).resolve().as_posix(), "prompts": drawn.hexdigest()})
     out_dir = Path(out_dir)
-    with resumable_dir(out_dir, key) as staging:
+    with resumable_dir(out_dir, _partial_key(info, model_dir, prompts)) as staging:
         todo = [i for i in range(n_images) if not (staging / f"{i:05d}.png").exists()]
         if len(todo) < n_images:
             log.info("resuming: %d of %d images already made", n_images - len(todo), n_images)
@@ -266,9 +299,7 @@ def generate(
                     im.save(tmp, format="PNG")
             bar.update(len(idx))
         bar.close()
-        cols = ["index", "file", "source_id", "duplicated", "dup_set", "prompt", "prompt_used", "seed"]
-        cols += [c for c in prompts if c not in cols]  # a prompts table's own columns (url, shard, label)
-        prompts[cols].to_parquet(staging / "prompts.parquet", index=False)
+        _write_prompts(prompts, staging / "prompts.parquet")
         info["duration_s"] = time.time() - t0
         (staging / "generation_info.json").write_text(json.dumps(info, indent=1, default=str))
     log.info("wrote %d images to %s", n_images, out_dir)

@@ -26,16 +26,20 @@ def shown_matches(matches: pd.DataFrame, n_generations: int, top_k: int) -> pd.D
 
 
 def extract_match_images(
-    shown: pd.DataFrame, shard_tars: dict[int, str | os.PathLike], out_dir
+    shown: pd.DataFrame,
+    shard_tars: dict[int, str | os.PathLike],
+    out_dir,
+    stats: dict[int, dict] | None = None,
 ) -> pd.DataFrame:
     """Write the shown matches' images from their shard tars into `out_dir`; return the metadata
-    (id, file) that diffrep.figures.gallery reads. A match missing from its tar raises naming both."""
+    (id, file) that diffrep.figures.gallery reads. A match missing from its tar raises naming both.
+    `stats` ({shard: its stats}) number the images of img2dataset shards (diffrep.webshards)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for shard, part in shown.groupby("shard"):
         wanted = set(part["train_id"])
-        images, _ = read_shard(shard_tars[int(shard)], int(shard))
+        images, _ = read_shard(shard_tars[int(shard)], int(shard), stats=(stats or {}).get(int(shard)))
         found = {im.key: im for im in images if im.key in wanted}
         missing = sorted(wanted - set(found))
         if missing:
@@ -43,8 +47,9 @@ def extract_match_images(
                 f"shard {shard}: {shard_tars[int(shard)]} has no usable image {missing[0]} of the matches"
             )
         for key, im in found.items():
-            (out_dir / im.member).write_bytes(im.data)
-            rows.append({"id": key, "file": im.member})
+            name = f"{key}{Path(im.member).suffix}"  # named by its row, whatever its tar's layout
+            (out_dir / name).write_bytes(im.data)
+            rows.append({"id": key, "file": name})
     return pd.DataFrame(rows, columns=["id", "file"])
 
 

@@ -26,18 +26,13 @@ import numpy as np
 import pandas as pd
 
 from diffrep.fileio import atomic_path
-from diffrep.generation import image_seed
+from diffrep.generation import PROMPT_COLUMNS as COLUMNS
+from diffrep.generation import PromptError, image_seed, read_prompt_table
 from diffrep.webshards import ShardError, check_columns, row_counts
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("dataset", "collection", "prompt_file")
-# what generation.generate needs of a prompts table; the sources add their own columns after these
-COLUMNS = ["index", "source_id", "duplicated", "dup_set", "prompt", "seed"]
-
-
-class PromptError(ValueError):
-    """A prompt source that cannot give the prompts asked for; the message names the file."""
+__all__ = ["COLUMNS", "PromptError", "collection_prompts", "file_prompts", "read_prompts", "search_prompts"]
 
 
 def draw(n_available: int, n: int, seed: int, where: str) -> np.ndarray:
@@ -162,11 +157,5 @@ def write_prompts(table: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def read_prompts(path: str | os.PathLike) -> pd.DataFrame:
-    """A prompts table, checked for the columns generation needs (a clear error naming the file)."""
-    table = pd.read_parquet(path)
-    missing = [c for c in COLUMNS if c not in table]
-    if missing:
-        raise PromptError(f"prompts table {path} lacks column(s) {', '.join(missing)}")
-    if list(table["index"]) != list(range(len(table))):
-        raise PromptError(f"prompts table {path}: 'index' must be 0, 1, ... in order")
-    return table
+    """A prompts table (:func:`diffrep.generation.read_prompt_table`)."""
+    return read_prompt_table(path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import tarfile
 import tempfile
@@ -105,6 +106,16 @@ def collection_rows(cfg: dict, name: str) -> int:
     )
 
 
+def shard_count(cfg: dict, name: str) -> int:
+    """Shards of collection `name`: rows / shard_size, or, for img2dataset shards already on disk
+    (``on_disk``), img2dataset's count (each parquet cut on its own; from n_rows while the parquets
+    are not on disk, which ignores the per-file remainders)."""
+    files = collection_files(cfg.get("parquets", []))
+    if cfg.get("on_disk") and files and all(p.is_file() for p in files):
+        return len(img2dataset_ranges(row_counts(files), cfg["shard_size"]))
+    return n_shards(collection_rows(cfg, name), cfg["shard_size"])
+
+
 def n_shards(n_rows: int, shard_size: int) -> int:
     """Number of shards of `n_rows` rows with `shard_size` rows each (the last may be shorter)."""
     if shard_size < 1:
@@ -120,7 +131,6 @@ def shard_rows(
     Rows ``[shard * shard_size, (shard + 1) * shard_size)`` of the parquet files concatenated in
     list order; the ``index`` column is the row's number in that concatenation.
     """
-    import pandas as pd
 
     counts = row_counts(parquets)
     total = sum(counts)
@@ -129,6 +139,14 @@ def shard_rows(
             f"shard {shard} out of range: {total} rows make {n_shards(total, shard_size)} shards"
         )
     lo, hi = shard * shard_size, min((shard + 1) * shard_size, total)
+    return rows_between(parquets, lo, hi, url_col, caption_col, id_cols, counts)
+
+
+def rows_between(parquets, lo: int, hi: int, url_col="URL", caption_col="TEXT", id_cols=(), counts=None):
+    """Rows ``[lo, hi)`` of the concatenated parquets as a DataFrame (index, url, caption, id columns)."""
+    import pandas as pd
+
+    counts = row_counts(parquets) if counts is None else counts
     parts, start = [], 0
     for path, n in zip(parquets, counts):
         a, b = max(lo, start), min(hi, start + n)
@@ -140,7 +158,109 @@ def shard_rows(
             df.insert(0, "index", range(a, b))
             parts.append(df)
         start += n
+    if not parts:
+        raise ShardError(f"rows {lo}..{hi - 1} are out of range: the collection has {sum(counts)} rows")
     return pd.concat(parts, ignore_index=True)
+
+
+# ---------------------------------------------------------------- shards already on disk (img2dataset)
+#
+# img2dataset (output_format webdataset) cuts each input file into pieces of number_sample_per_shard
+# rows (the last piece of every file may be shorter) and numbers the pieces on across the files, in
+# sorted order when given a folder; a sample's key is ``10 ** sample_digits * shard + row in shard``,
+# zero-padded, and its ``.json`` holds url, caption, key and status but no row number.
+
+IMG2DATASET = "img2dataset"
+
+
+def img2dataset_ranges(counts, shard_size: int) -> list[tuple[int, int]]:
+    """The collection rows ``[lo, hi)`` of each img2dataset shard, in shard order."""
+    ranges, start = [], 0
+    for n in counts:
+        ranges += [(start + a, start + min(a + shard_size, n)) for a in range(0, n, shard_size)]
+        start += n
+    return ranges
+
+
+def sample_digits(shard_size: int) -> int:
+    """Digits of the row-in-shard part of an img2dataset key (its ``oom_sample_per_shard``)."""
+    return math.ceil(math.log10(shard_size)) if shard_size > 1 else 0
+
+
+def register_shard(
+    tar_path,
+    stats_path,
+    parquets,
+    shard: int,
+    shard_size: int,
+    out_stats,
+    url_col: str = "URL",
+    caption_col: str = "TEXT",
+    manifest=None,
+) -> dict:
+    """Check an img2dataset shard already on disk against the collection and record it.
+
+    Every member's key must belong to shard `shard` and its url equal the url of the row it maps to
+    (so the folder was made from these parquets, in this order, with number_sample_per_shard =
+    `shard_size`); img2dataset's counts must match the rows and the tar. Writes `out_stats`:
+    img2dataset's ``_stats.json`` counts plus the tar's sha256, its rows and the layout, which
+    :func:`read_shard` uses to number the images. Nothing is copied.
+    """
+    tar_path = Path(tar_path)
+    try:
+        stats = json.loads(Path(stats_path).read_text())
+    except FileNotFoundError:
+        raise ShardError(
+            f"shard {shard}: {stats_path} is missing (img2dataset did not finish the shard?); "
+            "run img2dataset on it again"
+        ) from None
+    counts = row_counts(parquets)
+    ranges = img2dataset_ranges(counts, shard_size)
+    if not 0 <= shard < len(ranges):
+        raise ShardError(
+            f"shard {shard}: the collection's {sum(counts)} rows make {len(ranges)} img2dataset shards"
+        )
+    lo, hi = ranges[shard]
+    rows = rows_between(parquets, lo, hi, url_col, caption_col, (), counts)
+    digits = sample_digits(shard_size)
+    members = _members(tar_path, shard)
+    for key, parts in sorted(members.items()):
+        if "json" not in parts:
+            raise ShardError(f"shard {shard}: {tar_path} member {key}.*: has no .json")
+        meta = json.loads(parts["json"])
+        owner, row = divmod(int(key), 10**digits)
+        if owner != shard or row >= hi - lo:
+            raise ShardError(
+                f"shard {shard}: {tar_path} member {key}: its key is row {row} of shard {owner}, not of "
+                f"this shard's {hi - lo} rows (was img2dataset run with number_sample_per_shard = "
+                f"shard_size = {shard_size}, on these parquets?)"
+            )
+        if meta.get("url") != rows["url"][row]:
+            raise ShardError(
+                f"shard {shard}: {tar_path} member {key}: url {meta.get('url')!r}, but collection row "
+                f"{lo + row} has {rows['url'][row]!r} (img2dataset's input must be these parquets, in "
+                "this order)"
+            )
+    if stats.get("count", hi - lo) != hi - lo or stats.get("successes") != len(members):
+        raise ShardError(
+            f"shard {shard}: {stats_path} counts {stats.get('count')} rows and {stats.get('successes')} "
+            f"images, but the shard has {hi - lo} rows and {tar_path} holds {len(members)} images "
+            "(an incomplete or mismatched shard)"
+        )
+    _check_recorded(tar_path, shard, recorded_sha256(manifest, tar_path), manifest)
+    record = {
+        **{k: stats[k] for k in ("count", "successes", "failed_to_download", "status_dict") if k in stats},
+        "shard": int(shard),
+        "layout": IMG2DATASET,
+        "tar": str(tar_path),
+        "rows": [int(lo), int(hi)],
+        "sample_digits": digits,
+        "sha256": sha256_file(tar_path),
+    }
+    with atomic_path(out_stats) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    log.info("shard %d: %s holds %d of %d rows (img2dataset)", shard, tar_path, len(members), hi - lo)
+    return record
 
 
 def key_of(index: int) -> str:
@@ -355,7 +475,11 @@ def read_shard(
         member = f"{key}.{ext}"
         reason = image_problem(parts[ext])
         if reason is None:
-            good.append(ShardImage(key, member, parts[ext], json.loads(parts["json"])))
+            meta = json.loads(parts["json"])
+            if stats and stats.get("layout") == IMG2DATASET:  # img2dataset's key -> the collection row
+                meta["index"] = stats["rows"][0] + int(key) % 10 ** stats["sample_digits"]
+            # the image's key is its row's (key_of), whatever the tar calls it
+            good.append(ShardImage(key_of(meta["index"]), member, parts[ext], meta))
         elif bad_images == "fail":
             raise ShardError(f"shard {shard}: {tar_path} member {member}: {reason} (bad_images is 'fail')")
         else:
