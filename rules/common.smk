@@ -713,6 +713,17 @@ def get_shard_rows_params(wildcards):
     return {k: cfg[k] for k in ("shard_size", "url_col", "caption_col", "id_cols")}
 
 
+def get_fetch_engine(wildcards):
+    return COLLECTIONS[wildcards.collection]["download"]["engine"]
+
+
+def get_shard_download_env(wildcards):
+    """download_shard's conda env: img2dataset gets its own (it pins pandas<3)."""
+    if get_fetch_engine(wildcards) == "img2dataset":
+        return "../envs/optional/img2dataset.yaml"
+    return "../envs/data.yaml"
+
+
 def get_fetch_threads(wildcards):
     return COLLECTIONS[wildcards.collection]["download"]["threads"]
 

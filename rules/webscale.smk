@@ -35,9 +35,10 @@ rule download_shard:
     retries: 2
     localrule: True
     conda:
-        "../envs/data.yaml"
+        get_shard_download_env
     threads: 4
     resources:
+        fetch_engine=get_fetch_engine,
         fetch_threads=get_fetch_threads,
         fetch_timeout=get_fetch_timeout,
         fetch_retries=get_fetch_retries,

@@ -13,7 +13,12 @@ rows = shard_rows(
     snakemake.input.parquets, shard, cfg["shard_size"], cfg["url_col"], cfg["caption_col"], cfg["id_cols"]
 )
 out = snakemake.output
-fetch = {"threads": res.fetch_threads, "timeout": res.fetch_timeout, "retries": res.fetch_retries}
+fetch = {
+    "threads": res.fetch_threads,
+    "timeout": res.fetch_timeout,
+    "retries": res.fetch_retries,
+    "engine": res.fetch_engine,
+}
 try:
     download_shard(rows, shard, out.tar, out.stats, **fetch, manifest=snakemake.input.get("manifest"))
 except ShardError as err:

@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -281,6 +282,50 @@ def test_replication_rate_bootstrap_is_seeded_and_brackets_the_rate():
     assert a["rate"] == 0.3 and a["ci_low"] < 0.3 < a["ci_high"]
     assert a["ci_low"] > 0.18 and a["ci_high"] < 0.42  # binomial sd 0.046: about ±0.09
     assert replication_rate(top1, 0.5, n_boot=500, seed=4) != a
+
+
+def test_the_img2dataset_engine_fills_the_same_shard_tar(tmp_path, monkeypatch):
+    """download.engine img2dataset: a stand-in writes img2dataset's 'files' layout; the shard tar holds
+    the fetched bytes at their rows, the failure is counted with img2dataset's reason."""
+    import sys
+    import types
+
+    from diffrep.datasets import DatasetError
+
+    served = {f"http://x/{i}.jpg": _jpeg(_texture(i)) for i in (10, 12)}  # row 11's link is dead
+
+    def download(url_list, output_folder, save_additional_columns, **kw):
+        assert kw["resize_mode"] == "no" and kw["disable_all_reencoding"]
+        rows = pd.read_parquet(url_list)
+        out = Path(output_folder) / "00000"
+        out.mkdir(parents=True)
+        keys = [f"{j:09d}" for j in range(len(rows))]
+        for key, url in zip(keys, rows["url"]):
+            if url in served:
+                (out / f"{key}.jpg").write_bytes(served[url])
+        ok = [u in served for u in rows["url"]]
+        pd.DataFrame(
+            {
+                "key": keys,
+                "status": ["success" if o else "failed_to_download" for o in ok],
+                "error_message": [None if o else "HTTP Error 404: Not Found" for o in ok],
+                "diffrep_id": list(rows["diffrep_id"]),
+            }
+        ).to_parquet(out.parent / "00000.parquet")
+
+    rows = shard_rows([_laion(tmp_path / "p.parquet", 15)], 2, 5).iloc[:3]
+    tar, stats = tmp_path / "shards/00002.tar", tmp_path / "shards/00002_stats.json"
+    monkeypatch.setitem(sys.modules, "img2dataset", None)
+    with pytest.raises(DatasetError, match=r"img2dataset is not installed here"):
+        download_shard(rows, 2, tar, stats, engine="img2dataset")
+    monkeypatch.setitem(sys.modules, "img2dataset", types.SimpleNamespace(download=download))
+    rec = download_shard(rows, 2, tar, stats, engine="img2dataset")
+    assert (rec["count"], rec["successes"], rec["engine"]) == (3, 2, "img2dataset")
+    assert rec["failures"] == [{"index": 11, "reason": "img2dataset: HTTP Error 404: Not Found"}]
+    images, _ = read_shard(tar, 2, stats=rec)
+    assert [(im.meta["index"], im.data) for im in images] == [
+        (i, served[f"http://x/{i}.jpg"]) for i in (10, 12)
+    ]
 
 
 # ---------------------------------------------------------------- img2dataset shards already on disk

@@ -343,8 +343,12 @@ def download_shard(
     timeout: float = 10.0,
     retries: int = 1,
     manifest=None,
+    engine: str = "diffrep",
 ) -> dict:
-    """Fetch a shard's URLs (imagefetch) into its tar; write and return its stats.
+    """Fetch a shard's URLs into its tar; write and return its stats.
+
+    `engine`: ``diffrep`` (diffrep.imagefetch) or ``img2dataset`` (diffrep.datasets.fetch_with_img2dataset,
+    in its own conda env; no resizing or re-encoding, one retry); both keep the fetched bytes.
 
     A shard of which no image could be fetched raises :class:`ShardError` naming the shard and the
     commonest reasons; partial shards are written and their failures counted in the stats. With a
@@ -353,7 +357,14 @@ def download_shard(
     Path(tar_path).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".shard{shard}.", dir=Path(tar_path).parent) as cache:
         items = [(key_of(i), u) for i, u in zip(rows["index"], rows["url"])]
-        results = download_all(items, cache, threads=threads, timeout=timeout, retries=retries)
+        if engine == "img2dataset":
+            from diffrep.datasets import fetch_with_img2dataset
+
+            results = fetch_with_img2dataset(items, Path(cache), threads=threads, timeout=timeout)
+        elif engine == "diffrep":
+            results = download_all(items, cache, threads=threads, timeout=timeout, retries=retries)
+        else:
+            raise ShardError(f"download engine {engine!r}; allowed: diffrep, img2dataset")
         images = {int(k): Path(r).read_bytes() for k, r in results.items() if not isinstance(r, str)}
     failures = [{"index": int(k), "reason": r} for k, r in results.items() if isinstance(r, str)]
     status = Counter(f["reason"] for f in failures)
@@ -372,6 +383,7 @@ def download_shard(
         "status_dict": dict(status),
         "failures": failures,
         "sha256": sha256_file(tar_path),
+        "engine": engine,
     }
     with atomic_path(stats_path) as tmp:
         tmp.write_text(json.dumps(stats, indent=1))
