@@ -812,7 +812,8 @@ def kept_rows(path: Path, sections) -> list[dict]:
 def bench_webscale(quick: bool):
     import webscale
 
-    return webscale.bench(1000, 50_000, shard=10_000) if quick else webscale.bench(10_000, 1_000_000)
+    size = dict(n_gen=1000, n_ref=50_000, shard=10_000) if quick else dict(n_gen=10_000, n_ref=1_000_000)
+    return [r for data in webscale.DATA for r in webscale.bench(**size, data=data)]
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,7 @@ method holds of the collection:
 Generations are near-copies of random references plus noise (0.6 / 0.4, L2-normalised), as in the
 retrieval section: each has one clear best match; its other neighbours in structureless random data
 are all at similarity ~0 +- 0.04, which is why recall@10 of any approximate index is low here.
+The section runs twice: on those random references and on clustered ones (DATA, below).
 """
 
 from __future__ import annotations
@@ -58,13 +59,33 @@ def _read_shard(path: Path, s: int, shard: int, n_ref: int, dim: int):
         return np.fromfile(f, dtype=np.float32, count=n * dim).reshape(n, dim)
 
 
-def write_references(path: Path, n_ref: int, dim: int, shard: int) -> None:
+# The clustered references, fixed on 2026-12-02 before any run of them: n_ref / 100 cluster centres
+# (random unit vectors, seed 7); each reference is normalise(0.8 centre + 0.6 unit noise) of a centre
+# drawn uniformly (cosine to its centre about 0.8, to another member of its cluster about 0.64),
+# groups of near-duplicates as a web collection has them; the generations are made from them as
+# from the random ones.
+DATA = ("random", "clustered")
+
+
+def _reference_shard(n: int, dim: int, s: int, data: str, centres):
+    import numpy as np
+
+    if data == "random":
+        return descriptors(n, dim, seed=1000 + s)
+    rng = np.random.default_rng(1000 + s)
+    x = 0.8 * centres[rng.integers(0, len(centres), n)] + 0.6 * descriptors(n, dim, seed=2000 + s)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_references(path: Path, n_ref: int, dim: int, shard: int, data: str = "random") -> None:
     """The references file (.npy), written shard by shard (each shard seeded by its number)."""
     import numpy as np
 
+    centres = descriptors(max(1, n_ref // 100), dim, seed=7) if data == "clustered" else None
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_ref, dim))
     for s in range(-(-n_ref // shard)):
-        out[s * shard : (s + 1) * shard] = descriptors(min(shard, n_ref - s * shard), dim, seed=1000 + s)
+        n = min(shard, n_ref - s * shard)
+        out[s * shard : (s + 1) * shard] = _reference_shard(n, dim, s, data, centres)
     out.flush()
     del out
 
@@ -180,17 +201,19 @@ def _run(method, tmp, n_ref, dim, k, shard):
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "rows": np.load(out)}
 
 
-def bench(n_gen: int, n_ref: int, dim: int = 512, k: int = 10, shard: int = 100_000) -> list[dict]:
+def bench(
+    n_gen: int, n_ref: int, dim: int = 512, k: int = 10, shard: int = 100_000, data: str = "random"
+) -> list[dict]:
     """The section's rows: sharded vs monolithic (time, memory), IVF-PQ vs exact (time, memory, recall)."""
     import tempfile
 
     from diffrep.approxsearch import recall
 
-    size = f"{n_gen // 1000}k gen x {n_ref / 1e6:g}M ref x {dim}-d, top-{k}"
+    size = f"{n_gen // 1000}k gen x {n_ref / 1e6:g}M {data} ref x {dim}-d, top-{k}"
     print(f"webscale ({size}; shards of {shard}; one subprocess per method)", flush=True)
     with tempfile.TemporaryDirectory(prefix="diffrep-bench-webscale-") as tmp:
         t0 = time.perf_counter()
-        write_references(Path(tmp) / "refs.npy", n_ref, dim, shard)
+        write_references(Path(tmp) / "refs.npy", n_ref, dim, shard, data)
         generations(Path(tmp) / "gen.npy", Path(tmp) / "refs.npy", n_gen, n_ref, dim)
         print(f"  references written in {time.perf_counter() - t0:.0f} s", flush=True)
         res = {m: _run(m, tmp, n_ref, dim, k, shard) for m in METHODS}
