@@ -451,7 +451,7 @@ def test_micro_study_on_slurm_matches_local_run(cluster, request, tmp_path):
         assert flags["-p"] == PARTITION
         if flags["rule"] in profile["set-resources"]:
             expected = expected_requests(profile, flags["rule"], gpu_default=1)
-            if flags["rule"] == "generate":  # memory and time by the model, not the profile
+            if flags["rule"] in ("generate", "generate_search"):  # memory and time by the model
                 expected.update(resolved_requests(slurm_jobs, flags))
                 assert int(expected["--mem"]) > int(profile["default-resources"]["mem_mb"])
             for flag, value in expected.items():
