@@ -113,3 +113,32 @@ def test_checkpoints_replace_older_ones_and_a_failed_save_keeps_the_last(tmp_pat
     assert os.listdir(ckpt) == ["checkpoint-4"]  # the last good checkpoint survives, no temporary left
     state, metrics = T.load_checkpoint(ckpt / "checkpoint-4", *_training_state())
     assert state == {"settings_hash": "h", "step": 4} and metrics == rows
+
+
+def test_link_tree_links_the_named_parts_and_copies_across_devices(tmp_path, monkeypatch):
+    from diffrep.fileio import link_tree
+
+    src = tmp_path / "base"
+    for rel in (
+        "vae/w.safetensors",
+        "vae/config.json",
+        "unet/w.safetensors",
+        "model_index.json",
+        "notes.txt",
+    ):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    assert link_tree(src, tmp_path / "a", {"vae", "model_index.json"}) == sum(
+        len(r) for r in ("vae/w.safetensors", "vae/config.json", "model_index.json")
+    )
+    got = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert got == ["model_index.json", "vae/config.json", "vae/w.safetensors"]
+    assert (tmp_path / "a/vae/w.safetensors").stat().st_ino == (src / "vae/w.safetensors").stat().st_ino
+
+    def no_link(a, b):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr("diffrep.fileio.os.link", no_link)
+    assert link_tree(src, tmp_path / "b", {"vae"}) == 0  # copied, not linked
+    assert (tmp_path / "b/vae/w.safetensors").read_text() == "vae/w.safetensors"
+    assert (tmp_path / "b/vae/w.safetensors").stat().st_ino != (src / "vae/w.safetensors").stat().st_ino

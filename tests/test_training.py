@@ -289,10 +289,12 @@ def test_finetune_few_steps_through_accelerate_launch(inputs):
     new = load_file(out / "unet/diffusion_pytorch_model.safetensors")
     base = load_file(root / "base/unet/diffusion_pytorch_model.safetensors")
     assert set(new) == set(base) and any(not (new[k] == base[k]).all() for k in new)
-    for part in ("vae", "text_encoder"):  # frozen: byte-equal weights
-        f = next((root / "base" / part).glob("*.safetensors")).name
-        a_, b_ = load_file(out / part / f), load_file(root / "base" / part / f)
-        assert all((a_[k] == b_[k]).all() for k in a_)
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):  # frozen: the base's own files, linked
+        for f in (root / "base" / part).iterdir():
+            assert (out / part / f.name).stat().st_ino == f.stat().st_ino, f
+    assert (out / "unet/diffusion_pytorch_model.safetensors").stat().st_ino != (
+        root / "base/unet/diffusion_pytorch_model.safetensors"
+    ).stat().st_ino
     from diffusers import StableDiffusionPipeline
 
     StableDiffusionPipeline.from_pretrained(out, local_files_only=True, safety_checker=None)

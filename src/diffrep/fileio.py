@@ -95,3 +95,27 @@ def resumable_dir(out_dir: str | os.PathLike, key: str):
     yield staging
     marker.unlink()
     _publish(staging, out_dir, replace=True)
+
+
+def link_tree(src: str | os.PathLike, dst: str | os.PathLike, names) -> int:
+    """Give `dst` every file of the folder `src` under the top-level `names` as a hard link, or a copy
+    where the filesystem cannot link (another device); return the bytes linked.
+
+    For unchanged parts of a model written beside its base (a finetune's VAE and text encoder): the
+    same bytes, no second copy on disk. Inputs are never written in place (every writer here renames
+    a new file onto its target), so a link cannot change under its other name.
+    """
+    src, dst = Path(src), Path(dst)
+    linked = 0
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if rel.parts[0] not in names or path.is_dir():
+            continue
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+            linked += path.stat().st_size
+        except OSError:
+            shutil.copy2(path, target)
+    return linked

@@ -529,21 +529,18 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def save_model(base: str, unet, output_dir: Path, metrics: list[dict], info: dict) -> None:
-    """The base pipeline with the trained UNet, train_metrics.csv and train_info.json, written atomically."""
-    from diffusers import StableDiffusionPipeline
-
-    from diffrep.fileio import staged_dir
+    """The base pipeline's folder with the trained UNet, train_metrics.csv and train_info.json, written
+    atomically. Everything but the UNet is the base's own files, hard-linked (copied across devices):
+    the frozen VAE and text encoder take no second copy of disk (1.7 GB per SD 2.1 finetune, found
+    by the rehearsal: 24 finetunes would have written 41 GB of copies)."""
+    from diffrep.fileio import link_tree, staged_dir
 
     with staged_dir(output_dir, replace=True) as tmp:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            base,
-            unet=unet,
-            safety_checker=None,
-            requires_safety_checker=False,
-            local_files_only=True,
-            use_safetensors=True,
-        )
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        index = json.loads((Path(base) / "model_index.json").read_text())
+        parts = {"model_index.json", *(k for k in index if not k.startswith("_") and k != "unet")}
+        linked = link_tree(base, tmp, parts)
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        log.info("UNet written; %.2f GB of the base's other files linked, not copied", linked / 1e9)
         write_metrics(metrics, tmp / "train_metrics.csv")
         (tmp / "train_info.json").write_text(json.dumps(info, indent=1))
 
