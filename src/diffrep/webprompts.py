@@ -67,6 +67,18 @@ def _usable(captions) -> np.ndarray:
     return np.flatnonzero(ok.to_numpy(dtype=bool))
 
 
+def _usable_arrow(captions) -> np.ndarray:
+    """Positions of the non-missing, non-blank strings of an arrow column, without a Python object per
+    row (a LAION file holds millions)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(captions.type) or pa.types.is_large_string(captions.type)):
+        captions = pc.cast(captions, pa.string())
+    ok = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(captions)), 0), False)
+    return np.flatnonzero(ok.to_numpy(zero_copy_only=False))
+
+
 def collection_prompts(
     parquets, n: int, seed: int, shard_size: int, url_col: str = "URL", caption_col: str = "TEXT"
 ) -> pd.DataFrame:
@@ -83,8 +95,7 @@ def collection_prompts(
     usable, start = [], 0
     for path, count in zip(parquets, counts):
         check_columns(path, url_col, caption_col)
-        captions = pq.read_table(path, columns=[caption_col]).column(0).to_pylist()
-        usable.append(_usable(captions) + start)
+        usable.append(_usable_arrow(pq.read_table(path, columns=[caption_col]).column(0)) + start)
         start += count
     rows = np.concatenate(usable) if usable else np.zeros(0, np.int64)
     log.info("collection: %d of %d rows have a caption", len(rows), start)
