@@ -282,9 +282,12 @@ def test_finetune_few_steps_through_accelerate_launch(inputs):
     assert info["steps"] == 3 and info["processes"] == 1 and info["mixed_precision"] == "bf16"
     assert "training.mixed_precision: fp16 requested on the CPU, running bf16 instead" in proc.stderr
     assert info["settings"]["train_mitigation"] == "gaussnoise"
+    from safetensors.torch import load_file
+
+    base_unet = load_file(root / "base/unet/diffusion_pytorch_model.safetensors")
+    assert info["unet_trainable_parameters"] == sum(t.numel() for t in base_unet.values())  # all of it
     assert not (root / "e2e_ckpt").exists()  # removed after the model was written
     assert "step 3/3 loss" in proc.stderr
-    from safetensors.torch import load_file
 
     new = load_file(out / "unet/diffusion_pytorch_model.safetensors")
     base = load_file(root / "base/unet/diffusion_pytorch_model.safetensors")

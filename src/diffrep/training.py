@@ -947,6 +947,7 @@ def train(args: argparse.Namespace) -> Path:
         n_duplicated=int(data.duplicated.sum()),
         sampling="permutation per epoch" if uniform else "weighted with replacement",
         prediction_type=components["noise_scheduler"].config.prediction_type,
+        unet_trainable_parameters=sum(p.numel() for p in components["unet"].parameters() if p.requires_grad),
         resumed_from=resumed_from,
     )
     return Path(args.output_dir)
