@@ -213,6 +213,36 @@ def test_rehearsal_dataset_has_real_sizes_modes_and_21_captions(tmp_path):
         dataset_builder("rehearsal_dataset")(tmp_path / "e", seed=0, kind="coco")
 
 
+def test_rehearsal_imagenette_is_an_imagefolder_without_captions_ingested_as_the_papers(tmp_path):
+    """kind imagenette: WordNet-id class folders and no caption, ingested through the imagefolder
+    collector as the paper's Imagenette is (classes named as upstream, grayscale and CMYK converted),
+    every caption left to BLIP."""
+    from diffrep.datasets import prepare_dataset, read_metadata
+
+    root = tmp_path / "resources/data/imagenette_like"
+    ds = {
+        "source": {
+            "type": "build",
+            "builder": "rehearsal_dataset",
+            "options": {"kind": "imagenette", "n_images": 8},
+        },
+        "non_rgb": "convert",
+    }
+    out = dict(
+        images_dir=root / "images",
+        metadata=root / "metadata.parquet",
+        manifest=root / "images.sha256",
+        report=root / "report.json",
+    )
+    report = prepare_dataset("imagenette_like", ds, **out)
+    meta = read_metadata(out["metadata"])
+    assert len(meta) == 8 and sorted(set(meta["class"])) == sorted(
+        ["tench", "English springer", "cassette player", "chain saw"]
+    )
+    assert all(len(c) == 0 for c in meta["captions"])  # BLIP writes them all
+    assert len(report["converted"]) == 2, report  # the grayscale and the CMYK JPEG
+
+
 def test_predicted_gpu_memory_of_a_finetune_follows_the_parameter_counts():
     from diffrep.gpumemory import GIB, finetune_estimate, generate_estimate
 

@@ -12,7 +12,8 @@ Sources (``datasets.<name>.source`` in the config):
   folder name, except that Imagenette's WordNet ids are named as upstream names them
   (``n01440764`` → ``tench``, :data:`IMAGENETTE_CLASSES`). A ``captions_file`` is optional.
 - ``build`` — ``diffrep.builders.dataset_builder(name)(staging_dir, seed=..., **options)`` writes a
-  staging folder in the laion layout with ``classes.json``; it is ingested like a user's folder.
+  staging folder in the laion layout with ``classes.json``, or, without a ``captions.json``, in the
+  imagefolder layout; it is ingested like a user's folder.
 - ``urls`` — a table (parquet, csv or tsv) with columns ``url`` and ``caption`` (a string, or a
   list whose [0] is the image's own caption) and optional ``id`` and ``class``. Images are fetched
   by :mod:`diffrep.imagefetch` (``engine: diffrep``, the default: threaded, resumable: finished
@@ -362,7 +363,10 @@ def _from_build(name: str, src: dict, policy: str, *, scratch: Path, seed: int, 
 
     staging = scratch / "staging"
     dataset_builder(src["builder"])(staging, seed=seed, **src.get("options", {}))
-    cands, dropped = collect_laion(staging, "captions.json", policy)
+    if (staging / "captions.json").exists():
+        cands, dropped = collect_laion(staging, "captions.json", policy)
+    else:  # a build without a caption JSON is in the imagefolder layout
+        cands, dropped = collect_imagefolder(staging, None, policy)
     for c in cands:
         c.source = f"build:{src['builder']}/{c.rel}"
     return cands, dropped, []
