@@ -123,6 +123,31 @@ def test_a_retried_or_redownloaded_shard_reembeds_only_itself(tmp_path, workflow
     }
 
 
+def _sd14_search_with_planted_generations(tmp_path, paper_config, collection: dict, pictures: dict):
+    """The paper's SD 1.4 search on pixel16 over `collection`, prompted by laion10k's captions, its
+    generations planted (name: picture) with their descriptors; returns the working directory."""
+    paper_config["embedders"]["pixel16"] = {"type": "pixel", "size": 16}
+    paper_config["webscale"]["collections"]["laion_a6"].update(collection)
+    paper_config["webscale"]["searches"][0].update(
+        embedder="pixel16", top_k=2, threshold=0.99, prompts={"dataset": "laion10k"}
+    )
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
+    wd = tmp_path / "wd"
+    emb = PixelEmbedder(16)
+    gen_dir = wd / "results/paper/laion10k/generations/pretrained-sd14/default"
+    gen_dir.mkdir(parents=True)
+    for name, picture in pictures.items():
+        picture.save(gen_dir / name)
+    write_embeddings(
+        wd / "results/paper/laion10k/embeddings/pixel16/pretrained-sd14/default.npz",
+        list(pictures),
+        emb.embed([gen_dir / n for n in pictures]),
+        emb.name,
+        emb.preprocess,
+    )
+    return wd
+
+
 def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, paper_config, web):
     """The rules' scripts for real, offline: 8 pictures served on 127.0.0.1 (one link dead), 3 shards,
     the weight-free pixel embedder; generations are two planted copies (the npz stands in for SD 1.4's)."""
@@ -132,28 +157,9 @@ def test_shard_rules_run_download_to_merge_over_http(tmp_path, workflow_copy, pa
     urls = [f"{base}/{i}.jpg" for i in range(8)]
     urls[4] = f"{base}/dead.jpg"
     pd.DataFrame({"URL": urls, "TEXT": [f"t{i}" for i in range(8)]}).to_parquet(tmp_path / "p.parquet")
-    paper_config["embedders"]["pixel16"] = {"type": "pixel", "size": 16}
-    paper_config["webscale"]["collections"]["laion_a6"].update(
-        parquets=[str(tmp_path / "p.parquet")], shard_size=3
-    )
-    paper_config["webscale"]["searches"][0].update(
-        embedder="pixel16", top_k=2, threshold=0.99, prompts={"dataset": "laion10k"}
-    )
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
-    wd = tmp_path / "wd"
-    emb = PixelEmbedder(16)
-    gen_dir = wd / "results/paper/laion10k/generations/pretrained-sd14/default"
-    gen_dir.mkdir(parents=True)
-    for name, i in (("a.png", 1), ("b.png", 7)):
-        _texture(i).save(gen_dir / name)
-    gen = emb.embed([gen_dir / "a.png", gen_dir / "b.png"])
-    write_embeddings(
-        wd / "results/paper/laion10k/embeddings/pixel16/pretrained-sd14/default.npz",
-        ["a.png", "b.png"],
-        gen,
-        emb.name,
-        emb.preprocess,
-    )
+    pictures = {"a.png": _texture(1), "b.png": _texture(7)}
+    collection = {"parquets": [str(tmp_path / "p.parquet")], "shard_size": 3}
+    wd = _sd14_search_with_planted_generations(tmp_path, paper_config, collection, pictures)
     args = ["--cores", "1", *_in_dir(workflow_copy, wd, tmp_path / "config.yaml")]
     rules = [
         "download_shard",
@@ -213,28 +219,10 @@ def test_img2dataset_shards_on_disk_are_searched_without_download(tmp_path, work
         parquets.append(tmp_path / f"{name}.parquet")
     folder = tmp_path / "img2dataset_out"
     write_img2dataset_folder(parquets, folder, 3, lambda r: _jpeg(_texture(r)), failed={4})
-    paper_config["embedders"]["pixel16"] = {"type": "pixel", "size": 16}
-    paper_config["webscale"]["collections"]["laion_a6"].update(
-        parquets=[str(tmp_path / "*.parquet")], shard_size=3, on_disk=str(folder)
-    )
-    paper_config["webscale"]["searches"][0].update(
-        embedder="pixel16", top_k=2, threshold=0.99, prompts={"dataset": "laion10k"}
-    )
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(paper_config))
-    wd = tmp_path / "wd"
-    emb = PixelEmbedder(16)
-    gen_dir = wd / "results/paper/laion10k/generations/pretrained-sd14/default"
-    gen_dir.mkdir(parents=True)
-    for name, i in (("a.png", 2), ("b.png", 6)):  # rows 2 (shard 0) and 6 (shard 2: b.parquet's first)
-        Image.open(io.BytesIO(_jpeg(_texture(i)))).save(gen_dir / name)
-    gen = emb.embed([gen_dir / "a.png", gen_dir / "b.png"])
-    write_embeddings(
-        wd / "results/paper/laion10k/embeddings/pixel16/pretrained-sd14/default.npz",
-        ["a.png", "b.png"],
-        gen,
-        emb.name,
-        emb.preprocess,
-    )
+    # rows 2 (shard 0) and 6 (shard 2: b.parquet's first), JPEG-decoded as the shards hold them
+    pictures = {n: Image.open(io.BytesIO(_jpeg(_texture(i)))) for n, i in (("a.png", 2), ("b.png", 6))}
+    collection = {"parquets": [str(tmp_path / "*.parquet")], "shard_size": 3, "on_disk": str(folder)}
+    wd = _sd14_search_with_planted_generations(tmp_path, paper_config, collection, pictures)
     args = [
         "--cores",
         "1",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from diffrep.fileio import atomic_path
 from diffrep.generation import PROMPT_COLUMNS as COLUMNS
@@ -61,16 +62,8 @@ def _table(source_ids, prompts, seed: int, **extra) -> pd.DataFrame:
 
 
 def _usable(captions) -> np.ndarray:
-    """Positions of the non-missing, non-blank captions of an arrow/pandas column."""
-    values = pd.Series(captions, dtype=object)
-    ok = values.map(lambda c: isinstance(c, str) and bool(c.strip()))
-    return np.flatnonzero(ok.to_numpy(dtype=bool))
-
-
-def _usable_arrow(captions) -> np.ndarray:
-    """Positions of the non-missing, non-blank strings of an arrow column, without a Python object per
+    """Positions of the non-missing, non-blank strings of an arrow array, without a Python object per
     row (a LAION file holds millions)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     if not (pa.types.is_string(captions.type) or pa.types.is_large_string(captions.type)):
@@ -95,7 +88,7 @@ def collection_prompts(
     usable, start = [], 0
     for path, count in zip(parquets, counts):
         check_columns(path, url_col, caption_col)
-        usable.append(_usable_arrow(pq.read_table(path, columns=[caption_col]).column(0)) + start)
+        usable.append(_usable(pq.read_table(path, columns=[caption_col]).column(0)) + start)
         start += count
     rows = np.concatenate(usable) if usable else np.zeros(0, np.int64)
     log.info("collection: %d of %d rows have a caption", len(rows), start)
@@ -129,7 +122,7 @@ def file_prompts(table_path: str | os.PathLike, n: int, seed: int) -> pd.DataFra
         raise PromptError(f"prompt file {table_path} not found") from None
     if "prompt" not in table:
         raise PromptError(f"prompt file {table_path} has no 'prompt' column; its columns: {', '.join(table)}")
-    rows = _usable(table["prompt"])
+    rows = _usable(pa.array(table["prompt"], from_pandas=True))
     chosen = rows[draw(len(rows), n, seed, f"prompt file {table_path}")]
     labels = table["label"].iloc[chosen].tolist() if "label" in table else [None] * n
     return _table(chosen, table["prompt"].iloc[chosen].tolist(), seed, label=labels)
