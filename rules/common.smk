@@ -661,6 +661,8 @@ try:
                 _coll["pretraining_of"],
                 f"webscale.collections.{_name}.pretraining_of",
             )
+        if _coll.get("dataset_of"):  # a dataset's pictures as its "web" (the rehearsal lane)
+            _coll["parquets"] = [miniweb.mini_web_path(WS, _name)["parquet"]]
     # shard counts at DAG time: parquet footers when the files are on disk, else the configured n_rows
     N_SHARDS = {
         name: webshards.shard_count(c, name)
@@ -677,6 +679,9 @@ wildcard_constraints:
     shard=r"\d{5}",
 
 
+# collections made by rule pretraining_web (a mini model's pretraining set) / dataset_web (a dataset)
+PRETRAINING_WEBS = [n for n, c in COLLECTIONS.items() if c.get("pretraining_of")]
+DATASET_WEBS = [n for n, c in COLLECTIONS.items() if c.get("dataset_of")]
 # collections whose shards are downloaded (download_shard) / already on disk (register_shard)
 DOWNLOADED = [n for n, c in COLLECTIONS.items() if not c.get("on_disk")]
 ON_DISK = [n for n, c in COLLECTIONS.items() if c.get("on_disk")]
@@ -925,6 +930,15 @@ def get_pretraining_model(wildcards):
     return model_files(COLLECTIONS[wildcards.collection]["pretraining_of"])
 
 
+def get_web_dataset(wildcards):
+    """The prepared dataset whose pictures are a collection's web (the rehearsal lane)."""
+    return dataset_files(COLLECTIONS[wildcards.collection]["dataset_of"])
+
+
+def get_web_rows(wildcards):
+    return COLLECTIONS[wildcards.collection]["n_rows"]
+
+
 def get_web_url(wildcards):
     return COLLECTIONS[wildcards.collection].get("web_url")
 
@@ -991,8 +1005,11 @@ def bench_presets(bench):
 
 
 def get_prompt_file_inputs(wildcards):
-    """A prompt file shipped by a built model depends on that model's verified manifest."""
+    """A prompt file shipped by a built model depends on that model's verified manifest; one made of a
+    dataset's rows on the prepared dataset."""
     src = PROMPT_FILES[wildcards.prompt_file]["source"]
+    if src["type"] == "dataset":
+        return dataset_files(src["dataset"])
     return model_files(src["model"]) if src["type"] == "model" else {}
 
 
@@ -1001,6 +1018,8 @@ def get_prompt_file_params(wildcards):
     src = dict(entry["source"])
     if src["type"] == "model":
         src["file"] = f"{model_dir(src['model'])}/{src['path']}"
+    if src["type"] == "dataset":
+        src.update({k: v for k, v in dataset_files(src["dataset"]).items() if k != "manifest"})
     return {
         "source": src,
         "columns": entry.get("columns", {}),

@@ -13,6 +13,8 @@ rule pretraining_web:
         images=directory(f"{WS}/{{collection}}/web"),
     log:
         f"logs/webscale/{{collection}}/pretraining_web.log",
+    wildcard_constraints:
+        collection=_alternatives(PRETRAINING_WEBS),
     localrule: True
     conda:
         "../envs/models.yaml"
@@ -20,6 +22,25 @@ rule pretraining_web:
         url_base=get_web_url,
     script:
         "../scripts/webscale_pretraining_web.py"
+
+
+rule dataset_web:
+    input:
+        unpack(get_web_dataset),
+    output:
+        parquet=f"{WS}/{{collection}}/web.parquet",
+    log:
+        f"logs/webscale/{{collection}}/dataset_web.log",
+    wildcard_constraints:
+        collection=_alternatives(DATASET_WEBS),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        n_rows=get_web_rows,
+        where="webscale.collections.{collection}.n_rows",
+    script:
+        "../scripts/webscale_dataset_web.py"
 
 
 rule download_shard:

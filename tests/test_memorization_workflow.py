@@ -42,6 +42,18 @@ def validated(cfg: dict) -> dict:
             "memorization.prompt_files.coco_captions.source: type 'url' needs 'url'",
         ),
         (
+            lambda c: c["memorization"]["prompt_files"].update(
+                mine={"source": {"type": "dataset", "dataset": "laion_5k", "rows": [0, 4]}}
+            ),
+            "memorization.prompt_files.mine.source.dataset: 'laion_5k' is not defined",
+        ),
+        (
+            lambda c: c["memorization"]["prompt_files"].update(
+                mine={"source": {"type": "dataset", "dataset": "laion10k"}}
+            ),
+            "memorization.prompt_files.mine.source: type 'dataset' needs 'rows'",
+        ),
+        (
             lambda c: c["experiments"][3].update(train_mitigation=["memthreshold"]),
             "train_mitigation memthreshold needs train_mitigations.mem_threshold",
         ),
@@ -158,6 +170,52 @@ def test_unavailable_ground_truth_is_kept_for_detection_and_counted(tmp_path):
         "sim_mean": None,
     }
     assert json.loads((tmp_path / "s.json").read_text())["rates"] == summary["rates"]
+
+
+def prepared_dataset(root, captions):
+    """A prepared dataset's images/ and metadata.parquet (docs/formats.md) with these caption lists."""
+    from PIL import Image
+
+    from diffrep.datasets import METADATA_COLUMNS
+
+    (root / "images").mkdir(parents=True)
+    files = [f"{i:03d}.jpg" for i in range(len(captions))]
+    for i, f in enumerate(files):
+        Image.new("RGB", (20 + i, 16), (10 * i, 0, 0)).save(root / "images" / f)
+    meta = pd.DataFrame(
+        {"id": [f"{i:03d}" for i in range(len(files))], "file": files, "class": "", "captions": captions}
+    )
+    meta = meta.assign(width=16, height=16, sha256="0" * 64, source="test")[list(METADATA_COLUMNS)]
+    meta.to_parquet(root / "metadata.parquet")
+    return root / "metadata.parquet", root / "images"
+
+
+def test_a_prompt_file_of_dataset_rows_is_grounded_in_its_pictures(tmp_path, monkeypatch):
+    """source type dataset (the rehearsal's prompts): rows [start, stop) of a prepared dataset, each
+    picture's first caption the prompt and the picture its ground truth, found from the workdir."""
+    monkeypatch.chdir(tmp_path)
+    meta, images = prepared_dataset(
+        tmp_path / "resources/data/ds", [["a cat", "x"], ["a dog"], ["a cow"], []]
+    )
+    source = {"type": "dataset", "dataset": "ds", "rows": [1, 3]}
+    source.update(metadata="resources/data/ds/metadata.parquet", images="resources/data/ds/images")
+    raw = membench.fetch_prompt_file(source, "resources/prompts/.raw")
+    assert raw.as_posix() == "resources/prompts/.raw/ds_1-3.csv"
+    table = membench.normalise_prompt_file(raw, "p.parquet", "mine", default_label="VM")
+    assert table["prompt"].tolist() == ["a dog", "a cow"] and set(table["label"]) == {"VM"}
+    assert table["images"].tolist() == [
+        ["resources/data/ds/images/001.jpg"],
+        ["resources/data/ds/images/002.jpg"],
+    ]
+    assert all(membench.image_available(i[0]) for i in table["images"])
+    with pytest.raises(
+        membench.MemorizationError, match=r"rows \[2, 9\) of .*metadata.parquet: the dataset has 4"
+    ):
+        membench.dataset_prompt_file(meta, images, (2, 9), tmp_path / "x.csv")
+    with pytest.raises(
+        membench.MemorizationError, match=r"metadata.parquet: picture\(s\) 003 have no caption"
+    ):
+        membench.dataset_prompt_file(meta, images, (2, 4), tmp_path / "x.csv")
 
 
 def test_benchmark_needs_both_kinds_of_prompt():

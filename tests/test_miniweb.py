@@ -54,3 +54,33 @@ def test_a_model_not_built_by_mini_sd_is_named(tmp_path):
         ShardError, match=r"build_info.json not found: the model was not built by builder 'mini_sd'"
     ):
         write_pretraining_web(tmp_path, tmp_path / "web", tmp_path / "web.parquet")
+
+
+def test_a_prepared_dataset_is_a_web_of_its_pictures(tmp_path, monkeypatch):
+    """dataset_of (the rehearsal's web): file: URLs of the prepared pictures, the first caption, the id;
+    the count must be the configured n_rows the shards were planned from."""
+    from diffrep.miniweb import write_dataset_web
+    from diffrep.webshards import shard_rows
+    from test_memorization_workflow import prepared_dataset
+
+    monkeypatch.chdir(tmp_path)
+    prepared_dataset(tmp_path / "resources/data/ds", [["a cat", "x"], ["a dog"], []])
+    meta, images = "resources/data/ds/metadata.parquet", "resources/data/ds/images"
+    assert write_dataset_web(meta, images, "web.parquet", 3, "k") == 3
+    rows = shard_rows(["web.parquet"], 0, 2, id_cols=["id"])
+    assert rows["url"].tolist() == [f"file:{images}/000.jpg", f"file:{images}/001.jpg"]
+    assert rows["caption"].tolist() == ["a cat", "a dog"] and rows["id"].tolist() == ["000", "001"]
+    assert pd.read_parquet("web.parquet")["TEXT"].tolist()[2] == ""  # no caption: an empty one
+    with pytest.raises(
+        ShardError, match=r"^webscale.collections.w.n_rows: 40 rows configured, but .* lists 3"
+    ):
+        write_dataset_web(meta, images, "web.parquet", 40, "webscale.collections.w.n_rows")
+
+
+def test_dataset_of_must_name_a_dataset(paper_config):
+    from diffrep.config import ConfigError, check
+    from test_memorization_workflow import validated
+
+    paper_config["webscale"]["collections"]["mine"] = {"dataset_of": "laion_5k", "n_rows": 4}
+    with pytest.raises(ConfigError, match=r"webscale.collections.mine.dataset_of: 'laion_5k' is not defined"):
+        check(validated(paper_config))

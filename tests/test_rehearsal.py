@@ -4,7 +4,6 @@ builder's folder loaded by the paper study's own loader and run forward once."""
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -175,14 +174,15 @@ def test_rehearsal_profile_dry_run_lists_every_paper_rule(workflow_copy):
     paper = job_counts(snakemake(["-n"], cwd=workflow_copy, check=True).stdout)
     proc = snakemake(["-n", "--profile", "profiles/rehearsal"], cwd=workflow_copy, check=True)
     counts = job_counts(proc.stdout)
-    # the web-scale lane (rules/webscale.smk) needs a reference collection: not rehearsed yet
-    webscale = set(re.findall(r"^(?:local)?rule (\w+):", (REPO / "rules/webscale.smk").read_text(), re.M))
-    # (pretraining_web is the mini's lane; approx_search runs where a search asks for it)
-    assert {"download_shard", "embed_shard", "search_shard", "merge_search"} <= webscale & set(paper)
-    # nor the memorization lane (rules/memorization.smk: the paper's prompt sets are fetched files)
-    memorization = {rule for rule in paper if rule.startswith("memorization")}
-    assert memorization, "the paper study plans the memorization lane"
-    assert set(paper) - webscale - memorization - {"fetch_model"} <= set(counts)
+    # every paper rule, the web-scale and memorization lanes included (their inputs are the LAION-like
+    # set's pictures and captions: rules dataset_web and memorization_prompts from a dataset)
+    assert {"download_shard", "embed_shard", "search_shard", "merge_search", "memorization_detect"} <= set(
+        paper
+    )
+    assert set(paper) - {"fetch_model"} <= set(counts)
+    # 40 pictures in shards of 16; an approximate index; two prompt files made of dataset rows
+    assert counts["dataset_web"] == 1 and counts["download_shard"] == counts["embed_shard"] == 3
+    assert counts["approx_search"] == 1 and counts["memorization_prompts"] == 2
     assert "fetch_model" not in counts
     # sd21, sd21_base, sd14, sdxl, sd35_medium, both SSCD models, Inception, BLIP, CLIP
     assert counts["build_model"] == 10 and counts["finetune"] == 7 and counts["blip_captions"] == 1

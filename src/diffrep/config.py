@@ -336,6 +336,12 @@ def check_webscale(config: dict) -> None:
     """Cross-key checks of the webscale searches: their model, collection, embedder, dataset, preset."""
     ws = config.get("webscale", {})
     collections = ws.get("collections", {})
+    for name, coll in collections.items():
+        if coll.get("dataset_of") is not None and coll["dataset_of"] not in config["datasets"]:
+            raise ConfigError(
+                f"webscale.collections.{name}.dataset_of: {coll['dataset_of']!r} is not defined; "
+                f"defined: {_allowed(config['datasets'])}"
+            )
     names = [s["name"] for s in ws.get("searches", [])]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -513,7 +519,12 @@ def measured_generations(config: dict) -> list[tuple[str, Run, str]]:
 
 
 MEMORIZATION_FAMILIES = ("sd", "sdxl")  # the UNet families (diffrep.memorization.SUPPORTED_FAMILIES)
-PROMPT_SOURCE_NEEDS = {"url": ("url",), "model": ("model", "path"), "file": ("path",)}
+PROMPT_SOURCE_NEEDS = {
+    "url": ("url",),
+    "model": ("model", "path"),
+    "file": ("path",),
+    "dataset": ("dataset", "rows"),
+}
 
 
 def check_memorization(config: dict) -> None:
@@ -537,6 +548,11 @@ def check_memorization(config: dict) -> None:
         if src["type"] == "model":
             _require_model(
                 config, src["model"], "diffusers", f"memorization.prompt_files.{name}.source.model"
+            )
+        if src["type"] == "dataset" and src["dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"memorization.prompt_files.{name}.source.dataset: {src['dataset']!r} is not defined; "
+                f"defined: {_allowed(config['datasets'])}"
             )
     emb = mem.get("replication", {}).get("embedder")
     if emb is not None and emb not in config["embedders"]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,9 @@ def normalise_prompt_file(
     """
     src = Path(src)
     table = read_prompt_table(src, label_map=label_map, columns=columns, sep=sep, default_label=default_label)
-    table["images"] = [[i if is_url(i) else str(src.parent / i) for i in imgs] for imgs in table["images"]]
+    table["images"] = [
+        [i if is_url(i) else os.path.normpath(src.parent / i) for i in imgs] for imgs in table["images"]
+    ]
     table["image_failures"] = [[] for _ in range(len(table))]
     if image_cache is not None:
         fetch_truth(table, image_cache)
@@ -320,8 +323,40 @@ def check_prompts(table: pd.DataFrame, where: str) -> None:
         )
 
 
+def dataset_prompt_file(metadata, images_dir, rows, out_csv) -> Path:
+    """A prompt file of a prepared dataset's rows [start, stop) (metadata order): each picture's first
+    caption as the prompt, the picture as its ground truth (a path relative to ``out_csv``'s folder)."""
+    from diffrep.datasets import read_metadata
+
+    meta = read_metadata(metadata)
+    start, stop = rows
+    if not 0 <= start < stop <= len(meta):
+        raise MemorizationError(
+            f"prompt file rows [{start}, {stop}) of {metadata}: the dataset has {len(meta)} pictures"
+        )
+    part = meta.iloc[start:stop]
+    uncaptioned = part["id"][part["captions"].map(len) == 0].tolist()
+    if uncaptioned:
+        raise MemorizationError(
+            f"{metadata}: picture(s) {', '.join(uncaptioned[:5])} have no caption to prompt with"
+        )
+    out_csv = Path(out_csv)
+    rel = Path(os.path.relpath(images_dir, out_csv.parent))
+    table = pd.DataFrame(
+        {"prompt": [c[0] for c in part["captions"]], "images": [str(rel / f) for f in part["file"]]}
+    )
+    with atomic_path(out_csv, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return out_csv
+
+
 def fetch_prompt_file(source: dict, raw_dir) -> Path:
-    """The prompt file of a source: a url is downloaded (sha256-checked when pinned), else the local path."""
+    """The prompt file of a source: a url is downloaded (sha256-checked when pinned), a dataset's rows
+    written (:func:`dataset_prompt_file`), else the local path."""
+    if source["type"] == "dataset":
+        start, stop = source["rows"]
+        out = Path(raw_dir) / f"{source['dataset']}_{start}-{stop}.csv"
+        return dataset_prompt_file(source["metadata"], source["images"], (start, stop), out)
     if source["type"] != "url":
         path = Path(source.get("file") or source["path"])
         if not path.is_file():

@@ -1,4 +1,5 @@
-"""The mini study's "web": the mini base model's own pretraining pictures as a LAION-layout collection.
+"""The mini study's "web": the mini base model's own pretraining pictures as a LAION-layout collection
+(and a prepared dataset's pictures as one, :func:`write_dataset_web`: the rehearsal's web).
 
 Stable Diffusion was pretrained on LAION, and the CVPR'23 study searches its generations against
 LAION. The mini base model (builder ``mini_sd``, diffrep.tinysd) was pretrained on a procedural base
@@ -66,6 +67,34 @@ def write_pretraining_web(model_dir, out_dir, out_parquet, url_base: str | None 
     with atomic_path(out_parquet, suffix=".parquet") as tmp:
         frame.to_parquet(tmp, index=False)
     return len(names)
+
+
+def write_dataset_web(metadata, images_dir, out_parquet, n_rows: int, where: str) -> int:
+    """Write the metadata parquet (URL, TEXT, id) of a prepared dataset's pictures, in its metadata
+    order: ``file:`` URLs of ``images_dir``'s files (relative, as the mini's), each picture's first
+    caption (empty when it has none). The count must be the configured ``n_rows`` (``where`` names
+    that key): the shards were planned from it."""
+    import pandas as pd
+
+    from diffrep.datasets import read_metadata
+
+    meta = read_metadata(metadata)
+    if len(meta) != n_rows:
+        raise ShardError(
+            f"{where}: {n_rows} rows configured, but {metadata} lists {len(meta)} pictures; set it to "
+            f"{len(meta)} (the shards are planned from it)"
+        )
+    root = Path(images_dir).as_posix()
+    frame = pd.DataFrame(
+        {
+            "URL": [f"file:{root}/{f}" for f in meta["file"]],
+            "TEXT": [caps[0] if caps else "" for caps in meta["captions"]],
+            "id": meta["id"].astype(str),
+        }
+    )
+    with atomic_path(out_parquet, suffix=".parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    return len(frame)
 
 
 def mini_web_path(ws: str | os.PathLike, collection: str) -> dict[str, str]:
