@@ -2,8 +2,10 @@
 approximate index (IVF-PQ + exact re-ranking) vs exact search. Ratios measured in one run.
 
 Run as the ``webscale`` section of bench/run.py (``bench/run.py --only webscale``: 10k generations x
-1M references, 512-d, about 2 minutes on 2 cores; ``--quick``: 1k x 50k), which writes its rows to
-bench/results.csv beside the other sections' rows.
+1M references, 512-d, about 4 minutes per data set on 2 cores; ``--quick``: 1k x 50k), which writes
+its rows to bench/results.csv beside the other sections' rows. ``bench/webscale.py --sweep DATA``
+prints the approximate index's trade-off (nlist, nprobe; HNSW's efSearch with ``--hnsw``) against
+one exact search on the same data.
 
 The references (L2-normalised random 512-d float32, 2 GB at 1M) are written once to a file, shard
 by shard; each variant runs in a fresh process that reads them from that file as the workflow's jobs
@@ -286,13 +288,111 @@ def bench(
     ]
 
 
+# The trade-off sweep (`python bench/webscale.py --sweep DATA [--quick] [--hnsw]`): approximate index
+# settings against one exact search on the section's data, in one process (no memory measured).
+SWEEP_IVFPQ = [(512, 32), (512, 64), (512, 96), (1024, 64), (1024, 128)]  # (nlist, nprobe)
+SWEEP_HNSW = [64, 128, 256]  # efSearch of one IndexHNSWFlat (M 32)
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def _built(sample, kind, opts, shards):
+    from diffrep.approxsearch import add_shards, build_index
+
+    index = build_index(sample, kind, seed=0, **opts)
+    add_shards(index, shards)
+    return index
+
+
+def _approx(index, gen, knobs, shards, k):
+    """The approximate top-k: the index's candidates re-ranked exactly (the approx_search rule's path)."""
+    from diffrep.webapprox import candidates, rerank
+
+    return rerank(gen, candidates(index, gen, IVFPQ["candidates"], *knobs), shards, k)[1]
+
+
+def sweep(
+    n_gen: int, n_ref: int, data: str, dim: int = 512, k: int = 10, shard: int = 100_000, hnsw: bool = False
+) -> list[dict]:
+    """Recall@1 / @10 and search + re-ranking time of each setting, against one exact faiss search
+    (IndexFlatIP, add + search) of the same generations; the IVF-PQ settings other than nlist and
+    nprobe are the section's (IVFPQ), each index built once per nlist (trained on max(25 600, 40 nlist)
+    references, as faiss asks; the build is done before and not timed in the speed-up)."""
+    import tempfile
+
+    import numpy as np
+
+    from diffrep.approxsearch import recall
+
+    set_threads()
+    out = []
+    with tempfile.TemporaryDirectory(prefix="diffrep-bench-sweep-") as tmp:
+        refs = Path(tmp) / "refs.npy"
+        write_references(refs, n_ref, dim, shard, data)
+        generations(Path(tmp) / "gen.npy", refs, n_gen, n_ref, dim)
+        gen = np.load(Path(tmp) / "gen.npy")
+        (truth, _), exact = _timed(_monolithic, gen, refs, n_ref, dim, k, shard)
+        print(f"{data}: exact search (IndexFlatIP add + search) {exact:.1f} s", flush=True)
+        grid = [("ivfpq", nlist, [p for n, p in SWEEP_IVFPQ if n == nlist]) for nlist in dict(SWEEP_IVFPQ)]
+        if hnsw:
+            grid.append(("hnsw", None, SWEEP_HNSW))
+        for kind, nlist, knobs in grid:
+            opts = (
+                dict(nlist=nlist, m=IVFPQ["m"], nbits=IVFPQ["nbits"]) if kind == "ivfpq" else dict(hnsw_m=32)
+            )
+            # faiss wants 39 training points per IVF cell: the section's 25 600 for 512 cells, more for more
+            n_train = min(n_ref, max(IVFPQ["train"], 40 * (nlist or 0)))
+            take = np.sort(np.random.default_rng(0).choice(n_ref, n_train, replace=False))
+            sample = np.vstack([x[np.isin(idx, take)] for idx, x in _shards(refs, n_ref, dim, shard)])
+            index, build = _timed(_built, sample, kind, opts, _shards(refs, n_ref, dim, shard))
+            for knob in knobs:
+                nprobe, ef = (knob, 1) if kind == "ivfpq" else (1, knob)
+                rows, secs = _timed(_approx, index, gen, (nprobe, ef), _shards(refs, n_ref, dim, shard), k)
+                r1, r10 = recall(rows, truth, 1), recall(rows, truth, 10)
+                name = (
+                    f"ivfpq nlist {nlist} nprobe {knob}" if kind == "ivfpq" else f"hnsw M 32 efSearch {knob}"
+                )
+                print(
+                    f"  {name}: recall@1 {r1:.4f} @10 {r10:.4f}, {secs:.1f} s ({exact / secs:.2f}x exact); build {build:.0f} s",
+                    flush=True,
+                )
+                out.append(
+                    {
+                        "data": data,
+                        "setting": name,
+                        "recall1": r1,
+                        "recall10": r10,
+                        "seconds": secs,
+                        "exact_seconds": exact,
+                        "speedup": exact / secs,
+                        "build_seconds": build,
+                    }
+                )
+    return out
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         method, gen, refs, n_ref, dim, k, shard, out = argv[1:9]
         child(method, gen, refs, int(n_ref), int(dim), int(k), int(shard), out)
         return 0
-    raise SystemExit("run it as a section of bench/run.py: bench/run.py --only webscale [--quick]")
+    if argv[:1] == ["--sweep"] and len(argv) > 1 and argv[1] in DATA:
+        size = (
+            dict(n_gen=1000, n_ref=50_000, shard=10_000)
+            if "--quick" in argv
+            else dict(n_gen=10_000, n_ref=1_000_000)
+        )
+        sweep(**size, data=argv[1], hnsw="--hnsw" in argv)
+        return 0
+    raise SystemExit(
+        "run it as a section of bench/run.py: bench/run.py --only webscale [--quick]; or the approximate "
+        f"index trade-off: bench/webscale.py --sweep {{{','.join(DATA)}}} [--quick] [--hnsw]"
+    )
 
 
 if __name__ == "__main__":
