@@ -122,6 +122,36 @@ def test_sd35_folder_without_t5_loads_and_generates_through_the_sd3_path(tmp_pat
         rehearsal.sd3_configs("sd3_large")
 
 
+def test_sd35_folder_with_t5_loads_its_bf16_t5_and_uses_it(tmp_path):
+    """t5: true (the hub's SD 3.5 Medium has T5-XXL): T5 v1.1 XXL's layout in text_encoder_3/ and a T5
+    tokenizer in tokenizer_3/, every weight stored in bf16; the prompt reaches the transformer through
+    T5 (another prompt, other T5 states)."""
+    from safetensors import safe_open
+
+    from diffrep.pipelines import load_pipeline
+
+    out = model_builder("rehearsal_sd3")(tmp_path / "sd35", seed=0, width_scale=SMALL, t5=True)
+    check_complete("diffusers", out)
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["text_encoder_3"] == ["transformers", "T5EncoderModel"]
+    # (transformers 5 names the fast T5 tokenizer T5Tokenizer; the hub's model_index, T5TokenizerFast)
+    assert index["tokenizer_3"] in (["transformers", "T5Tokenizer"], ["transformers", "T5TokenizerFast"])
+    for part in ("text_encoder_3", "transformer"):
+        files = sorted((out / part).glob("*.safetensors"))
+        with safe_open(files[0], "pt") as f:
+            assert f.get_tensor(next(iter(f.keys()))).dtype == torch.bfloat16
+    pipe = load_pipeline(out, "cpu", torch.float32)
+    t5 = pipe.text_encoder_3.config
+    assert (t5.num_layers, t5.d_kv, t5.vocab_size, t5.feed_forward_proj) == (24, 64, 32128, "gated-gelu")
+    assert pipe.transformer.config.joint_attention_dim == t5.d_model
+    with torch.no_grad():
+        states = [
+            pipe._get_t5_prompt_embeds(p, max_sequence_length=16) for p in ("a red circle", "a blue square")
+        ]
+    assert states[0].shape == (1, 16, t5.d_model) and not torch.equal(states[0], states[1])
+    assert json.loads((out / "build_info.json").read_text())["options"]["t5"] is True
+
+
 @pytest.mark.parametrize("variant, dims", [("disc_large", 1024), ("disc_mixup", 512)])
 def test_sscd_torchscript_loads_in_the_embedder(tmp_path, variant, dims):
     from diffrep.embeddings import SSCDEmbedder

@@ -9,7 +9,8 @@ read it:
   ``scheduler/``, ``feature_extractor/``; safetensors), with the published UNet / VAE / text-encoder
   / scheduler configurations (:data:`SD_MODELS`);
 - ``rehearsal_sd3`` (variant ``sd35_medium``): a diffusers StableDiffusion3Pipeline folder with SD 3.5
-  Medium's published configurations (:data:`SD3_MODELS`), generation only, without T5-XXL;
+  Medium's published configurations (:data:`SD3_MODELS`), generation only, with T5-XXL's encoder
+  in bf16 (``t5: true``, the rehearsal's) or without it;
 - ``rehearsal_sscd`` (variant ``disc_large`` | ``disc_mixup``): an SSCD TorchScript file
   (``sscd_<variant>.torchscript.pt``): a ResNeXt-101 32x4d / ResNet-50 trunk, GeM pooling
   (p = 3), a linear projection to 1024 / 512 dimensions and L2 normalisation, as the SSCD
@@ -613,6 +614,19 @@ def _seed(seed: int):
         yield
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    """Modules built inside are created in `dtype` (torch's default floating dtype, restored after)."""
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def _info(builder: str, seed: int, options: dict, counts: dict, source: str) -> str:
     info = {
         "builder": builder,
@@ -672,30 +686,44 @@ def build_rehearsal_sd(
 
 
 def build_rehearsal_sd3(
-    out_dir: str | os.PathLike, seed: int, variant: str = "sd35_medium", width_scale: float = 1.0
+    out_dir: str | os.PathLike,
+    seed: int,
+    variant: str = "sd35_medium",
+    width_scale: float = 1.0,
+    t5: bool = False,
 ) -> Path:
     """Builder ``rehearsal_sd3``: a StableDiffusion3Pipeline folder with the published configuration of
-    `variant` (sd35_medium), without T5-XXL: ``text_encoder_3`` and ``tokenizer_3`` are listed as
-    absent (``[null, null]``), the subset diffusers documents (the pipeline then gives the
-    transformer zeros in T5's place). T5-XXL's 4.76 G parameters (19 GB in fp32) are counted by
-    :func:`parameter_counts`, not built."""
-    import diffusers
+    `variant` (sd35_medium).
 
-    with _seed(seed):
-        modules = sd3_modules(variant, width_scale, t5=False)
+    ``t5=False``: without T5-XXL, ``text_encoder_3`` and ``tokenizer_3`` listed as absent
+    (``[null, null]``), the subset diffusers documents (the pipeline then gives the transformer zeros
+    in T5's place); T5-XXL's 4.76 G parameters are counted by :func:`parameter_counts`, not built.
+    ``t5=True``: with T5 v1.1 XXL's encoder and a T5 tokenizer (unigram over the mini captions' words:
+    T5's vocabulary is not available offline), all weights in bf16, as the hub ships SD 3.5 Medium in
+    16 bits (in fp32 the folder would hold 29 GB and the build would not fit in 24 GiB).
+    """
+    import diffusers
+    import torch
+
+    from diffrep import minidata
+    from diffrep.tinyfamilies import t5_tokenizer
+
+    dtype = torch.bfloat16 if t5 else torch.float32
+    with _seed(seed), _default_dtype(dtype):
+        modules = sd3_modules(variant, width_scale, t5=t5)
     spec = SD3_MODELS[variant]
     cls, sched_cfg = spec["scheduler"]
     pipe = diffusers.StableDiffusion3Pipeline(
         **{k: m.eval() for k, m in modules.items()},
         tokenizer=clip_tokenizer(seed, spec["pad_token"]),
         tokenizer_2=clip_tokenizer(seed, spec["pad_token_2"]),
-        text_encoder_3=None,
-        tokenizer_3=None,
+        **({} if t5 else {"text_encoder_3": None}),
+        tokenizer_3=t5_tokenizer(minidata.caption_corpus(seed)) if t5 else None,
         scheduler=getattr(diffusers, cls).from_config(sched_cfg),
     )
     counts = {k: count(m) for k, m in modules.items()}
-    options = {"variant": variant, "width_scale": width_scale}
-    source = f"{variant} without text_encoder_3 (T5-XXL)"
+    options = {"variant": variant, "width_scale": width_scale, "t5": t5}
+    source = f"{variant} (bf16 weights)" if t5 else f"{variant} without text_encoder_3 (T5-XXL)"
     with staged_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         _no_pickles(tmp)

@@ -138,24 +138,32 @@ def sdxl_components(
     )
 
 
-def t5_components(captions: Sequence[str], seed: int, d_model: int) -> tuple:
-    """A tiny T5 encoder and a T5 tokenizer (unigram, one token per caption word, byte-free).
-
-    Words outside the captions' become ``<unk>``; the tokenizer appends ``</s>`` like T5's.
-    """
+def t5_tokenizer(captions: Sequence[str]):
+    """A T5TokenizerFast (unigram, one token per caption word, byte-free; ids <pad> 0, </s> 1, <unk> 2
+    as T5's). Words outside the captions' become ``<unk>``; it appends ``</s>`` like T5's."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    from transformers import T5TokenizerFast
 
     words = sorted({w for c in captions for w in c.lower().split()})
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -1.0) for w in words]
     backend = Tokenizer(models.Unigram(vocab, unk_id=2))
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = T5TokenizerFast(
+    return T5TokenizerFast(
         tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
     )
+
+
+def t5_components(captions: Sequence[str], seed: int, d_model: int) -> tuple:
+    """A tiny T5 encoder and a T5 tokenizer (unigram, one token per caption word, byte-free).
+
+    Words outside the captions' become ``<unk>``; the tokenizer appends ``</s>`` like T5's.
+    """
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = t5_tokenizer(captions)
     config = T5Config(
-        vocab_size=len(vocab),
+        vocab_size=len(tokenizer),
         d_model=d_model,
         d_kv=8,
         d_ff=2 * d_model,
