@@ -69,9 +69,10 @@ def _read_shard(path: Path, s: int, shard: int, n_ref: int, dim: int):
 DATA = ("random", "clustered")
 
 
-def _reference_shard(n: int, dim: int, s: int, data: str, centres):
+def _reference_shard(n: int, dim: int, s: int, data: str, centres, draw: int = 0):
     import numpy as np
 
+    s += 100_000 * draw  # another draw: other seeds for every shard
     if data == "random":
         return descriptors(n, dim, seed=1000 + s)
     rng = np.random.default_rng(1000 + s)
@@ -79,26 +80,29 @@ def _reference_shard(n: int, dim: int, s: int, data: str, centres):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_references(path: Path, n_ref: int, dim: int, shard: int, data: str = "random") -> None:
-    """The references file (.npy), written shard by shard (each shard seeded by its number)."""
+def write_references(
+    path: Path, n_ref: int, dim: int, shard: int, data: str = "random", draw: int = 0
+) -> None:
+    """The references file (.npy), written shard by shard (each shard seeded by its number; ``draw`` > 0:
+    other seeds throughout, a fresh data set of the same design)."""
     import numpy as np
 
-    centres = descriptors(max(1, n_ref // 100), dim, seed=7) if data == "clustered" else None
+    centres = descriptors(max(1, n_ref // 100), dim, seed=7 + draw) if data == "clustered" else None
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_ref, dim))
     for s in range(-(-n_ref // shard)):
         n = min(shard, n_ref - s * shard)
-        out[s * shard : (s + 1) * shard] = _reference_shard(n, dim, s, data, centres)
+        out[s * shard : (s + 1) * shard] = _reference_shard(n, dim, s, data, centres, draw)
     out.flush()
     del out
 
 
-def generations(path: Path, refs: Path, n_gen: int, n_ref: int, dim: int):
+def generations(path: Path, refs: Path, n_gen: int, n_ref: int, dim: int, draw: int = 0):
     """Near-copies of random references (0.6 reference + 0.4 noise), written to `path`."""
     import numpy as np
 
     mm = np.load(refs, mmap_mode="r")
-    src = np.random.default_rng(3).integers(0, n_ref, n_gen)
-    gen = 0.6 * np.asarray(mm[np.sort(src)]) + 0.4 * descriptors(n_gen, dim, seed=2)
+    src = np.random.default_rng(3 + 100 * draw).integers(0, n_ref, n_gen)
+    gen = 0.6 * np.asarray(mm[np.sort(src)]) + 0.4 * descriptors(n_gen, dim, seed=2 + 100 * draw)
     gen /= np.linalg.norm(gen, axis=1, keepdims=True)
     np.save(path, gen.astype(np.float32))
 
@@ -290,7 +294,14 @@ def bench(
 
 # The trade-off sweep (`python bench/webscale.py --sweep DATA [--quick] [--hnsw]`): approximate index
 # settings against one exact search on the section's data, in one process (no memory measured).
-SWEEP_IVFPQ = [(512, 32), (512, 64), (512, 96), (1024, 64), (1024, 128)]  # (nlist, nprobe)
+# (nlist, m, nprobes): the section's m 64 at more cells, and m 32 (half the codes to scan per probe)
+SWEEP_IVFPQ = [
+    (512, 64, (32, 64, 96)),
+    (1024, 64, (64, 128)),
+    (2048, 64, (64, 128)),
+    (1024, 32, (32, 64)),
+    (2048, 32, (64, 128)),
+]
 SWEEP_HNSW = [64, 128, 256]  # efSearch of one IndexHNSWFlat (M 32)
 
 
@@ -318,11 +329,19 @@ def _approx(index, gen, knobs, shards, k):
 
 
 def sweep(
-    n_gen: int, n_ref: int, data: str, dim: int = 512, k: int = 10, shard: int = 100_000, hnsw: bool = False
+    n_gen: int,
+    n_ref: int,
+    data: str,
+    dim: int = 512,
+    k: int = 10,
+    shard: int = 100_000,
+    hnsw: bool = False,
+    draw: int = 0,
+    ivfpq=None,
 ) -> list[dict]:
     """Recall@1 / @10 and search + re-ranking time of each setting, against one exact faiss search
-    (IndexFlatIP, add + search) of the same generations; the IVF-PQ settings other than nlist and
-    nprobe are the section's (IVFPQ), each index built once per nlist (trained on max(25 600, 40 nlist)
+    (IndexFlatIP, add + search) of the same generations; the IVF-PQ settings other than nlist, m and
+    nprobe are the section's (IVFPQ), each index built once per (nlist, m) (trained on max(25 600, 40 nlist)
     references, as faiss asks; the build is done before and not timed in the speed-up)."""
     import tempfile
 
@@ -334,18 +353,16 @@ def sweep(
     out = []
     with tempfile.TemporaryDirectory(prefix="diffrep-bench-sweep-") as tmp:
         refs = Path(tmp) / "refs.npy"
-        write_references(refs, n_ref, dim, shard, data)
-        generations(Path(tmp) / "gen.npy", refs, n_gen, n_ref, dim)
+        write_references(refs, n_ref, dim, shard, data, draw)
+        generations(Path(tmp) / "gen.npy", refs, n_gen, n_ref, dim, draw)
         gen = np.load(Path(tmp) / "gen.npy")
         (truth, _), exact = _timed(_monolithic, gen, refs, n_ref, dim, k, shard)
-        print(f"{data}: exact search (IndexFlatIP add + search) {exact:.1f} s", flush=True)
-        grid = [("ivfpq", nlist, [p for n, p in SWEEP_IVFPQ if n == nlist]) for nlist in dict(SWEEP_IVFPQ)]
+        print(f"{data} (draw {draw}): exact search (IndexFlatIP add + search) {exact:.1f} s", flush=True)
+        grid = [("ivfpq", nlist, m, nprobes) for nlist, m, nprobes in ivfpq or SWEEP_IVFPQ]
         if hnsw:
-            grid.append(("hnsw", None, SWEEP_HNSW))
-        for kind, nlist, knobs in grid:
-            opts = (
-                dict(nlist=nlist, m=IVFPQ["m"], nbits=IVFPQ["nbits"]) if kind == "ivfpq" else dict(hnsw_m=32)
-            )
+            grid.append(("hnsw", None, None, SWEEP_HNSW))
+        for kind, nlist, m, knobs in grid:
+            opts = dict(nlist=nlist, m=m, nbits=IVFPQ["nbits"]) if kind == "ivfpq" else dict(hnsw_m=32)
             # faiss wants 39 training points per IVF cell: the section's 25 600 for 512 cells, more for more
             n_train = min(n_ref, max(IVFPQ["train"], 40 * (nlist or 0)))
             take = np.sort(np.random.default_rng(0).choice(n_ref, n_train, replace=False))
@@ -358,7 +375,9 @@ def sweep(
                 )
                 r1, r10 = recall(rows, truth, 1), recall(rows, truth, 10)
                 name = (
-                    f"ivfpq nlist {nlist} nprobe {knob}" if kind == "ivfpq" else f"hnsw M 32 efSearch {knob}"
+                    f"ivfpq nlist {nlist} m {m} nprobe {knob}"
+                    if kind == "ivfpq"
+                    else f"hnsw M 32 efSearch {knob}"
                 )
                 print(
                     f"  {name}: recall@1 {r1:.4f} @10 {r10:.4f}, {secs:.1f} s ({exact / secs:.2f}x exact; index search {in_index:.1f} s, the rest re-ranking); build {build:.0f} s",
@@ -392,11 +411,16 @@ def main(argv=None) -> int:
             if "--quick" in argv
             else dict(n_gen=10_000, n_ref=1_000_000)
         )
-        sweep(**size, data=argv[1], hnsw="--hnsw" in argv)
+        # --draw N: a fresh data set of the same design; --ivfpq NLIST:M:NPROBE (repeatable): these only
+        draw = int(argv[argv.index("--draw") + 1]) if "--draw" in argv else 0
+        picked = [argv[i + 1].split(":") for i, a in enumerate(argv) if a == "--ivfpq"]
+        ivfpq = [(int(n), int(m), (int(p),)) for n, m, p in picked] or None
+        sweep(**size, data=argv[1], hnsw="--hnsw" in argv, draw=draw, ivfpq=ivfpq)
         return 0
     raise SystemExit(
         "run it as a section of bench/run.py: bench/run.py --only webscale [--quick]; or the approximate "
-        f"index trade-off: bench/webscale.py --sweep {{{','.join(DATA)}}} [--quick] [--hnsw]"
+        f"index trade-off: bench/webscale.py --sweep {{{','.join(DATA)}}} [--quick] [--hnsw] [--draw N] "
+        "[--ivfpq NLIST:M:NPROBE ...]"
     )
 
 
