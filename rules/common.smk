@@ -661,7 +661,8 @@ try:
                 _coll["pretraining_of"],
                 f"webscale.collections.{_name}.pretraining_of",
             )
-        if _coll.get("dataset_of"):  # a dataset's pictures as its "web" (the rehearsal lane)
+        # a dataset's pictures as its "web" (the rehearsal lane)
+        if _coll.get("dataset_of"):
             _coll["parquets"] = [miniweb.mini_web_path(WS, _name)["parquet"]]
     # shard counts at DAG time: parquet footers when the files are on disk, else the configured n_rows
     N_SHARDS = {
@@ -1019,7 +1020,8 @@ def get_prompt_file_params(wildcards):
     if src["type"] == "model":
         src["file"] = f"{model_dir(src['model'])}/{src['path']}"
     if src["type"] == "dataset":
-        src.update({k: v for k, v in dataset_files(src["dataset"]).items() if k != "manifest"})
+        files = dataset_files(src["dataset"])
+        src.update(metadata=files["metadata"], images=files["images"])
     return {
         "source": src,
         "columns": entry.get("columns", {}),
