@@ -4,8 +4,9 @@ approximate index (IVF-PQ + exact re-ranking) vs exact search. Ratios measured i
 Run as the ``webscale`` section of bench/run.py (``bench/run.py --only webscale``: 10k generations x
 1M references, 512-d, about 4 minutes per data set on 2 cores; ``--quick``: 1k x 50k), which writes
 its rows to bench/results.csv beside the other sections' rows. ``bench/webscale.py --sweep DATA``
-prints the approximate index's trade-off (nlist, nprobe; HNSW's efSearch with ``--hnsw``) against
-one exact search on the same data.
+prints the approximate index's trade-off (nlist, m, nprobe; HNSW's efSearch with ``--hnsw``) against
+one exact search on the same data (``--draw N``: a fresh data set of the same design; ``--ivfpq
+NLIST:M:NPROBE``: only these settings).
 
 The references (L2-normalised random 512-d float32, 2 GB at 1M) are written once to a file, shard
 by shard; each variant runs in a fresh process that reads them from that file as the workflow's jobs
@@ -380,7 +381,8 @@ def sweep(
                     else f"hnsw M 32 efSearch {knob}"
                 )
                 print(
-                    f"  {name}: recall@1 {r1:.4f} @10 {r10:.4f}, {secs:.1f} s ({exact / secs:.2f}x exact; index search {in_index:.1f} s, the rest re-ranking); build {build:.0f} s",
+                    f"  {name}: recall@1 {r1:.4f} @10 {r10:.4f}, {secs:.1f} s ({exact / secs:.2f}x exact; "
+                    f"index search {in_index:.1f} s, the rest re-ranking); build {build:.0f} s",
                     flush=True,
                 )
                 out.append(
@@ -413,8 +415,10 @@ def main(argv=None) -> int:
         )
         # --draw N: a fresh data set of the same design; --ivfpq NLIST:M:NPROBE (repeatable): these only
         draw = int(argv[argv.index("--draw") + 1]) if "--draw" in argv else 0
-        picked = [argv[i + 1].split(":") for i, a in enumerate(argv) if a == "--ivfpq"]
-        ivfpq = [(int(n), int(m), (int(p),)) for n, m, p in picked] or None
+        picked: dict[tuple[int, int], list[int]] = {}  # one index per (nlist, m), all its nprobes
+        for n, m, p in (argv[i + 1].split(":") for i, a in enumerate(argv) if a == "--ivfpq"):
+            picked.setdefault((int(n), int(m)), []).append(int(p))
+        ivfpq = [(n, m, tuple(ps)) for (n, m), ps in picked.items()] or None
         sweep(**size, data=argv[1], hnsw="--hnsw" in argv, draw=draw, ivfpq=ivfpq)
         return 0
     raise SystemExit(
