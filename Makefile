@@ -3,11 +3,14 @@
 #   make test   - create .venv and run the tests
 #   make showcase - the showcase study: a tiny model that copies (offline, 2 CPU cores; docs/showcase.md)
 #   make rehearsal - every paper rule on the full-size architectures, random weights (docs/rehearsal.md)
+#   mini and showcase end by comparing their results with the committed reference digests
+#   (docs/reference/*.sha256); make reference-<study> rewrites them after a change meant to change results.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: mini showcase rehearsal test install lint clean-mini clean-showcase clean-rehearsal
+.PHONY: mini showcase rehearsal test install lint clean-mini clean-showcase clean-rehearsal \
+	reference-mini reference-showcase reference-micro gpu-check
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,15 +25,22 @@ install: $(VENV)/.installed
 mini: install
 	$(BIN)/snakemake --profile profiles/mini
 	$(BIN)/snakemake --profile profiles/mini --report results/mini/report.html
+	$(BIN)/python -m diffrep.digests check profiles/mini/study.yaml docs/reference/mini.sha256
 
 showcase: install
 	$(BIN)/snakemake --profile profiles/showcase
 	$(BIN)/snakemake --profile profiles/showcase --report results/showcase/report.html
+	$(BIN)/python -m diffrep.digests check profiles/showcase/study.yaml docs/reference/showcase.sha256
 
 # Several GB of models under resources/models/ and hours on 2 cores: not part of `make test`.
 rehearsal: install
 	$(BIN)/snakemake --profile profiles/rehearsal
 	$(BIN)/snakemake --profile profiles/rehearsal --report results/rehearsal/report.html
+
+# On a machine with a CUDA device: the micro study in its GPU precision, twice deterministic and once
+# not; bit-identity, time ratio and the comparison with the CPU reference (docs/reproducibility.md).
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py
 
 test: install
 	$(BIN)/python -m pytest -ra --durations=40 $(PYTEST_ARGS)
@@ -38,6 +48,17 @@ test: install
 lint: install
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
+
+# After a change meant to change results: rewrite a study's reference digests from its finished
+# run (docs/reproducibility.md); the commit says why the numbers changed.
+reference-mini: install
+	$(BIN)/python -m diffrep.digests write profiles/mini/study.yaml docs/reference/mini.sha256
+
+reference-showcase: install
+	$(BIN)/python -m diffrep.digests write profiles/showcase/study.yaml docs/reference/showcase.sha256
+
+reference-micro: install
+	$(BIN)/python -m pytest -q tests/test_e2e_micro.py --write-micro-reference
 
 clean-mini:
 	rm -rf results/mini logs/mini benchmarks/mini

@@ -29,6 +29,10 @@ Sections:
   study): start time (process start to the page served), and a try-a-prompt request answered with
   the model and the faiss index cached (the app's way) vs the first request, which loads both
   (what a per-request load would cost every time; `--no-warmup`, so that nothing is preloaded);
+- numerics: portable numerics (diffrep.numerics: AVX2 kernels, fixed threads) against native (this
+  CPU's own kernels): a finetuning loop of the mini's UNet size (AdamW, batch 16) in fresh processes,
+  and a whole study's Snakemake run (the micro study, or the mini's with `--numerics-study mini`),
+  each run in both modes one after the other; ratio native / portable (below 1: portable is slower);
 - webscale: the web-scale search at 1M references (10k generations) (bench/webscale.py): sharded exact search vs one
   faiss index (time, peak memory, equality of the top-k), IVF-PQ with exact re-ranking vs exact
   (time, peak memory, recall@1 / @10).
@@ -55,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
-SECTIONS = ("retrieval", "fid", "embeddings", "snakemake", "generation", "app", "webscale")
+SECTIONS = ("retrieval", "fid", "embeddings", "snakemake", "generation", "app", "numerics", "webscale")
 COLUMNS = ("section", "measure", "diffrep", "naive", "unit", "ratio", "diffrep_how", "naive_how", "detail")
 THREADS = 2
 
@@ -611,6 +615,114 @@ def bench_snakemake(factor: int, micro: bool, micro_dir: Path | None):
     return rows
 
 
+# ---------------------------------------------------------------- numerics
+
+
+def numerics_env(mode: str) -> dict:
+    """This process's environment with the numerics mode's variables (native: none of them)."""
+    from diffrep import numerics
+
+    env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENVIRONMENT}
+    return {**env, **numerics.environment({"mode": mode})}
+
+
+def finetune_child(steps: int) -> None:
+    """AdamW steps of a UNet of the mini's size (blocks 32/64, 4x8x8 latents, batch 16), one thread;
+    print a JSON line with the seconds and the final weights' sha256 prefix."""
+    import hashlib
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    x, text = torch.randn(16, 4, 8, 8), torch.randn(16, 8, 32)
+    t = torch.randint(0, 1000, (16,))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(unet(x, t, text).sample, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - t0
+    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in unet.parameters())).hexdigest()
+    print(json.dumps({"s": seconds, "weights": digest[:12]}))
+
+
+def _finetune_run(mode: str, steps: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", "finetune", str(steps)],
+        env=numerics_env(mode),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _study_run(mode: str, study: str, tmp: Path) -> float:
+    """Seconds of a complete Snakemake run of `study` (micro or mini) in a fresh copy, in `mode`."""
+    import yaml
+
+    from conftest import copy_workflow
+
+    wf = copy_workflow(tmp / f"{study}-{mode}")
+    src = "tests/micro/config.yaml" if study == "micro" else "profiles/mini/study.yaml"
+    config = yaml.safe_load((wf / src).read_text())
+    config["numerics"] = {**config.get("numerics", {}), "mode": mode}
+    (wf / "bench-numerics.yaml").write_text(yaml.safe_dump(config))
+    args = ["--configfile", "bench-numerics.yaml", "--replace-workflow-config"]
+    args = (["--profile", "profiles/mini"] if study == "mini" else ["--cores", "2"]) + args
+    _, seconds = _snakemake(args, wf, timeout=3600)
+    return seconds
+
+
+def bench_numerics(steps: int, study: str | None):
+    print(f"numerics (portable vs native: a {steps}-step finetuning loop; the {study} study)", flush=True)
+    runs = {mode: [_finetune_run(mode, steps) for _ in range(3)] for mode in ("native", "portable")}
+    best = {mode: min(r["s"] for r in rs) for mode, rs in runs.items()}
+    same = {mode: len({r["weights"] for r in rs}) == 1 for mode, rs in runs.items()}
+    rows = [
+        row(
+            "numerics",
+            f"finetuning loop, {steps} AdamW steps, mini-size UNet, batch 16, 1 thread",
+            best["portable"],
+            best["native"],
+            "s",
+            "portable (AVX2 kernels: diffrep.numerics)",
+            "native (this CPU's kernels)",
+            f"best of 3 each; the same weights within each mode: {same}",
+        )
+    ]
+    if study:
+        with tempfile.TemporaryDirectory(prefix="diffrep-bench-numerics-") as tmp:
+            seconds = {mode: _study_run(mode, study, Path(tmp)) for mode in ("native", "portable")}
+        rows.append(
+            row(
+                "numerics",
+                f"the {study} study's Snakemake run, from nothing",
+                seconds["portable"],
+                seconds["native"],
+                "s",
+                "numerics portable",
+                "numerics native",
+                "one run each, native first, in fresh copies",
+            )
+        )
+    return rows
+
+
 # ---------------------------------------------------------------- generation
 
 
@@ -819,6 +931,9 @@ def bench_webscale(quick: bool):
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if argv[:2] == ["--child", "finetune"]:
+        finetune_child(int(argv[2]))
+        return 0
     if argv[:2] == ["--child", "retrieval"]:
         method, n_gen, n_train, dim, k, out = argv[2:8]
         retrieval_child(method, int(n_gen), int(n_train), int(dim), int(k), out)
@@ -831,6 +946,11 @@ def main(argv=None) -> int:
     ap.add_argument("--micro-dir", type=Path, help="a completed micro study copy to time the no-op re-run in")
     ap.add_argument("--app-dir", type=Path, help="app section: a workflow folder with a completed study")
     ap.add_argument("--app-study", help="app section: the study of --app-dir (default mini)")
+    ap.add_argument(
+        "--numerics-study",
+        default="micro",
+        help="numerics section: the study run in both modes (micro, mini, none)",
+    )
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
@@ -855,6 +975,9 @@ def main(argv=None) -> int:
             n_images=4 if q else 16, batch=4 if q else 16, steps=4 if q else 20
         ),
         "app": lambda: bench_app(args.app_dir, args.app_study, args.micro_dir),
+        "numerics": lambda: bench_numerics(
+            steps=10 if q else 60, study=None if q or args.numerics_study == "none" else args.numerics_study
+        ),
         "webscale": lambda: bench_webscale(q),
     }
     print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)

@@ -28,6 +28,7 @@ rule calibrate:
         runtime=60,
         batch_size=config["resources"]["embed_batch_size"],
     params:
+        numerics=NUMERICS,
         embedder=get_embedder,
         calibration=get_calibration_params,
     script:
@@ -66,6 +67,7 @@ rule study_threshold:
     conda:
         "../envs/figures.yaml"
     params:
+        numerics=NUMERICS,
         datasets=get_study_threshold_datasets,
     script:
         "../scripts/study_threshold.py"

@@ -6,7 +6,7 @@ import re
 from snakemake.utils import validate
 
 from diffrep import config as dconf
-from diffrep import jobsizes, miniweb, webshards
+from diffrep import jobsizes, miniweb, numerics, webshards
 
 validate(config, schema="../schemas/config.schema.yaml")
 dconf.fill_defaults(config)
@@ -20,6 +20,14 @@ try:
 except dconf.ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
 
+
+# The kernels every job computes with: set here, in the environment every job inherits (on a
+# cluster each job parses the workflow again), before any job loads torch, numpy or faiss.
+NUMERICS = numerics.settings(config["numerics"])
+try:
+    numerics.apply(NUMERICS)
+except numerics.NumericsError as err:
+    raise WorkflowError(str(err)) from None
 
 STUDY = config["study"]
 R = f"results/{STUDY}"
@@ -201,6 +209,23 @@ def get_caption_params(wildcards):
             config["seed"], "captions", wildcards.dataset, wildcards.conditioning
         ),
     }
+
+
+# What a duplication plan's content depends on: nodup records the duplicated set (weight_pc, seed)
+# as the control for the duplicated runs but weighs every image 1, so dup_weight is not its param.
+DUPLICATION_PLAN_KEYS = {
+    "nodup": ("weight_pc", "seed"),
+    "dup_both": ("weight_pc", "dup_weight", "seed"),
+    "dup_image": ("weight_pc", "dup_weight", "seed"),
+}
+
+
+def get_duplication_params(wildcards):
+    """The duplication settings of one plan, only those its file depends on (in config order):
+    editing dup_weight re-plans dup_both and dup_image, never nodup nor what was trained on it.
+    """
+    keys = DUPLICATION_PLAN_KEYS[wildcards.duplication]
+    return {k: v for k, v in config["duplication"].items() if k in keys}
 
 
 def get_finetune_inputs(wildcards):

@@ -15,6 +15,7 @@ rule prepare_dataset:
         get_dataset_env
     threads: 4
     params:
+        numerics=NUMERICS,
         name="{dataset}",
         dataset=get_dataset_config,
     script:
@@ -39,6 +40,7 @@ rule blip_captions:
         runtime=240,
         batch_size=config["resources"]["blip_batch_size"],
     params:
+        numerics=NUMERICS,
         blip=config["captions"]["blip"],
         seed=config["seed"],
     script:
@@ -62,6 +64,7 @@ rule llm_captions:
         mem_mb=16000,
         runtime=240,
     params:
+        numerics=NUMERICS,
         dataset="{dataset}",
         llm=config["captions"]["llm"],
         seed=get_llm_caption_seed,
@@ -96,7 +99,7 @@ rule duplication_plan:
         "../envs/data.yaml"
     params:
         style="{duplication}",
-        duplication=config["duplication"],
+        duplication=get_duplication_params,
     script:
         "../scripts/duplication_plan.py"
 

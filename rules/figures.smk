@@ -26,6 +26,7 @@ rule tables:
     conda:
         "../envs/figures.yaml"
     params:
+        numerics=NUMERICS,
         study=STUDY,
         seed=config["seed"],
         ids=table_input_ids(),

@@ -23,6 +23,7 @@ rule generate:
         cuda_dtype=get_generate_cuda_dtype,
         batch_size=config["resources"]["generate_batch_size"],
     params:
+        numerics=NUMERICS,
         preset=get_preset,
         generation=get_generation_params,
         run="{run}",

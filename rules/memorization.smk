@@ -41,6 +41,7 @@ rule memorization_detect:
         runtime=240,
         batch_size=config["resources"]["generate_batch_size"],
     params:
+        numerics=NUMERICS,
         detection=get_detection_params,
     script:
         "../scripts/memorization_detect.py"
@@ -65,6 +66,7 @@ rule memorization_generate:
         runtime=720,
         batch_size=config["resources"]["generate_batch_size"],
     params:
+        numerics=NUMERICS,
         preset=get_preset,
         generation=get_bench_generation_params,
     script:
@@ -83,6 +85,7 @@ rule memorization_replication:
         "../envs/torch.yaml"
     threads: 1
     params:
+        numerics=NUMERICS,
         replication=get_replication_params,
         bench="{bench}",
         preset="{gen}",
@@ -105,6 +108,7 @@ rule memorization_quality:
     resources:
         batch_size=config["resources"]["fid_batch_size"],
     params:
+        numerics=NUMERICS,
         resolution=get_quality_resolution,
         convention=config["fid"]["convention"],
         clip_model=config["clipscore"]["model"],
@@ -133,6 +137,7 @@ rule memorization_tables:
     conda:
         "../envs/figures.yaml"
     params:
+        numerics=NUMERICS,
         tables=get_memorization_table_params,
     script:
         "../scripts/memorization_tables.py"

@@ -22,6 +22,7 @@ rule embed_train:
         batch_size=config["resources"]["embed_batch_size"],
         workers=config["resources"]["dataloader_workers"],
     params:
+        numerics=NUMERICS,
         embedder=get_embedder,
     script:
         "../scripts/embed.py"
@@ -46,6 +47,7 @@ rule embed_generations:
         batch_size=config["resources"]["embed_batch_size"],
         workers=config["resources"]["dataloader_workers"],
     params:
+        numerics=NUMERICS,
         embedder=get_embedder,
     script:
         "../scripts/embed.py"
@@ -64,6 +66,7 @@ rule train_baseline:
         "../envs/torch.yaml"
     threads: 2
     params:
+        numerics=NUMERICS,
         identity=get_baseline_identity,
         threshold=config["similarity"]["threshold"],
         faiss_index=config["similarity"]["index"],
@@ -89,6 +92,7 @@ rule retrieve:
         "../envs/torch.yaml"
     threads: 2
     params:
+        numerics=NUMERICS,
         identity=get_matches_identity,
         similarity=config["similarity"],
     script:
@@ -115,6 +119,7 @@ rule fid_reference:
         batch_size=config["resources"]["fid_batch_size"],
         workers=config["resources"]["dataloader_workers"],
     params:
+        numerics=NUMERICS,
         resolution=config["training"]["resolution"],
         convention=config["fid"]["convention"],
     script:
@@ -142,6 +147,7 @@ rule fid:
         batch_size=config["resources"]["fid_batch_size"],
         workers=config["resources"]["dataloader_workers"],
     params:
+        numerics=NUMERICS,
         resolution=config["training"]["resolution"],
         convention=config["fid"]["convention"],
     script:
@@ -167,6 +173,7 @@ rule clipscore:
         runtime=60,
         batch_size=config["resources"]["clip_batch_size"],
     params:
+        numerics=NUMERICS,
         model=config["clipscore"]["model"],
         convention=config["clipscore"]["convention"],
     script:
@@ -191,6 +198,7 @@ rule clipscore_train_baseline:
         runtime=120,
         batch_size=config["resources"]["clip_batch_size"],
     params:
+        numerics=NUMERICS,
         dataset="{dataset}",
         model=config["clipscore"]["model"],
         convention=config["clipscore"]["convention"],
@@ -210,5 +218,7 @@ rule weightdiff:
     threads: 2
     resources:
         mem_mb=16000,
+    params:
+        numerics=NUMERICS,
     script:
         "../scripts/weightdiff.py"

@@ -41,6 +41,7 @@ rule build_model:
         mem_mb=8000,
         runtime=60,
     params:
+        numerics=NUMERICS,
         model=get_model_source,
     script:
         "../scripts/fetch_model.py"

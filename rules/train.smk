@@ -28,6 +28,7 @@ rule finetune:
         keep_checkpoints=int(config["training"]["keep_checkpoints"]),
         gradient_checkpointing=int(config["training"]["gradient_checkpointing"]),
     params:
+        numerics=NUMERICS,
         training=get_training_params,
         mitigation=get_mitigation_params,
         duplication="{duplication}",

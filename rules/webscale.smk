@@ -19,6 +19,7 @@ rule pretraining_web:
     conda:
         "../envs/models.yaml"
     params:
+        numerics=NUMERICS,
         url_base=get_web_url,
     script:
         "../scripts/webscale_pretraining_web.py"
@@ -37,6 +38,7 @@ rule dataset_web:
     conda:
         "../envs/data.yaml"
     params:
+        numerics=NUMERICS,
         n_rows=get_web_rows,
         where="webscale.collections.{collection}.n_rows",
     script:
@@ -114,6 +116,7 @@ rule embed_shard:
         batch_size=config["resources"]["embed_batch_size"],
         workers=config["resources"]["dataloader_workers"],
     params:
+        numerics=NUMERICS,
         embedder=get_embedder,
         shard="{shard}",
         bad_images=get_bad_images,
@@ -138,6 +141,7 @@ rule search_shard:
         runtime=15,
         webscale_slot=1,
     params:
+        numerics=NUMERICS,
         shard="{shard}",
         top_k=get_search_top_k,
     script:
@@ -185,6 +189,7 @@ rule generate_search:
         cuda_dtype=get_generate_cuda_dtype,
         batch_size=config["resources"]["generate_batch_size"],
     params:
+        numerics=NUMERICS,
         preset=get_preset,
         generation=get_generation_params,
         run=get_generation_run,
@@ -211,6 +216,7 @@ rule embed_search_generations:
         batch_size=config["resources"]["embed_batch_size"],
         workers=config["resources"]["dataloader_workers"],
     params:
+        numerics=NUMERICS,
         embedder=get_search_embedder,
     script:
         "../scripts/embed.py"
@@ -234,6 +240,7 @@ rule merge_search:
         mem_mb=16000,
         runtime=60,
     params:
+        numerics=NUMERICS,
         search=get_search,
         label=get_search_label,
         shards=get_search_shards,
@@ -251,6 +258,8 @@ rule webscale_tables:
         f"{LOGS}/webscale/tables.log",
     conda:
         "../envs/torch.yaml"
+    params:
+        numerics=NUMERICS,
     script:
         "../scripts/webscale_tables.py"
 
@@ -310,6 +319,7 @@ rule approx_search:
         mem_mb=32000,
         runtime=240,
     params:
+        numerics=NUMERICS,
         approx=get_approx_params,
         label=get_search_label,
         shards=get_search_shards,

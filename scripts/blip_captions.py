@@ -4,15 +4,13 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-import torch
 
 from diffrep.blip import caption_dataset
 from diffrep.datasets import read_metadata
 from diffrep.fileio import atomic_path
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 table = caption_dataset(
     snakemake.input.images,
     read_metadata(snakemake.input.metadata),

@@ -4,13 +4,11 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-import torch
 
 from diffrep.calibration import calibrate_files
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
-torch.set_num_threads(max(1, snakemake.threads))
+start_job(snakemake)
 settings = dict(snakemake.params.calibration)
 calibrate_files(
     snakemake.input.images,

@@ -7,9 +7,9 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 import pandas as pd
 
 from diffrep.calibration import plot_calibration
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 plot_calibration(
     pd.read_parquet(snakemake.input.scores),
     pd.read_csv(snakemake.input.table),

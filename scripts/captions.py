@@ -7,9 +7,9 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 from diffrep.captions import load_tokenizer, make_captions, read_blip, write_captions
 from diffrep.datasets import read_metadata
 from diffrep.llmcaptions import read_llm_captions
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 params = snakemake.params.captions
 inputs = snakemake.input
 tokenizer = load_tokenizer(params["tokenizer_dir"]) if "tokenizer" in inputs.keys() else None  # noqa: SIM118 (a Namedlist: `in` tests values)

@@ -7,20 +7,18 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 import pandas as pd
 
 from diffrep.duplication import make_plan, write_plan
-from diffrep.workflow import setup_logging
+from diffrep.workflow import log, start_job
 
-log = setup_logging(snakemake)
+start_job(snakemake)
 settings = snakemake.params.duplication
 style = snakemake.params.style
 ids = pd.read_parquet(snakemake.input.metadata, columns=["id"])["id"]
-plan = make_plan(
-    ids, style, weight_pc=settings["weight_pc"], dup_weight=settings["dup_weight"], seed=settings["seed"]
-)
+plan = make_plan(ids, style, **settings)  # nodup's settings hold no dup_weight: it does not use one
 log.info(
     "%s: %d of %d images duplicated (weight %s)",
     style,
     plan["duplicated"].sum(),
     len(plan),
-    settings["dup_weight"],
+    plan["weight"].max() if len(plan) else 1.0,
 )
 write_plan(plan, snakemake.output.plan)

@@ -5,10 +5,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.fetch import fetch_model
-from diffrep.provenance import log_platform
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-log_platform(setup_logging(snakemake))  # the machine that fetched or built the model
+start_job(snakemake)
 fetch_model(
     name=snakemake.wildcards.model,
     spec=snakemake.params.model,

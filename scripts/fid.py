@@ -4,13 +4,11 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-import torch
 
 from diffrep.fid import fid_of_generations, reference_statistics
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 inp, out = snakemake.input, snakemake.output
 if snakemake.rule == "fid_reference":
     reference_statistics(

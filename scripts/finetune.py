@@ -5,9 +5,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.launch import launch_command, run_launch, training_argv
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+threads = start_job(snakemake)
 training = snakemake.params.training
 argv = training_argv(
     base=snakemake.input.base,
@@ -27,11 +27,12 @@ argv = training_argv(
         "gradient_checkpointing": bool(snakemake.resources.gradient_checkpointing),
     },
     workers=snakemake.resources.dataloader_workers,
+    numerics=snakemake.params.numerics,
 )
 cmd, env = launch_command(
     argv,
     processes=snakemake.resources.processes,
     mixed_precision=training["mixed_precision"],
-    threads=snakemake.threads,
+    threads=threads,
 )
 run_launch(cmd, env, sys.stderr)

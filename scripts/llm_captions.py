@@ -4,14 +4,12 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-import torch
 
 from diffrep.datasets import read_metadata
 from diffrep.llmcaptions import llm_captions, write_llm_captions
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 table = llm_captions(
     read_metadata(snakemake.input.metadata),
     snakemake.input.dir,

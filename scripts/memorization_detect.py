@@ -4,9 +4,10 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import setup_logging
 
-log = setup_logging(snakemake)
+from diffrep.workflow import log, start_job
+
+start_job(snakemake)
 
 import torch  # noqa: E402
 
@@ -14,7 +15,6 @@ from diffrep import families, membench, memorization, pipelines  # noqa: E402
 from diffrep.fileio import atomic_path  # noqa: E402
 from diffrep.progress import ProgressLog  # noqa: E402
 
-torch.set_num_threads(max(1, snakemake.threads))
 settings = dict(snakemake.params.detection)
 family = families.family_of(snakemake.input.dir)
 memorization.check_family(family, settings["model"])

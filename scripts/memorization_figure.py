@@ -7,9 +7,9 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 import pandas as pd
 
 from diffrep.memfigures import roc_figure, tradeoff_figure
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 detections = {b: pd.read_parquet(p) for b, p in zip(snakemake.params.benchmarks, snakemake.input.detections)}
 roc_figure(detections, snakemake.params.study, snakemake.output.roc)
 tradeoff_figure(

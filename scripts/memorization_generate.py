@@ -4,16 +4,15 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 
 import torch  # noqa: E402
 
 from diffrep import families, membench, pipelines  # noqa: E402
 from diffrep.generation import set_scheduler  # noqa: E402
 
-torch.set_num_threads(max(1, snakemake.threads))
 gen = dict(snakemake.params.generation)
 preset = dict(snakemake.params.preset)
 family = families.family_of(snakemake.input.dir)

@@ -5,9 +5,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.membench import fetch_prompt_file, normalise_prompt_file
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 entry = snakemake.params.prompt_file
 src = fetch_prompt_file(entry["source"], "resources/prompts/.raw")
 normalise_prompt_file(

@@ -10,15 +10,14 @@ from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import setup_logging
 
-log = setup_logging(snakemake)
+from diffrep.workflow import log, start_job
 
-import torch  # noqa: E402
+start_job(snakemake)
+
 
 from diffrep.fileio import atomic_path  # noqa: E402
 
-torch.set_num_threads(max(1, snakemake.threads))
 out = Path(snakemake.output.summary)
 result = {"fid": "skipped", "clipscore": "skipped"}
 if snakemake.input.get("reference"):

@@ -4,15 +4,13 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 
-import torch  # noqa: E402
 
 from diffrep.membench import replication_files  # noqa: E402
 
-torch.set_num_threads(max(1, snakemake.threads))
 rep = snakemake.params.replication
 replication_files(
     snakemake.input.generations,

@@ -5,9 +5,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.membench import write_tables
-from diffrep.workflow import setup_logging
+from diffrep.workflow import log, start_job
 
-log = setup_logging(snakemake)
+start_job(snakemake)
 tables = write_tables(
     {k: list(snakemake.input[k]) for k in ("sets", "replication", "quality", "per_prompt")},
     dict(snakemake.params.tables),

@@ -6,9 +6,9 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 
 from diffrep.config import derive_seed
 from diffrep.datasets import prepare_dataset
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+threads = start_job(snakemake)
 out = snakemake.output
 prepare_dataset(
     snakemake.params.name,
@@ -19,5 +19,5 @@ prepare_dataset(
     report=out.report,
     # a built dataset's seed is its source's (not the study's): resources/ is shared by every study
     seed=derive_seed(snakemake.params.dataset["source"].get("seed", 0), "dataset", snakemake.params.name),
-    threads=snakemake.threads,
+    threads=threads,
 )

@@ -5,9 +5,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.tables import write_tables
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 write_tables(
     {k: [v] if isinstance(v, str) else list(v) for k, v in snakemake.input.items()},
     dict(snakemake.output.items()),

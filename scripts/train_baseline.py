@@ -4,14 +4,12 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-import faiss
 
 from diffrep.calibration import resolve_threshold
 from diffrep.similarity import train_baseline_files
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
-faiss.omp_set_num_threads(snakemake.threads)
+start_job(snakemake)
 train_baseline_files(
     snakemake.input.train,
     snakemake.output.stats,

@@ -2,15 +2,12 @@
 
 import sys
 
-import faiss
-
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.webapprox import ShardFiles, approx_search_files
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
-faiss.omp_set_num_threads(snakemake.threads)
+start_job(snakemake)
 inp, par = snakemake.input, snakemake.params
 cfg = {k: v for k, v in par.approx.items() if k != "shard_size"}
 shards = [ShardFiles(int(s), n, m) for s, n, m in zip(par.shards, inp.npz, inp.meta)]

@@ -5,9 +5,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.webshards import ShardError, download_shard, record_failed_shard, shard_rows
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 cfg, shard, res = snakemake.params.rows, int(snakemake.params.shard), snakemake.resources
 rows = shard_rows(
     snakemake.input.parquets, shard, cfg["shard_size"], cfg["url_col"], cfg["caption_col"], cfg["id_cols"]

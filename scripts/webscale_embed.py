@@ -6,14 +6,12 @@ from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
-import torch
 
 from diffrep.embeddings import make_embedder
 from diffrep.websearch import embed_shard
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 inp, out = snakemake.input, snakemake.output
 embed_shard(
     make_embedder(snakemake.params.embedder, inp.get("dir")),

@@ -10,9 +10,9 @@ import pandas as pd
 
 from diffrep.figures import gallery, save_figure
 from diffrep.webfigures import extract_match_images, shown_matches, top1_histogram
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 inp, out, p = snakemake.input, snakemake.output, snakemake.params
 matches = pd.read_parquet(inp.matches)
 shown = shown_matches(matches, p.size, p.top_k)

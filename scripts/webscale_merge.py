@@ -10,9 +10,9 @@ import pandas as pd
 
 from diffrep.embeddings import read_embeddings
 from diffrep.websearch import merge_files, shard_report
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 inp, out, search = snakemake.input, snakemake.output, snakemake.params.search
 gen = read_embeddings(inp.generations)
 label = {**snakemake.params.label, "embedder_name": gen["embedder"], "preprocess": gen["preprocess"]}

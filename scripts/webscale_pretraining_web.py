@@ -6,9 +6,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.miniweb import write_pretraining_web
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 out = snakemake.output
 n = write_pretraining_web(snakemake.input.dir, out.images, out.parquet, snakemake.params.url_base)
 logging.getLogger("pretraining_web").info("wrote %d pretraining pictures and %s", n, out.parquet)

@@ -5,9 +5,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.webprompts import search_prompts, write_prompts
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 p = snakemake.params.prompts
 table = search_prompts(p["source"], dict(snakemake.input), p["n_images"], p["seed"], **p["collection"])
 write_prompts(table, snakemake.output.prompts)

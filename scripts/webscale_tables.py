@@ -7,9 +7,9 @@ from pathlib import Path
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.websearch import webscale_table
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 webscale_table([json.loads(Path(p).read_text()) for p in snakemake.input.summaries]).to_csv(
     snakemake.output.table, index=False
 )

@@ -5,7 +5,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, also in --sdm conda envs
 
 from diffrep.weightdiff import weightdiff_file
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 weightdiff_file(snakemake.input.base, snakemake.input.model, snakemake.output.table)

@@ -7,9 +7,9 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # this checkout's diffrep, 
 import pandas as pd
 
 from diffrep.figures import save_figure, weightdiff_histograms
-from diffrep.workflow import setup_logging
+from diffrep.workflow import start_job
 
-setup_logging(snakemake)
+start_job(snakemake)
 w = snakemake.wildcards
 style = dict(snakemake.params.style)
 fig = weightdiff_histograms(

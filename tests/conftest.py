@@ -16,6 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from diffrep import numerics
+
+# The tests compute with the portable kernels, as the workflow's CPU studies do (diffrep.numerics):
+# set before any test module loads torch, numpy or faiss, so results are the same on every machine.
+os.environ.update(numerics.environment({"mode": "portable"}))
+
 REPO = Path(__file__).resolve().parents[1]
 IGNORED = {".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", ".pytest_cache"}
 
@@ -141,3 +147,12 @@ def web(tmp_path):
     root.mkdir()
     with serve_folder(root) as base:
         yield root, base
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--write-micro-reference",
+        action="store_true",
+        help="rewrite tests/reference/micro.sha256 from this run's micro study (after a change meant to "
+        "change results; the commit says why)",
+    )

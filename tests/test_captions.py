@@ -89,14 +89,14 @@ def test_instancelevel_random_is_seeded_and_decoded_with_the_models_tokenizer(mo
     assert a == b and a["captions"] != c["captions"]
     assert all(len(v) == 10 for v in a["captions"].values())
     assert a["vocab_limit"] == len(tok) < 49400  # capped at the tokenizer's size
-    # each caption is the decoding of 4 ids drawn from [0, limit) without the special ids (at the top
-    # of this vocabulary) by the seeded generator, in order
+    # each caption is the decoding of 4 ids drawn from [0, limit) without the start and end tokens
+    # (the top two ids of this vocabulary, its only special ids) by the seeded generator, in order
     import numpy as np
 
-    assert sorted(tok.all_special_ids) == [len(tok) - 2, len(tok) - 1]
+    assert sorted(tok.all_special_ids) == [len(tok) - 2, len(tok) - 1] == [tok.bos_token_id, tok.eos_token_id]
     rng = np.random.default_rng(1)
     ids = rng.integers(0, len(tok) - 2, size=4)
-    assert a["captions"]["a"][0] == tok.decode([int(i) for i in ids], skip_special_tokens=True)
+    assert a["captions"]["a"][0] == tok.decode([int(i) for i in ids])
     assert len(set(a["captions"]["a"])) > 1
 
 

@@ -1,5 +1,7 @@
 """Duplication plans: upstream's fraction and weights, seeded, shared by dup_both and dup_image."""
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -56,7 +58,12 @@ def upstream_sampling_weights(n: int, weight_pc: float, dup_weight: int, chosen)
 @pytest.mark.parametrize("n", [7, 99, 100, 200, 1000])
 @pytest.mark.parametrize("weight_pc", [0.01, 0.05, 0.1, 0.2, 0.29, 0.57, 0.7, 1.0])
 def test_count_and_weights_equal_upstreams(n, weight_pc):
-    plan = make_plan([f"i{k}" for k in range(n)], "dup_image", weight_pc=weight_pc, dup_weight=5, seed=1)
+    ids = [f"i{k}" for k in range(n)]
+    if int(weight_pc * n) == 0:  # 7 images at 1, 5, 10 %, 99 at 1 %: nothing to duplicate, refused
+        with pytest.raises(ValueError, match=rf"int\({weight_pc} x {n}\) = 0 of the dataset's {n} images"):
+            make_plan(ids, "dup_image", weight_pc=weight_pc, dup_weight=5, seed=1)
+        return
+    plan = make_plan(ids, "dup_image", weight_pc=weight_pc, dup_weight=5, seed=1)
     chosen = [k for k in range(n) if plan["dup_set"][k]]
     assert n_duplicated(n, weight_pc) == len(chosen) == int(weight_pc * n)
     assert plan["weight"].tolist() == upstream_sampling_weights(n, weight_pc, 5, chosen)
@@ -78,3 +85,37 @@ def test_dup_weight_up_to_1_is_allowed_with_a_warning(caplog):
     assert plan["dup_set"].sum() == 10 and (plan["weight"] == 1.0).all()
     assert "dup_weight = 1: dup_image samples the duplicated images no more often" in caplog.text
     assert "no random captions" in caplog.text
+
+
+@pytest.mark.parametrize("style", ["dup_both", "dup_image"])
+@pytest.mark.parametrize("n, weight_pc", [(7, 0.1), (19, 0.05), (99, 0.01)])
+def test_a_duplicating_style_that_duplicates_no_image_is_refused(style, n, weight_pc):
+    """int(weight_pc * N) = 0: upstream would sample every image with weight 1, with replacement, under
+    a duplicating style's name; refused with the setting and the dataset size named."""
+    ids = [f"i{k}" for k in range(n)]
+    message = (
+        f"duplication.weight_pc = {weight_pc} duplicates int({weight_pc} x {n}) = 0 of the dataset's {n} "
+        f"images, so {style} would duplicate nothing"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_plan(ids, style, weight_pc=weight_pc, dup_weight=5, seed=0)
+    nodup = make_plan(ids, "nodup", weight_pc=weight_pc, seed=0)  # nodup needs no duplicated image
+    assert len(nodup) == n and not nodup["dup_set"].any() and (nodup["weight"] == 1.0).all()
+    smallest = [f"i{k}" for k in range(round(1 / weight_pc))]  # weight_pc x N = 1: one image duplicated
+    assert make_plan(smallest, style, weight_pc=weight_pc, dup_weight=5, seed=0)["duplicated"].sum() == 1
+
+
+def test_the_nodup_plan_does_not_depend_on_dup_weight(tmp_path):
+    """nodup's file is the same bytes whatever dup_weight (the workflow does not even pass it); its
+    duplicated set (the control) follows weight_pc and the seed."""
+    files = []
+    for k, dup_weight in enumerate((5, 4, 0.5)):
+        write_plan(
+            make_plan(IDS, "nodup", weight_pc=0.05, dup_weight=dup_weight, seed=3), tmp_path / f"{k}.parquet"
+        )
+        files.append((tmp_path / f"{k}.parquet").read_bytes())
+    write_plan(make_plan(IDS, "nodup", weight_pc=0.05, seed=3), tmp_path / "default.parquet")
+    assert files[0] == files[1] == files[2] == (tmp_path / "default.parquet").read_bytes()
+    both = make_plan(IDS, "dup_both", weight_pc=0.05, dup_weight=5, seed=3)
+    assert pd.read_parquet(tmp_path / "0.parquet")["dup_set"].tolist() == both["dup_set"].tolist()
+    assert make_plan(IDS, "nodup", weight_pc=0.1, seed=3)["dup_set"].sum() == 20

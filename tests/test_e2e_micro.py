@@ -1,6 +1,7 @@
 """The micro study end to end: every artifact kind exists and says what it is."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -120,3 +121,20 @@ def test_report_builds(micro_run):
     snakemake(["--report", "report.html", *MICRO], cwd=micro_run, check=True)
     html = (micro_run / "report.html").read_text(errors="replace")
     assert "sim95_by_dup_cond" in html and "summary.csv" in html
+
+
+MICRO_REFERENCE = "tests/reference/micro.sha256"
+
+
+def test_micro_study_is_identical_to_its_reference_digests(micro_run, request):
+    """Portable numerics: the micro study's artifacts, from dataset to tables, have the committed
+    digests on every machine. A failure names the first artifact of the chain that differs."""
+    from diffrep import digests
+
+    reference = Path(__file__).resolve().parents[1] / MICRO_REFERENCE
+    if request.config.getoption("--write-micro-reference"):
+        n = digests.write(micro_run / "tests/micro/config.yaml", reference, micro_run)
+        print(f"wrote {n} digests to {reference}")
+    n = digests.check(micro_run / "tests/micro/config.yaml", reference, micro_run)
+    stages = [stage for stage, _, _ in digests.read_reference(reference)]
+    assert n == len(stages) and set(stages) == {s.name for s in digests.STAGES}  # every link is covered

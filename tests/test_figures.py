@@ -264,20 +264,21 @@ def test_every_report_caption_exists_and_renders():
 FILE_SUFFIXES = {".json", ".parquet", ".npz", ".npy", ".csv", ".png", ".pdf", ".sha256", ".txt", ".tsv"}
 
 
-def _fake_study(wf):
-    """Every output of the micro study as an empty file or folder, in the dry run's (topological)
-    order with increasing mtimes: a DAG that Snakemake sees as complete, made in seconds."""
+def _fake_study(wf, study_file="tests/micro/config.yaml"):
+    """Every output of a study (the micro by default) as an empty file or folder, in the dry run's
+    (topological) order with increasing mtimes: a DAG that Snakemake sees as complete, made in seconds."""
     import os
 
-    from conftest import MICRO, snakemake
+    from conftest import snakemake
 
-    out = snakemake(["-n", "--forceall", *MICRO], cwd=wf, check=True).stdout
+    args = ["--configfile", study_file, "--replace-workflow-config"]
+    out = snakemake(["-n", "--forceall", *args], cwd=wf, check=True).stdout
     paths = [p.strip() for line in re.findall(r"^\s+output: (.*)$", out, re.M) for p in line.split(",")]
     assert paths, out[-2000:]
     for t, rel in enumerate(paths):
         p = wf / rel
         if rel.startswith("resources/webscale/") and rel.endswith(".parquet"):
-            _fake_collection_parquet(wf, p)  # read at parse time (shard counts): must be a real parquet
+            _fake_collection_parquet(wf, p, study_file)  # read at parse time (shard counts): a real parquet
         elif Path(rel).suffix in FILE_SUFFIXES:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.touch()
@@ -287,13 +288,13 @@ def _fake_study(wf):
     return paths
 
 
-def _fake_collection_parquet(wf, path):
-    """A LAION-layout parquet with as many rows as the micro web's pretraining pictures."""
+def _fake_collection_parquet(wf, path, study_file):
+    """A LAION-layout parquet with as many rows as the study's web collection's pretraining pictures."""
     import yaml
 
     from diffrep.miniweb import pretraining_rows
 
-    cfg = yaml.safe_load((wf / "tests/micro/config.yaml").read_text())
+    cfg = yaml.safe_load((wf / study_file).read_text())
     (name,) = cfg["webscale"]["collections"]
     n = pretraining_rows(cfg["models"], cfg["webscale"]["collections"][name]["pretraining_of"], name)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from diffrep.captions import random_captions
 from diffrep.duplication import make_plan
 from diffrep.mitigations import (
     VOCAB_LIMIT,
     add_embedding_noise,
     augment_prompt,
+    boundary_ids,
     insert_word,
     random_token_ids,
     random_tokens,
@@ -26,11 +28,13 @@ N = 4000
 
 
 class FakeTokenizer:
-    """decode(ids) -> 'tok{id}' words; len() = vocabulary size; `special`: its all_special_ids."""
+    """decode(ids) -> 'tok{id}' words; len() = vocabulary size; `bos`, `eos`: its start and end
+    token ids; `special`: its other special ids (all_special_ids holds all of them)."""
 
-    def __init__(self, size=1000, special=()):
+    def __init__(self, size=1000, special=(), bos=None, eos=None):
         self.size = size
-        self.all_special_ids = list(special)
+        self.bos_token_id, self.eos_token_id = bos, eos
+        self.all_special_ids = [i for i in (bos, eos) if i is not None] + list(special)
         self.seen = []
 
     def __len__(self):
@@ -160,48 +164,172 @@ def test_probability_bounds_and_seeding():
         draws(mitigation="bogus", n=1)
 
 
-def upstream_token_ids(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Transcription of upstream's ``np.random.randint(49400, size=n)`` (datasets.py, sd_mitigation.py),
-    with the caller's generator in place of numpy's global state."""
-    return rng.integers(49400, size=n)
+def clip_tokenizer_like_sds(pad_token: str):
+    """A CLIP tokenizer laid out like Stable Diffusion's, built offline: 49408 ids, the 256 byte
+    symbols (id 0 is "!"), the same with "</w>", word tokens ``w{id}`` in place of CLIP's merges, then
+    <|startoftext|> 49406 and <|endoftext|> 49407. `pad_token`: "<|endoftext|>" as SD 1.x's, "!"
+    as SD 2.x's (OpenCLIP's convention)."""
+    from transformers import CLIPTokenizer
+
+    from diffrep.tinysd import _bytes_to_unicode
+
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols]
+    tokens += [f"w{i}</w>" for i in range(len(tokens), 49406)] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token=pad_token)
 
 
-def test_random_token_ids_equal_upstreams_with_the_sd_tokenizer():
-    """SD's CLIP tokenizer: 49408 ids, the special ones 49406 and 49407 above upstream's 49400 cap."""
-    tok = FakeTokenizer(size=49408, special=(49406, 49407))
-    ours, theirs = np.random.default_rng(5), np.random.default_rng(5)
+SD_PAD_TOKENS = {"sd1": "<|endoftext|>", "sd2": "!"}
+
+
+@pytest.fixture(scope="module", params=sorted(SD_PAD_TOKENS))
+def sd_tokenizer(request, tmp_path_factory):
+    """(setup, tokenizer): SD 1.x's or SD 2.x's tokenizer layout, saved and loaded the way the
+    captions rule loads a base model's (diffrep.captions.load_tokenizer)."""
+    from diffrep.captions import load_tokenizer
+
+    root = tmp_path_factory.mktemp(request.param)
+    clip_tokenizer_like_sds(SD_PAD_TOKENS[request.param]).save_pretrained(root / "tokenizer")
+    return request.param, load_tokenizer(root)
+
+
+class Upstream:
+    """Upstream's random-token draws, transcribed: datasets.py (``randrepl``, ``randwordadd``,
+    ``insert_rand_word``), sd_mitigation.py / diff_inference.py (``prompt_augmentation``,
+    ``rand_word_add``) and the ``instancelevel_random`` caption lists (4 ids of
+    ``np.random.randint(49400)``, decoded by ``tokenizer.decode`` at training time).
+
+    One numpy Generator stands in for numpy's global state and for Python's ``random``
+    (``insert_rand_word``'s ``random.randint(0, len)``, both ends included)."""
+
+    def __init__(self, tokenizer, seed: int):
+        self.tokenizer, self.rng = tokenizer, np.random.default_rng(seed)
+
+    def randint(self, size: int) -> list:
+        return list(self.rng.integers(49400, size=size))  # list(np.random.randint(49400, size=size))
+
+    def insert_rand_word(self, sentence: str, word: str) -> str:
+        sent_list = sentence.split(" ")
+        sent_list.insert(self.rng.integers(0, len(sent_list) + 1), word)
+        return " ".join(sent_list)
+
+    def randrepl(self, caption: str, p: float) -> str:
+        instance_prompt = caption
+        if self.rng.uniform() <= p:
+            instance_prompt = self.tokenizer.decode(self.randint(4))
+        return instance_prompt
+
+    def randwordadd(self, caption: str, p: float) -> str:
+        instance_prompt = caption
+        if self.rng.uniform() <= p:
+            for _ in range(2):
+                randword = self.tokenizer.decode(self.randint(1))
+                instance_prompt = self.insert_rand_word(instance_prompt, randword)
+        return instance_prompt
+
+    def rand_word_add(self, prompt: str, repeat_num: int) -> str:
+        for _ in range(repeat_num):
+            prompt = self.insert_rand_word(prompt, self.tokenizer.decode(self.randint(1)))
+        return prompt
+
+    def random_caption(self) -> str:
+        return self.tokenizer.decode(self.randint(4))
+
+
+def test_sd_tokenizers_special_ids(sd_tokenizer):
+    """SD 1.x pads with its end token; SD 2.x with "!" (id 0), which makes id 0 special."""
+    setup, tok = sd_tokenizer
+    assert len(tok) == 49408 and (tok.bos_token_id, tok.eos_token_id) == (49406, 49407)
+    assert sorted(tok.all_special_ids) == {"sd1": [49406, 49407], "sd2": [0, 49406, 49407]}[setup]
+    assert boundary_ids(tok, VOCAB_LIMIT) == []  # both above upstream's cap: nothing left out
+
+
+def test_random_tokens_equal_upstreams_draw_for_draw(sd_tokenizer):
+    """Ids and decoded text of every draw equal upstream's, for SD 1.x's and SD 2.x's tokenizer."""
+    _, tok = sd_tokenizer
+    ours, theirs = np.random.default_rng(5), Upstream(tok, 5)
     for n in (1, 2, 4) * 200:
-        assert random_token_ids(tok, n, ours) == upstream_token_ids(theirs, n).tolist()
+        assert random_token_ids(tok, n, ours) == [int(i) for i in theirs.randint(n)]
+    ours, theirs = np.random.default_rng(6), Upstream(tok, 6)
+    for n in (1, 2, 4) * 200:
+        assert random_tokens(tok, n, ours) == tok.decode(theirs.randint(n))
+
+
+def test_mitigations_and_random_captions_equal_upstreams_draw_for_draw(sd_tokenizer):
+    """randrepl, randwordadd (train time), rand_word_add (inference) and instancelevel_random
+    captions: the same text as the transcription of upstream, draw for draw, on both tokenizers."""
+    _, tok = sd_tokenizer
+    caption = "a red circle on grey"
+    for mitigation in ("randrepl", "randwordadd"):
+        ours, theirs = np.random.default_rng(7), Upstream(tok, 7)
+        for _ in range(300):
+            got = train_caption(
+                [caption],
+                duplication="nodup",
+                weight=1.0,
+                mitigation=mitigation,
+                p=0.5,
+                tokenizer=tok,
+                rng=ours,
+            )
+            assert got == getattr(theirs, mitigation)(caption, 0.5)
+    ours, theirs = np.random.default_rng(8), Upstream(tok, 8)
+    for _ in range(300):
+        assert augment_prompt(caption, "rand_word_add", 4, ours, tok) == theirs.rand_word_add(caption, 4)
+    theirs = Upstream(tok, 9)
+    expected = {i: [theirs.random_caption() for _ in range(10)] for i in ("a", "b", "c")}
+    assert random_captions(["a", "b", "c"], tok, per_image=10, n_tokens=4, seed=9) == expected
+
+
+def test_sd2s_pad_token_is_drawn_as_a_word(sd_tokenizer):
+    """Seed 11026 draws ids [5561, 0, 19079, 43563] (upstream's randint): id 0 is "!" under both
+    tokenizers, special under SD 2.x's, and a word of the caption under both, as upstream decodes it."""
+    _, tok = sd_tokenizer
+    assert Upstream(tok, 11026).randint(4) == [5561, 0, 19079, 43563]
+    assert random_token_ids(tok, 4, np.random.default_rng(11026)) == [5561, 0, 19079, 43563]
+    assert random_captions(["a"], tok, per_image=1, n_tokens=4, seed=11026) == {"a": ["w5561 !w19079 w43563"]}
 
 
 @pytest.mark.parametrize(
-    "size, special", [(515, (513, 514)), (50, (0, 1)), (50, (3, 17, 49)), (60000, (49406, 7))]
+    "size, bos, eos, special",
+    [
+        (515, 513, 514, ()),
+        (50, 0, 1, ()),
+        (50, 3, 17, (49,)),
+        (60000, 49406, 7, (0,)),
+        (50, None, None, (0, 1)),
+    ],
 )
-def test_random_token_ids_never_draw_a_special_id(size, special):
-    """Any tokenizer size: the ids drawn are [0, min(49400, size)) without the special ones, uniformly."""
-    tok = FakeTokenizer(size=size, special=special)
+def test_random_token_ids_never_draw_the_start_or_end_token(size, bos, eos, special):
+    """Any tokenizer size: the ids drawn are [0, min(49400, size)) without the start and end tokens,
+    uniformly; other special ids (SD 2.x's "!" pad) are drawn like any word."""
+    tok = FakeTokenizer(size=size, special=special, bos=bos, eos=eos)
     rng = np.random.default_rng(0)
     ids = Counter(i for _ in range(2000) for i in random_token_ids(tok, 4, rng))
-    allowed = set(range(min(VOCAB_LIMIT, size))) - set(special)
-    assert set(ids) <= allowed and not set(ids) & set(special)
+    allowed = set(range(min(VOCAB_LIMIT, size))) - {bos, eos}
+    assert set(ids) <= allowed
     if len(allowed) < 100:  # small vocabularies: every allowed id is drawn, about equally often
         assert set(ids) == allowed and all(close(ids[i] / 8000, 1 / len(allowed), 8000) for i in allowed)
-    with pytest.raises(ValueError, match="no token id below 2 that is not special"):
-        random_token_ids(FakeTokenizer(size=2, special=(0, 1)), 1, rng)
 
 
-def test_random_tokens_of_a_small_clip_tokenizer_skip_nothing():
-    """The mini's tokenizer has its 2 special ids inside the cap; they decode to nothing (the issue's
-    empty words) and must not be drawn: no drawn id is dropped by skip_special_tokens."""
+def test_a_tokenizer_of_only_start_and_end_tokens_is_refused():
+    with pytest.raises(ValueError, match=r"no token id below 2 but the start and end tokens \[0, 1\]"):
+        random_token_ids(FakeTokenizer(size=2, bos=0, eos=1), 1, np.random.default_rng(0))
+
+
+def test_random_tokens_of_a_small_clip_tokenizer_have_no_boundary_marker():
+    """The mini's tokenizer has its start and end tokens inside the cap (they are its only special
+    ids: it pads with the end token); they are never drawn, so no caption holds their marker text."""
     from diffrep.tinysd import make_tokenizer
 
     tok = make_tokenizer(["a red circle on a blue background", "picture one two three"], max_length=16)
-    assert set(tok.all_special_ids) < set(range(len(tok))) and len(tok) < VOCAB_LIMIT
+    assert sorted(tok.all_special_ids) == [len(tok) - 2, len(tok) - 1] == [tok.bos_token_id, tok.eos_token_id]
     rng = np.random.default_rng(0)
     for _ in range(1500):
         ids = random_token_ids(tok, 2, rng)
-        assert not set(ids) & set(tok.all_special_ids)
-        assert tok.decode(ids, skip_special_tokens=True) == tok.decode(ids)
+        assert not set(ids) & {tok.bos_token_id, tok.eos_token_id}
+        assert "<|" not in random_tokens(tok, 2, rng)
 
 
 def test_random_tokens_decodes_ids_below_the_cap():

@@ -1,5 +1,7 @@
 """The workflow as a user meets it: dry runs of each study, config errors before any job, lint."""
 
+import re
+
 import pytest
 import yaml
 
@@ -218,3 +220,64 @@ def test_a_config_edit_reruns_exactly_the_affected_jobs(complete_micro, tmp_path
         ["-n", "--configfile", str(path), "--replace-workflow-config"], cwd=complete_micro, check=True
     )
     assert job_counts(proc.stdout) == expected
+
+
+MINI = ["--configfile", "profiles/mini/study.yaml", "--replace-workflow-config"]
+
+
+@pytest.fixture(scope="module")
+def complete_mini(tmp_path_factory):
+    """A mini study that Snakemake sees as complete (every output faked, metadata recorded)."""
+    from conftest import copy_workflow
+    from test_figures import _fake_study
+
+    wf = copy_workflow(tmp_path_factory.mktemp("complete_mini"))
+    _fake_study(wf, "profiles/mini/study.yaml")
+    snakemake(["--touch", "--cores", "1", *MINI], cwd=wf, check=True)
+    return wf
+
+
+def dry_run_jobs(stdout: str) -> set[tuple[str, str]]:
+    """(rule, outputs) of every job a dry run lists (outputs "" for a rule without any)."""
+    jobs, rule = set(), None
+    for line in stdout.splitlines():
+        if m := re.match(r"^(?:local)?rule (\S+):$", line):
+            rule = m.group(1)
+            jobs.add((rule, ""))
+        elif (m := re.match(r"^\s+output: (.*)$", line)) and rule:
+            jobs.discard((rule, ""))
+            jobs.add((rule, m.group(1)))
+            rule = None
+    return jobs
+
+
+# The mini's finetunes trained on a dup_both or dup_image plan; its other two (nodup.instancelevel_blip.none,
+# nodup.classlevel.none) sample every picture alike whatever dup_weight says.
+MINI_DUPLICATING_FINETUNES = [
+    "dup_both.classlevel.none",
+    "dup_both.instancelevel_blip.allcaps",
+    "dup_both.instancelevel_blip.gaussnoise",
+    "dup_both.instancelevel_blip.none",
+    "dup_image.instancelevel_blip.none",
+]
+
+
+@pytest.mark.slow
+def test_a_dup_weight_edit_reruns_only_the_duplicating_plans_and_their_descendants(complete_mini, tmp_path):
+    """duplication.dup_weight 5 -> 4 in the mini: the dup_both and dup_image plans, the five finetunes
+    trained on them and everything downstream of those, exactly; not the nodup plan nor its finetunes."""
+    assert dry_run_jobs(snakemake(["-n", *MINI], cwd=complete_mini, check=True).stdout) == set()
+    cfg = load_yaml(REPO / "profiles/mini/study.yaml")
+    assert cfg["duplication"]["dup_weight"] == 5
+    cfg["duplication"]["dup_weight"] = 4
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    edit = ["-n", "--configfile", str(path), "--replace-workflow-config"]
+    edited = dry_run_jobs(snakemake(edit, cwd=complete_mini, check=True).stdout)
+    plans = [f"results/mini/shapes/duplication/{style}.parquet" for style in ("dup_both", "dup_image")]
+    assert sorted(out for rule, out in edited if rule == "duplication_plan") == plans
+    models = sorted(out for rule, out in edited if rule == "finetune")
+    assert models == [f"results/mini/shapes/models/{name}" for name in MINI_DUPLICATING_FINETUNES]
+    # and their descendants, no other job: the set Snakemake plans when told those two plans changed
+    forced = snakemake(["-n", *MINI, "--forcerun", *plans], cwd=complete_mini, check=True).stdout
+    assert edited == dry_run_jobs(forced) and len(edited) == 68

@@ -9,8 +9,9 @@
   asked for. Where no BLIP captions are used the file says so (``"variants": "dataset"``): in the
   mini study the dataset's own caption variants stand in for BLIP captions, visibly;
 - ``instancelevel_random``: ``random_per_image`` captions per image, each the decoding of
-  ``random_tokens`` uniformly random token ids in ``[0, min(vocab_limit, len(tokenizer)))``, special
-  ids left out (:func:`diffrep.mitigations.random_token_ids`), with the base model's own tokenizer
+  ``random_tokens`` uniformly random token ids in ``[0, min(vocab_limit, len(tokenizer)))``, the
+  start and end tokens left out (:func:`diffrep.mitigations.random_token_ids`; SD 2.x's "!" pad
+  token is drawn, as upstream draws it), with the base model's own tokenizer
   (upstream stores the id lists and decodes them with the same tokenizer at training time; the
   text is the same). Seeded: same seed, same captions.
 

@@ -10,7 +10,13 @@ as often. The plan is a table (docs/formats.md): ``id``, ``duplicated``, ``weigh
 captions a duplicated image is shown with (decided at training time: under dup_image an image with
 weight > 1 draws a random caption of its own, as upstream); their plans are identical (the
 duplicated set depends on the seed and the ids only), so their metrics compare like with like.
-Unlike upstream (``--dup_weight`` an integer), ``dup_weight`` may be any positive number.
+Unlike upstream (``--dup_weight`` an integer), ``dup_weight`` may be any positive number. A
+duplicating style whose ``int(weight_pc * N)`` is 0 is refused (:func:`check_duplicated_count`):
+upstream would train it like nodup, with a sampler drawing with replacement.
+
+The nodup plan records the duplicated set (``dup_set``: ``weight_pc`` and the seed decide it) and
+weighs every image 1: ``dup_weight`` does not enter it, and the workflow does not pass it, so
+editing ``dup_weight`` leaves the nodup plan and everything trained on it as they are.
 """
 
 from __future__ import annotations
@@ -31,6 +37,21 @@ def n_duplicated(n_images: int, weight_pc: float) -> int:
     return int(weight_pc * n_images)
 
 
+def check_duplicated_count(style: str, n_images: int, weight_pc: float) -> None:
+    """Refuse a duplicating style (dup_both, dup_image) that would duplicate no image.
+
+    With ``int(weight_pc * N)`` = 0 upstream gives every image weight 1 and still samples with
+    replacement: a run named after duplication that duplicates nothing. nodup needs no set.
+    """
+    if style != "nodup" and n_duplicated(n_images, weight_pc) == 0:
+        raise ValueError(
+            f"duplication.weight_pc = {weight_pc} duplicates int({weight_pc} x {n_images}) = 0 of the "
+            f"dataset's {n_images} images, so {style} would duplicate nothing: raise "
+            f"duplication.weight_pc until weight_pc x {n_images} is at least 1, or train only nodup "
+            "on this dataset"
+        )
+
+
 def make_plan(
     ids: Sequence[str], style: str, weight_pc: float = 0.05, dup_weight: float = 5, seed: int = 0
 ) -> pd.DataFrame:
@@ -41,14 +62,15 @@ def make_plan(
     n_duplicated, replace=False)``: the same ids and seed always give the same plan. ``dup_set``
     marks that set in every style, nodup included (where nothing is duplicated), so that a nodup
     run's generations from those images are the control for the duplicated runs' (same images,
-    same prompts, no duplication).
+    same prompts, no duplication). nodup ignores `dup_weight` (its weights are all 1).
     """
     if style not in DUPLICATIONS:
         raise ValueError(f"duplication style {style!r}; allowed: {', '.join(DUPLICATIONS)}")
     if not 0 < weight_pc <= 1:
         raise ValueError(f"duplication.weight_pc = {weight_pc}: must be in (0, 1]")
-    if dup_weight <= 0:
+    if style != "nodup" and dup_weight <= 0:
         raise ValueError(f"duplication.dup_weight = {dup_weight}: must be > 0")
+    check_duplicated_count(style, len(ids), weight_pc)
     if style != "nodup" and dup_weight <= 1:
         log.warning(
             "duplication.dup_weight = %s: %s samples the duplicated images no more often than the others%s",

@@ -171,6 +171,29 @@ def generate_batch(
     return out.images
 
 
+def platform_ids(model_dir) -> dict:
+    """``platform_id`` of this generation job and ``model_platform_id`` of the job that trained or
+    built the model (its ``train_info.json`` or ``.build_report.json``; None for a downloaded
+    model): the numerics a generation's numbers come from (diffrep.provenance)."""
+    from diffrep.provenance import BUILD_REPORT_FILE, platform_fingerprint, platform_id
+
+    model_id = None
+    for name in ("train_info.json", BUILD_REPORT_FILE):
+        path = Path(model_dir) / name
+        if path.exists():
+            record = json.loads(path.read_text())
+            platform = record.get("platform")
+            model_id = record.get("platform_id") or (platform_id(platform) if platform else None)
+            break
+    return {"platform_id": platform_id(platform_fingerprint()), "model_platform_id": model_id}
+
+
+def _write_info(folder: Path, info: dict, model_dir, duration_s: float) -> None:
+    """generation_info.json: the settings, the duration and the platforms (:func:`platform_ids`)."""
+    info = {**info, "duration_s": duration_s, **platform_ids(model_dir)}
+    (folder / "generation_info.json").write_text(json.dumps(info, indent=1, default=str))
+
+
 def fingerprint(info: dict) -> str:
     return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -300,7 +323,6 @@ def generate(
             bar.update(len(idx))
         bar.close()
         _write_prompts(prompts, staging / "prompts.parquet")
-        info["duration_s"] = time.time() - t0
-        (staging / "generation_info.json").write_text(json.dumps(info, indent=1, default=str))
+        _write_info(staging, info, model_dir, time.time() - t0)
     log.info("wrote %d images to %s", n_images, out_dir)
     return out_dir

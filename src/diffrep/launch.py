@@ -6,6 +6,7 @@ scripts/finetune.py is the only caller; the training itself is diffrep.training.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -52,6 +53,7 @@ def training_argv(
     mitigation: dict,
     training: dict,
     workers: int = 0,
+    numerics: dict | None = None,
 ) -> list[str]:
     """The ``python -m diffrep.training`` arguments of one finetune job."""
     argv = [
@@ -82,6 +84,8 @@ def training_argv(
         "--dataloader_num_workers",
         str(workers),
     ]
+    if numerics is not None:
+        argv += ["--numerics", json.dumps(numerics, sort_keys=True)]
     if mitigation.get("name") == "memthreshold":
         argv += ["--mem_threshold", str(mitigation["mem_threshold"])]
     for key in TRAINING_FLAGS:

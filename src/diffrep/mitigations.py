@@ -28,9 +28,12 @@ Inference time (upstream sd_mitigation.py / diff_inference.py ``prompt_augmentat
 
 A "word position" is an index into ``sentence.split(" ")`` from 0 to its length inclusive
 (upstream ``insert_rand_word``). Random token ids are drawn uniformly from ``[0, min(vocab_limit,
-len(tokenizer)))`` without the tokenizer's special ids; upstream draws from ``[0, 49400)``, which for
-the SD tokenizer (49408 ids, the last two special) is the same set, drawn identically. With a smaller
-tokenizer the cap alone would include its special ids, which decode to nothing.
+len(tokenizer)))`` without the tokenizer's start and end tokens, and decoded as upstream decodes
+them (``tokenizer.decode(ids)``, special tokens kept). Upstream draws from ``[0, 49400)``: for SD's
+CLIP tokenizer (49408 ids, start and end 49406 and 49407) that is the same set, drawn identically,
+whether it pads with its end token (SD 1.x) or with "!" (id 0, SD 2.x: "!" is then a special id
+but an ordinary word, drawn and decoded as upstream does). A smaller tokenizer has its start and
+end tokens below the cap; they mark sequence boundaries and carry no word, so they are left out.
 All randomness comes from a ``numpy.random.Generator`` the caller seeds (upstream used the global
 numpy and ``random`` state).
 """
@@ -75,27 +78,45 @@ def token_limit(tokenizer, vocab_limit: int = VOCAB_LIMIT) -> int:
     return min(int(vocab_limit), len(tokenizer))
 
 
+def boundary_ids(tokenizer, limit: int) -> list[int]:
+    """The tokenizer's start and end token ids below `limit`, ascending: the ids random draws skip.
+
+    They mark where a token sequence starts and ends and are no word (decoding with
+    ``skip_special_tokens`` drops them; kept, a caption would hold the marker text
+    "<|startoftext|>"). Upstream's cap leaves them out of SD's tokenizers; a small tokenizer has
+    them below the cap. The other special ids stay drawable: SD 2.x's tokenizer pads with "!"
+    (id 0), an ordinary word that upstream draws and decodes.
+    """
+    ids = (getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id"))
+    return sorted({int(i) for i in ids if i is not None and 0 <= int(i) < limit})
+
+
 def random_token_ids(
     tokenizer, n: int, rng: np.random.Generator, vocab_limit: int = VOCAB_LIMIT
 ) -> list[int]:
-    """`n` token ids drawn uniformly, with replacement, from ``[0, token_limit)`` minus the special ids.
+    """`n` token ids drawn uniformly, with replacement, from ``[0, token_limit)`` minus the start and
+    end tokens (:func:`boundary_ids`).
 
     One ``rng.integers(0, k, size=n)`` call, k the number of allowed ids, mapped to the k-th allowed
-    id; with no special id below the limit (the SD tokenizer) that is upstream's ``randint(49400, n)``.
+    id; with the start and end tokens above the limit (SD's tokenizers) that is upstream's
+    ``randint(49400, size=n)``.
     """
     limit = token_limit(tokenizer, vocab_limit)
-    special = sorted({int(i) for i in getattr(tokenizer, "all_special_ids", ()) if 0 <= int(i) < limit})
-    if limit - len(special) < 1:
-        raise ValueError(f"no token id below {limit} that is not special: cannot draw random tokens")
-    ids = rng.integers(0, limit - len(special), size=n)
-    for special_id in special:  # ascending: shift past each special id at or below the running value
-        ids = ids + (ids >= special_id)
+    skipped = boundary_ids(tokenizer, limit)
+    if limit - len(skipped) < 1:
+        raise ValueError(
+            f"no token id below {limit} but the start and end tokens {skipped}: cannot draw random tokens"
+        )
+    ids = rng.integers(0, limit - len(skipped), size=n)
+    for skipped_id in skipped:  # ascending: shift past each skipped id at or below the running value
+        ids = ids + (ids >= skipped_id)
     return [int(i) for i in ids]
 
 
 def random_tokens(tokenizer, n: int, rng: np.random.Generator, vocab_limit: int = VOCAB_LIMIT) -> str:
-    """The decoding of `n` random non-special token ids (upstream ``tokenizer.decode(randint(49400, n))``)."""
-    return tokenizer.decode(random_token_ids(tokenizer, n, rng, vocab_limit), skip_special_tokens=True)
+    """The decoding of `n` random token ids, as upstream decodes them:
+    ``tokenizer.decode(randint(49400, size=n))``, special tokens kept (SD 2.x's "!" stays a word)."""
+    return tokenizer.decode(random_token_ids(tokenizer, n, rng, vocab_limit))
 
 
 def train_caption(

@@ -58,14 +58,35 @@ def _torch_fields() -> dict:
     }
 
 
-def platform_fingerprint() -> dict:
+def _numerics_fields(numerics: dict | None) -> dict:
+    """The numerics mode (given, or read off the environment) and the kernels loaded now."""
+    from diffrep import numerics as num
+
+    if numerics is None:
+        portable = all(os.environ.get(k) == v for k, v in num.PORTABLE_ENVIRONMENT.items())
+        numerics = {"mode": "portable" if portable else "native"}
+    numerics = num.settings(numerics)
+    kernels = num.loaded_kernels()
+    kernels.pop("torch_cpu_capability")  # recorded as cpu_capability
+    return {
+        "numerics_mode": numerics["mode"],
+        "numerics_threads": numerics["threads"] if numerics["mode"] == "portable" else None,
+        "numerics_deterministic": numerics["deterministic"],
+        **kernels,
+    }
+
+
+def platform_fingerprint(numerics: dict | None = None) -> dict:
     """The fields that can change a float result on this machine, now (thread counts as set).
 
     ``cpu_model``, ``machine`` (architecture), ``system``, ``python``, the versions of
-    :data:`PACKAGES` (None when absent), the thread variables of the environment, and from torch:
-    ``torch_version`` (with its build, e.g. ``+cu130``), ``cpu_capability`` (``torch.backends.cpu.get_cpu_capability()``), ``torch_threads``,
-    ``torch_interop_threads``, ``deterministic_algorithms``, ``cudnn_deterministic``,
-    ``cudnn_benchmark``, ``cuda_device`` and ``cuda_version`` (None without a GPU).
+    :data:`PACKAGES` (None when absent), the thread variables of the environment, from torch:
+    ``torch_version`` (with its build, e.g. ``+cu130``), ``cpu_capability``
+    (``torch.backends.cpu.get_cpu_capability()``), ``torch_threads``, ``torch_interop_threads``,
+    ``deterministic_algorithms``, ``cudnn_deterministic``, ``cudnn_benchmark``, ``cuda_device`` and
+    ``cuda_version`` (None without a GPU); and the numerics mode (`numerics`, the study's
+    ``numerics`` section; read off the environment when None) with the kernels each library runs
+    (:func:`diffrep.numerics.loaded_kernels`).
     """
     return {
         "cpu_model": cpu_model(),
@@ -75,19 +96,49 @@ def platform_fingerprint() -> dict:
         **{f"{p}_version": _version(p) for p in PACKAGES},
         **{v.lower(): os.environ.get(v) for v in THREAD_VARIABLES},
         **_torch_fields(),
+        **_numerics_fields(numerics),
     }
 
 
+# What identifies a machine's numerics in portable mode: not the box (CPU model, core count, the
+# thread variables Snakemake sets per job), only what decides the kernels and their order of sums.
+PORTABLE_ID_FIELDS = (
+    "machine",
+    "system",
+    "torch_version",
+    *(f"{p}_version" for p in PACKAGES),
+    "cpu_capability",
+    "torch_threads",
+    "numerics_mode",
+    "numerics_threads",
+    "numerics_deterministic",
+    "numpy_simd",
+    "openblas_coretypes",
+    "deterministic_algorithms",
+    "cuda_device",
+    "cuda_version",
+)
+
+
 def platform_id(fingerprint: dict) -> str:
-    """12 hex digits of the sha256 of a fingerprint: equal fingerprints, equal ids."""
+    """12 hex digits of the sha256 of a fingerprint: equal fingerprints, equal ids.
+
+    In portable mode only :data:`PORTABLE_ID_FIELDS` count, so two machines whose kernels are pinned
+    alike share an id whatever their CPU model (the id names the numerics, not the box).
+    """
+    if fingerprint.get("numerics_mode") == "portable":
+        fingerprint = {k: fingerprint.get(k) for k in PORTABLE_ID_FIELDS}
     text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def describe(fingerprint: dict) -> str:
-    """One line: CPU, capability, threads, torch version, CUDA device (if any)."""
+    """One line: numerics mode (portable) or CPU (native), capability, threads, torch and diffusers
+    versions, CUDA device (if any). Portable mode leaves the CPU model out: it does not change the
+    numbers, and tables that carry this line must be the same on every machine."""
+    portable = fingerprint.get("numerics_mode") == "portable"
     parts = [
-        fingerprint.get("cpu_model", "?"),
+        "portable numerics" if portable else fingerprint.get("cpu_model", "?"),
         str(fingerprint.get("cpu_capability", "?")),
         f"{fingerprint.get('torch_threads', '?')} threads",
         f"torch {fingerprint.get('torch_version', '?')}",

@@ -348,6 +348,20 @@ def dup_set_statistics(matches, plan) -> dict:
     }
 
 
+def generation_platforms(gen_dir) -> dict:
+    """The platform ids of the generation job and of the model's training or build job
+    (``generation_info.json``; None where it does not say)."""
+    path = os.path.join(gen_dir, "generation_info.json")
+    info = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            info = json.load(f)
+    return {
+        "generation_platform_id": info.get("platform_id"),
+        "model_platform_id": info.get("model_platform_id"),
+    }
+
+
 def retrieve_files(
     train_npz, gen_npz, gen_dir, matches_out, stats_out, cfg: dict, identity: dict, plan=None
 ) -> dict:
@@ -384,6 +398,7 @@ def retrieve_files(
     if plan is not None:
         stats.update(dup_set_statistics(matches, pd.read_parquet(plan)))
     stats.update(top_k=int(matches["rank"].max()) + 1, n_train=len(train["ids"]), **provenance(train, cfg))
+    stats.update(generation_platforms(gen_dir))
     stats = {**ident, **stats}
     write_parquet(matches_out, with_identity(matches, ident))
     write_json(stats_out, stats)

@@ -218,6 +218,9 @@ def _provenance_columns(stats: dict, base_model: str, model_hash: Mapping, datas
         base_model=base_model,
         model_manifest_sha256=model_hash.get(base_model, ""),
         dataset_manifest_sha256=dataset_hash,
+        # the numerics the numbers come from (the platform_id column is the tables job's own)
+        model_platform_id=stats.get("model_platform_id"),
+        generation_platform_id=stats.get("generation_platform_id"),
     )
 
 

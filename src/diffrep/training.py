@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrep import numerics
 from diffrep.captions import read_captions
 from diffrep.config import CONDITIONINGS, DUPLICATIONS, TRAIN_MITIGATIONS, derive_seed
 from diffrep.devices import device_precision
@@ -107,6 +108,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--seed", type=int, default=0)
     add("--dataloader_num_workers", type=int, default=0)
     add("--log_every", type=int, default=0, help="Log a line every this many steps (0: about 200 lines).")
+    add(
+        "--numerics",
+        type=json.loads,
+        default=None,
+        help='The study\'s numerics section as JSON (e.g. \'{"mode": "portable", "threads": 1}\'); checked at start.',
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.trainspecial_prob <= 1:
         parser.error(f"--trainspecial_prob {args.trainspecial_prob}: must be in [0, 1]")
@@ -880,7 +887,7 @@ def save_trained(
             metrics,
             duration_s=time.time() - started,
             **facts,
-            platform=platform_fingerprint(),  # what can change the weights' last bits
+            platform=platform_fingerprint(args.numerics),  # what can change the weights' last bits
         )
         unet = accelerator.unwrap_model(components["unet"])
         save_model(args.pretrained_model_name_or_path, unet, Path(args.output_dir), metrics, info)
@@ -898,6 +905,8 @@ def train(args: argparse.Namespace) -> Path:
     Setup (accelerator, components, data, optimizer, resume from the last checkpoint), the loop
     (:func:`train_steps`), then :func:`save_trained`."""
     started = time.time()
+    if args.numerics is not None:  # the kernels and threads of the study's numerics mode (diffrep.numerics)
+        numerics.enter(args.numerics, int(os.environ.get("OMP_NUM_THREADS", "1")))
     accelerator, mixed_precision = make_accelerator(args.mixed_precision)
     micro = micro_batch_size(
         args.train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps

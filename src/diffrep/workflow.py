@@ -29,3 +29,27 @@ def setup_logging(snakemake) -> logging.Logger:
     logging.captureWarnings(True)
     log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards))
     return log
+
+
+def start_job(snakemake) -> int:
+    """Start a `script:` job: its log (:func:`setup_logging`), then, for a rule that computes floats
+    (it has the ``numerics`` param), the kernel check, thread pin and deterministic settings of
+    :func:`diffrep.numerics.enter`, with the platform fingerprint in the log.
+
+    Returns the thread count the job computes with (the study's fixed count in portable mode, the
+    job's ``threads`` otherwise).
+    """
+    setup_logging(snakemake)
+    numerics_settings = getattr(snakemake.params, "numerics", None)
+    if numerics_settings is None:
+        return max(1, int(snakemake.threads))
+    from diffrep import numerics
+    from diffrep.provenance import log_platform, platform_fingerprint
+
+    try:
+        threads = numerics.enter(numerics_settings, snakemake.threads)
+    except numerics.NumericsError as err:
+        log.error("%s", err)
+        raise
+    log_platform(log, platform_fingerprint(numerics_settings))
+    return threads
