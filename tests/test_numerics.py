@@ -131,3 +131,21 @@ def test_gpu_check_runs_the_micro_study_in_paper_precision_or_says_why_not():
         proc.stdout.strip()
         == "gpu-check: no CUDA device visible (torch.cuda.is_available() is False): skipped"
     )
+
+
+def test_the_schema_refuses_an_unknown_mode_naming_the_key_and_the_modes():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from conftest import REPO, load_yaml
+
+    cfg = load_yaml(REPO / "tests/micro/config.yaml")
+    cfg["numerics"] = {"mode": "fast"}
+    with pytest.raises(WorkflowError) as err:
+        validate(cfg, str(REPO / "schemas/config.schema.yaml"))
+    cause = err.value.__context__
+    assert list(cause.absolute_path) == ["numerics", "mode"]
+    assert cause.message == "'fast' is not one of ['portable', 'native']"
+    paper = load_yaml(REPO / "config.yaml")
+    validate(paper, str(REPO / "schemas/config.schema.yaml"))
+    assert paper["numerics"]["mode"] == "native" and cfg["numerics"]["threads"] == 1  # default filled
