@@ -3,6 +3,7 @@
 #   make test   - create .venv and run the tests
 #   make showcase - the showcase study: a tiny model that copies (offline, 2 CPU cores; docs/showcase.md)
 #   make rehearsal - every paper rule on the full-size architectures, random weights (docs/rehearsal.md)
+#   make slurm-profile - link profiles/slurm where `snakemake --profile slurm` finds it
 #   mini and showcase end by comparing their results with the committed reference digests
 #   (docs/reference/*.sha256); make reference-<study> rewrites them after a change meant to change results.
 PYTHON ?= python3.11
@@ -10,7 +11,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: mini showcase rehearsal test install lint clean-mini clean-showcase clean-rehearsal \
-	reference-mini reference-showcase reference-micro gpu-check
+	reference-mini reference-showcase reference-micro gpu-check slurm-profile
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,24 @@ rehearsal: install
 # not; bit-identity, time ratio and the comparison with the CPU reference (docs/reproducibility.md).
 gpu-check: install
 	$(BIN)/python bench/gpu_check.py
+
+# `snakemake --profile slurm`, as Snakemake users type it. Snakemake looks a bare profile name up in
+# the working directory, then in $XDG_CONFIG_HOME/snakemake (~/.config/snakemake when unset), then
+# in /etc/xdg/snakemake; this target links profiles/slurm into the second. A link, not a copy: the
+# partition and account you set in profiles/slurm/config.yaml are the ones used, and a `git pull`
+# updates the profile (move the checkout and the link breaks: run the target again). A profile of
+# that name that is not this link is left alone, and the target stops saying so.
+SNAKEMAKE_PROFILES ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+
+slurm-profile:
+	@mkdir -p "$(SNAKEMAKE_PROFILES)"
+	@link="$(SNAKEMAKE_PROFILES)/slurm"; target="$(CURDIR)/profiles/slurm"; \
+	if { [ -e "$$link" ] || [ -L "$$link" ]; } && [ "$$(readlink "$$link")" != "$$target" ]; then \
+		echo "$$link exists and is not a link to $$target: move it aside and run make slurm-profile" \
+			"again, or keep it and run snakemake --profile profiles/slurm" >&2; \
+		exit 1; \
+	fi; \
+	ln -sfn "$$target" "$$link" && echo "$$link -> $$target: snakemake --profile slurm uses it"
 
 test: install
 	$(BIN)/python -m pytest -ra --durations=40 $(PYTEST_ARGS)

@@ -6,7 +6,9 @@ Run as the ``webscale`` section of bench/run.py (``bench/run.py --only webscale`
 its rows to bench/results.csv beside the other sections' rows. ``bench/webscale.py --sweep DATA``
 prints the approximate index's trade-off (nlist, m, nprobe; HNSW's efSearch with ``--hnsw``) against
 one exact search on the same data (``--draw N``: a fresh data set of the same design; ``--ivfpq
-NLIST:M:NPROBE``: only these settings).
+NLIST:M:NPROBE``: only these settings). ``bench/webscale.py --at-target [DATA ...]`` times the
+approximate search at the settings the workflow's recall-target tuning chooses, against exact search,
+on the clustered, random and mixture data (DESIGNS, below; printed, not written to results.csv).
 
 The references (L2-normalised random 512-d float32, 2 GB at 1M) are written once to a file, shard
 by shard; each variant runs in a fresh process that reads them from that file as the workflow's jobs
@@ -67,7 +69,12 @@ def _read_shard(path: Path, s: int, shard: int, n_ref: int, dim: int):
 # drawn uniformly (cosine to its centre about 0.8, to another member of its cluster about 0.64),
 # groups of near-duplicates as a web collection has them; the generations are made from them as
 # from the random ones.
-DATA = ("random", "clustered")
+# The mixture, fixed before any run of it (the design of an independent check of the approximate
+# index): each reference is, with probability 0.6 (seeded per shard), a member of one of 100 clusters
+# (random unit centres, seed 7; a member is normalise(0.8 centre + 0.6 unit noise) as above), else a
+# random unit vector; 1M references are then 60 % in clusters of about 6 000, 40 % structureless.
+DATA = ("random", "clustered")  # the bench/run.py section's data
+DESIGNS = (*DATA, "mixture")  # --sweep and --at-target
 
 
 def _reference_shard(n: int, dim: int, s: int, data: str, centres, draw: int = 0):
@@ -78,7 +85,11 @@ def _reference_shard(n: int, dim: int, s: int, data: str, centres, draw: int = 0
         return descriptors(n, dim, seed=1000 + s)
     rng = np.random.default_rng(1000 + s)
     x = 0.8 * centres[rng.integers(0, len(centres), n)] + 0.6 * descriptors(n, dim, seed=2000 + s)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    if data == "mixture":  # 40 % of the rows random
+        random_rows = rng.random(n) >= 0.6
+        x[random_rows] = descriptors(n, dim, seed=3000 + s)[random_rows]
+    return x
 
 
 def write_references(
@@ -88,7 +99,8 @@ def write_references(
     other seeds throughout, a fresh data set of the same design)."""
     import numpy as np
 
-    centres = descriptors(max(1, n_ref // 100), dim, seed=7 + draw) if data == "clustered" else None
+    n_centres = {"clustered": max(1, n_ref // 100), "mixture": 100}.get(data)
+    centres = descriptors(n_centres, dim, seed=7 + draw) if n_centres else None
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_ref, dim))
     for s in range(-(-n_ref // shard)):
         n = min(shard, n_ref - s * shard)
@@ -320,12 +332,12 @@ def _built(sample, kind, opts, shards):
     return index
 
 
-def _approx(index, gen, knobs, shards, k):
-    """The approximate top-k: the index's candidates re-ranked exactly (the approx_search rule's path),
-    and the seconds the index search took of it."""
+def _approx(index, gen, knobs, shards, k, n_candidates: int = IVFPQ["candidates"]):
+    """The approximate top-k: the index's ``n_candidates`` candidates re-ranked exactly (the
+    approx_search rule's path), and the seconds the index search took of it."""
     from diffrep.webapprox import candidates, rerank
 
-    cand, seconds = _timed(candidates, index, gen, IVFPQ["candidates"], *knobs)
+    cand, seconds = _timed(candidates, index, gen, n_candidates, *knobs)
     return rerank(gen, cand, shards, k)[1], seconds
 
 
@@ -401,18 +413,111 @@ def sweep(
     return out
 
 
+# Time against exact at the recall target (`python bench/webscale.py --at-target [DATA ...] [--quick]
+# [--target R]`): the workflow's own tuning (diffrep.webapprox.tune_settings, the approx_search rule's)
+# chooses nprobe and candidates for recall@1 and recall@10 >= R (0.99) on 1000 held-out generations
+# whose exact top-10 is known, then every generation is searched with them and timed against one exact
+# search. The index, fixed before the first run: IVF-PQ with nlist the power of two nearest 2 sqrt(N)
+# (2048 at 1M, 512 at 50k), m 32, 8 bits, trained on 40 nlist references (faiss's minimum is 39 per
+# cell); the tuning starts at the schema's defaults (nprobe 16, 100 candidates) and stops at its
+# ceilings (every cell, 3200 candidates).
+AT_TARGET = dict(m=32, nbits=8, nprobe=16, candidates=100, max_candidates=3200, recall_queries=1000)
+
+
+def _at_target_index(refs: Path, n_ref: int, dim: int, shard: int):
+    """The AT_TARGET index over the references, built (seeded sample) with every shard added."""
+    import math
+
+    import numpy as np
+
+    nlist = 2 ** round(math.log2(2 * math.sqrt(n_ref)))
+    take = np.sort(np.random.default_rng(0).choice(n_ref, min(n_ref, 40 * nlist), replace=False))
+    sample = np.vstack([x[np.isin(idx, take)] for idx, x in _shards(refs, n_ref, dim, shard)])
+    opts = dict(nlist=nlist, m=AT_TARGET["m"], nbits=AT_TARGET["nbits"])
+    return _built(sample, "ivfpq", opts, _shards(refs, n_ref, dim, shard)), nlist
+
+
+def _tuned(index, gen, truth, k: int, target: float):
+    """The workflow's tuning of nprobe and candidates on AT_TARGET's held-out sample (seed 0)."""
+    from diffrep.webapprox import held_out, tune_settings
+
+    cfg = dict(kind="ivfpq", max_nprobe=None, recall_target=target, **AT_TARGET)
+    held = held_out(len(gen), AT_TARGET["recall_queries"], 0)
+    return tune_settings(index, gen[held], truth[held], cfg, k)
+
+
+def at_target(
+    n_gen: int, n_ref: int, data: str, dim: int = 512, k: int = 10, shard: int = 100_000, target: float = 0.99
+) -> dict:
+    """Search time of the approximate index at the settings the recall target chose, against one exact
+    search (IndexFlatIP, add + search) of the same generations, with the recall over all of them."""
+    import tempfile
+
+    import numpy as np
+
+    from diffrep.approxsearch import recall
+    from diffrep.approxtune import describe_trials
+
+    set_threads()
+    with tempfile.TemporaryDirectory(prefix="diffrep-bench-target-") as tmp:
+        refs = Path(tmp) / "refs.npy"
+        write_references(refs, n_ref, dim, shard, data)
+        generations(Path(tmp) / "gen.npy", refs, n_gen, n_ref, dim)
+        gen = np.load(Path(tmp) / "gen.npy")
+        (truth, _), exact = _timed(_monolithic, gen, refs, n_ref, dim, k, shard)
+        (index, nlist), build = _timed(_at_target_index, refs, n_ref, dim, shard)
+        tuning, tune_seconds = _timed(_tuned, index, gen, truth, k, target)
+        c = tuning.chosen
+        knobs = (c.breadth, 1)
+        (rows, _), secs = _timed(
+            _approx, index, gen, knobs, _shards(refs, n_ref, dim, shard), k, c.candidates
+        )
+    out = {
+        "data": data,
+        "size": f"{n_gen} gen x {n_ref} ref x {dim}-d, top-{k}, shards of {shard}",
+        "index": f"ivfpq nlist {nlist} m {AT_TARGET['m']}",
+        "target": target,
+        "met": tuning.met,
+        "nprobe": c.breadth,
+        "candidates": c.candidates,
+        "sample_recall1": c.recall_1,
+        "sample_recall10": c.recall_k,
+        "recall1": recall(rows, truth, 1),
+        "recall10": recall(rows, truth, 10),
+        "seconds": secs,
+        "exact_seconds": exact,
+        "speedup": exact / secs,
+        "build_seconds": build,
+        "tuning_seconds": tune_seconds,
+        "settings_tried": describe_trials(tuning, "nprobe", k),
+    }
+    print(
+        f"{data} ({out['size']}; {out['index']}): target {target} {'met' if tuning.met else 'NOT met'} at "
+        f"nprobe {c.breadth}, {c.candidates} candidates (held-out recall@1 {c.recall_1:.4f}, @10 "
+        f"{c.recall_k:.4f}; all generations {out['recall1']:.4f} / {out['recall10']:.4f}); "
+        f"{secs:.1f} s vs exact {exact:.1f} s ({out['speedup']:.2f}x); build {build:.0f} s, tuning "
+        f"{tune_seconds:.1f} s; settings tried: {out['settings_tried']}",
+        flush=True,
+    )
+    return out
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         method, gen, refs, n_ref, dim, k, shard, out = argv[1:9]
         child(method, gen, refs, int(n_ref), int(dim), int(k), int(shard), out)
         return 0
-    if argv[:1] == ["--sweep"] and len(argv) > 1 and argv[1] in DATA:
-        size = (
-            dict(n_gen=1000, n_ref=50_000, shard=10_000)
-            if "--quick" in argv
-            else dict(n_gen=10_000, n_ref=1_000_000)
-        )
+    if argv[:1] == ["--at-target"]:
+        size = _size("--quick" in argv)
+        target = float(argv[argv.index("--target") + 1]) if "--target" in argv else 0.99
+        results = [
+            at_target(**size, data=d, target=target) for d in [a for a in argv if a in DESIGNS] or DESIGNS
+        ]
+        print(json.dumps(results))
+        return 0
+    if argv[:1] == ["--sweep"] and len(argv) > 1 and argv[1] in DESIGNS:
+        size = _size("--quick" in argv)
         # --draw N: a fresh data set of the same design; --ivfpq NLIST:M:NPROBE (repeatable): these only
         draw = int(argv[argv.index("--draw") + 1]) if "--draw" in argv else 0
         picked: dict[tuple[int, int], list[int]] = {}  # one index per (nlist, m), all its nprobes
@@ -423,9 +528,15 @@ def main(argv=None) -> int:
         return 0
     raise SystemExit(
         "run it as a section of bench/run.py: bench/run.py --only webscale [--quick]; or the approximate "
-        f"index trade-off: bench/webscale.py --sweep {{{','.join(DATA)}}} [--quick] [--hnsw] [--draw N] "
-        "[--ivfpq NLIST:M:NPROBE ...]"
+        f"index trade-off: bench/webscale.py --sweep {{{','.join(DESIGNS)}}} [--quick] [--hnsw] [--draw N] "
+        f"[--ivfpq NLIST:M:NPROBE ...]; or its time at a recall target: bench/webscale.py --at-target "
+        f"[{' '.join(DESIGNS)}] [--quick] [--target R]"
     )
+
+
+def _size(quick: bool) -> dict:
+    """The bench's size: 10k generations x 1M references, shards of 100 000 (quick: 1k x 50k, 10 000)."""
+    return dict(n_gen=1000, n_ref=50_000, shard=10_000) if quick else dict(n_gen=10_000, n_ref=1_000_000)
 
 
 if __name__ == "__main__":

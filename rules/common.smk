@@ -8,7 +8,14 @@ from snakemake.utils import validate
 from diffrep import config as dconf
 from diffrep import jobsizes, miniweb, numerics, webshards
 
-validate(config, schema="../schemas/config.schema.yaml")
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as err:
+    # a number given as a string (what --config makes of nested values): say so and what works
+    _hint = dconf.string_value_hint(err.__context__)
+    if _hint is None:
+        raise
+    raise WorkflowError(f"{err}\n\n{_hint}") from None
 dconf.fill_defaults(config)
 # Params compare by their text: sort every mapping so that reordering keys in a config file (or a
 # tool that rewrites it) re-runs nothing.
@@ -970,7 +977,8 @@ def get_web_url(wildcards):
 
 
 def get_approx_inputs(wildcards):
-    """A search's generations and every shard's descriptors and metadata (the approximate index's)."""
+    """A search's generations, every shard's descriptors and metadata (the approximate index's) and
+    download stats (what its missing-shard messages say to do)."""
     s = SEARCHES[wildcards.search]
     shard = f"{WS}/{s['collection']}/embeddings/{s['embedder']}"
     names = shard_names(s["collection"])
@@ -978,12 +986,19 @@ def get_approx_inputs(wildcards):
         "generations": _search_generations(s),
         "npz": [f"{shard}/{i}.npz" for i in names],
         "meta": [f"{shard}/{i}.parquet" for i in names],
+        "stats": [f"{WS}/{s['collection']}/shards/{i}_stats.json" for i in names],
     }
 
 
 def get_approx_params(wildcards):
+    """The approximate index's settings (recall target, where its search starts and stops) and the
+    collection's shard size."""
     s = SEARCHES[wildcards.search]
     return {**s["approx"], "shard_size": COLLECTIONS[s["collection"]]["shard_size"]}
+
+
+def get_search_allow_missing(wildcards):
+    return SEARCHES[wildcards.search]["allow_missing_shards"]
 
 
 def approx_outputs():
@@ -993,6 +1008,15 @@ def approx_outputs():
         for name, s in SEARCHES.items()
         if s.get("approx")
         for f in ("matches.parquet", "recall.json")
+    ]
+
+
+def approx_recalls():
+    """The approximate index's recall summaries (a column group of the web-scale table)."""
+    return [
+        f"{R}/webscale/{name}/approx_recall.json"
+        for name, s in SEARCHES.items()
+        if s.get("approx")
     ]
 
 

@@ -252,6 +252,7 @@ rule merge_search:
 rule webscale_tables:
     input:
         summaries=webscale_summaries(),
+        approx=approx_recalls(),
     output:
         table=f"{R}/tables/webscale.csv",
     log:
@@ -321,6 +322,7 @@ rule approx_search:
     params:
         numerics=NUMERICS,
         approx=get_approx_params,
+        allow_missing=get_search_allow_missing,
         label=get_search_label,
         shards=get_search_shards,
         top_k=get_search_top_k,

@@ -21,4 +21,6 @@ approx_search_files(
     snakemake.output.matches,
     snakemake.output.recall,
     label=dict(par.label),
+    allow_missing=par.allow_missing,
+    stats_paths={s.shard: p for s, p in zip(shards, inp.stats)},
 )

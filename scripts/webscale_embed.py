@@ -20,6 +20,7 @@ embed_shard(
     out.embeddings,
     out.meta,
     stats=json.loads(Path(inp.stats).read_text()),
+    stats_path=inp.stats,
     bad_images=snakemake.params.bad_images,
     batch_size=snakemake.resources.batch_size,
     num_workers=snakemake.resources.workers,

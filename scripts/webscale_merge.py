@@ -35,6 +35,7 @@ summary = merge_files(
     level=search["bootstrap"]["level"],
     seed=snakemake.params.seed,
     prompt_rows=prompt_rows,
+    stats_paths=dict(zip(shards, inp.stats)),
 )
 stats = {s: json.loads(Path(p).read_text()) for s, p in zip(shards, inp.stats)}
 report = shard_report(stats, summary["missing_shards"])

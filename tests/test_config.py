@@ -19,6 +19,48 @@ def validated(cfg: dict) -> dict:
     return dconf.fill_defaults(cfg)
 
 
+@pytest.mark.parametrize(
+    "key, value, wanted",
+    [
+        ("max_train_steps", "10", "integer"),
+        ("learning_rate", "1e-5", "number"),
+        ("center_crop", "false", "boolean"),
+    ],
+)
+def test_a_number_or_boolean_given_as_a_string_is_explained(key, value, wanted):
+    """What `--config training='{max_train_steps: 10}'` does: the schema error on the string gets the
+    hint that --config passes nested values as strings, and what to do instead."""
+    from snakemake.exceptions import WorkflowError
+
+    from conftest import REPO, load_yaml
+
+    cfg = load_yaml(REPO / "profiles/mini/study.yaml")
+    cfg["training"][key] = value
+    with pytest.raises(WorkflowError) as err:
+        validated(cfg)
+    hint = dconf.string_value_hint(err.value.__context__)
+    assert hint.startswith(
+        f"training.{key}: {value!r} is a string, where the schema asks for {wanted}. `snakemake --config` "
+        "passes every value nested inside a mapping as a string"
+    )
+    assert "--configfile profiles/mini/study.yaml my-overrides.yaml" in hint
+
+
+@pytest.mark.parametrize(
+    "edit", [{"max_train_steps": "many"}, {"max_train_steps": 1.5}, {"learnig_rate": "1"}]
+)
+def test_other_schema_errors_get_no_string_hint(edit):
+    from snakemake.exceptions import WorkflowError
+
+    from conftest import REPO, load_yaml
+
+    cfg = load_yaml(REPO / "profiles/mini/study.yaml")
+    cfg["training"].update(edit)
+    with pytest.raises(WorkflowError) as err:
+        validated(cfg)
+    assert dconf.string_value_hint(err.value.__context__) is None
+
+
 def test_run_names_round_trip():
     run = Run("dup_both", "instancelevel_blip", "allcaps")
     assert run.name == "dup_both.instancelevel_blip.allcaps"

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,39 @@ def test_profile_covers_every_gpu_job_of_the_paper_study(workflow_copy):
         assert required <= set(sized[rule]), (rule, sized[rule])
         assert profile["set-threads"][rule] == sized[rule]["cpus_per_task"], rule
     assert gpu_jobs["finetune"] == {1}  # resources.train_processes of config.yaml
+
+
+def test_make_slurm_profile_lets_snakemake_find_the_bare_name(tmp_path):
+    """`make slurm-profile` links profiles/slurm into ~/.config/snakemake (HOME is a fresh folder here),
+    where Snakemake looks up a bare profile name: `snakemake --profile slurm -n` then plans the paper
+    study with the profile's settings, as `--profile profiles/slurm` does. Before, the name is not
+    found; a profile of that name that is not the link is left alone."""
+    work = copy_workflow(tmp_path / "workflow")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"} | {"HOME": str(home)}
+    before = snakemake(["-n", "--profile", "slurm"], cwd=work, env=env)
+    assert before.returncode != 0
+    assert "no profile.yaml (or config.yaml) found" in before.stderr
+    assert str(home / ".config/snakemake") in before.stderr
+    made = subprocess.run(["make", "slurm-profile"], cwd=work, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    link = home / ".config/snakemake/slurm"
+    assert link.is_symlink() and os.readlink(link) == str(work / "profiles/slurm")
+    proc = snakemake(["-n", "--profile", "slurm"], cwd=work, env=env, check=True)
+    finetune = re.search(r"^rule finetune:\n(?:    .*\n)*?    resources: (.*)$", proc.stdout, re.M)
+    resources = dict(r.split("=", 1) for r in finetune.group(1).split(", "))
+    shipped = load_yaml(work / "profiles/slurm/config.yaml")
+    assert resources["slurm_partition"] == shipped["default-resources"]["slurm_partition"] == "CHANGE_ME"
+    assert int(resources["mem_mb"]) == shipped["set-resources"]["finetune"]["mem_mb"] == 64000
+    assert int(resources["runtime"]) == shipped["set-resources"]["finetune"]["runtime"]
+    link.unlink()
+    link.mkdir()
+    (link / "config.yaml").write_text("jobs: 1\n")
+    again = subprocess.run(["make", "slurm-profile"], cwd=work, env=env, capture_output=True, text=True)
+    assert again.returncode != 0
+    assert f"{link} exists and is not a link to {work / 'profiles/slurm'}: move it aside" in again.stderr
+    assert (link / "config.yaml").read_text() == "jobs: 1\n"
 
 
 # -- the profile with this cluster's overrides --------------------------------------------------

@@ -12,6 +12,7 @@ from PIL import Image, ImageEnhance
 
 from diffrep.embeddings import PixelEmbedder, l2_normalise, write_embeddings
 from diffrep.websearch import (
+    MATCH_COLUMNS,
     embed_shard,
     merge_files,
     merge_topk,
@@ -120,20 +121,84 @@ def test_shard_tar_round_trip_and_determinism(tmp_path):
     assert tar.read_bytes() == first
 
 
-def test_truncated_tar_names_shard_and_member(tmp_path):
+def test_truncated_tar_names_shard_member_and_byte(tmp_path):
     tar = _shard(tmp_path, {i: _jpeg(_texture(i)) for i in range(3)}, shard=7)
-    tar.write_bytes(tar.read_bytes()[:1700])  # inside the second member
-    with pytest.raises(ShardError, match=r"shard 7: .*00007\.tar is truncated .*at member 000000000"):
+    with tarfile.open(tar) as t:
+        first = t.getmembers()[0]
+    cut = first.offset_data + 100  # inside the first image's data
+    tar.write_bytes(tar.read_bytes()[:cut])
+    stop = first.offset_data + first.size
+    with pytest.raises(ShardError) as err:
         read_shard(tar, 7)
+    assert str(err.value) == (
+        f"shard 7: {tar} is truncated: the file ends at byte {cut}, inside member 000000000.jpg "
+        f"(bytes {first.offset_data}..{stop}); delete {tar} and {tmp_path / '00007_stats.json'}, then "
+        "re-run snakemake: download_shard fetches the shard again"
+    )
 
 
-def test_tar_cut_at_a_member_boundary_is_caught_by_the_stats(tmp_path):
+def test_tar_cut_at_a_member_boundary_or_with_a_broken_header_is_named(tmp_path):
+    """tarfile reads such tars quietly as shorter ones; the missing end-of-archive marker or the bad
+    header where reading stopped gives them away."""
     tar = _shard(tmp_path, {i: _jpeg(_texture(i)) for i in range(3)}, shard=2)
+    whole = tar.read_bytes()
     with tarfile.open(tar) as t:
         cut = t.getmembers()[3].offset  # start of the second image's header
-    tar.write_bytes(tar.read_bytes()[:cut])
-    with pytest.raises(ShardError, match=r"shard 2: .*holds 1 images but its stats record 3"):
+    tar.write_bytes(whole[:cut])
+    with pytest.raises(
+        ShardError,
+        match=rf"shard 2: .*00002\.tar is truncated: the file ends at byte {cut}, after member "
+        r"000000000\.json, without the end-of-archive marker; delete .*00002\.tar and .*00002_stats\.json",
+    ):
         read_shard(tar, 2, stats={"successes": 3})
+    tar.write_bytes(whole[:cut] + b"x" * 512 + whole[cut + 512 :])
+    with pytest.raises(
+        ShardError,
+        match=rf"shard 2: .*00002\.tar is corrupt: the header at byte {cut}, after member 000000000\.json, "
+        "is not a tar header",
+    ):
+        read_shard(tar, 2)
+    tar.write_bytes(whole)
+    with pytest.raises(ShardError, match=r"shard 2: .*holds 3 images but its stats record 4"):
+        read_shard(tar, 2, stats={"successes": 4})
+
+
+def test_a_tar_truncated_after_its_download_fails_embedding_as_truncated_not_as_changed(tmp_path, web):
+    """A real download, then its tar cut short: embed_shard names the tar, the member being read, the
+    byte where it broke and both files to delete, not a checksum; a whole tar with other content keeps
+    the checksum message."""
+    root, base = web
+    for i in range(3):
+        (root / f"{i}.jpg").write_bytes(_jpeg(_texture(i)))
+    rows = pd.DataFrame(
+        {"index": [0, 1, 2], "url": [f"{base}/{i}.jpg" for i in range(3)], "caption": list("abc")}
+    )
+    tar, stats_file = tmp_path / "shards/00004.tar", tmp_path / "shards/00004_stats.json"
+    stats = download_shard(rows, 4, tar, stats_file, threads=1)
+    whole = tar.read_bytes()
+    with tarfile.open(tar) as t:
+        second = t.getmembers()[3]  # the second image
+    cut = second.offset_data + 500
+    tar.write_bytes(whole[:cut])
+    out = {"out_npz": tmp_path / "4.npz", "out_meta": tmp_path / "4.parquet"}
+    with pytest.raises(ShardError) as err:
+        embed_shard(PixelEmbedder(8), tar, 4, **out, stats=stats, stats_path=stats_file)
+    assert str(err.value) == (
+        f"shard 4: {tar} is truncated: the file ends at byte {cut}, inside member 000000001.jpg (bytes "
+        f"{second.offset_data}..{second.offset_data + second.size}); delete {tar} and {stats_file}, then "
+        "re-run snakemake: download_shard fetches the shard again"
+    )
+    assert "sha256" not in str(err.value) and not out["out_npz"].exists()
+    other = _shard(
+        tmp_path / "shards", {0: _jpeg(_texture(9)), 1: _jpeg(_texture(1)), 2: _jpeg(_texture(2))}, 4
+    )
+    assert other == tar
+    with pytest.raises(
+        ShardError,
+        match=rf"shard 4: .*00004\.tar has sha256 [0-9a-f]{{64}}, but its stats record {stats['sha256']} "
+        r"\(re-downloaded with different content\?\); delete .*00004\.tar and .*00004_stats\.json",
+    ):
+        embed_shard(PixelEmbedder(8), tar, 4, **out, stats=stats, stats_path=stats_file)
 
 
 def test_corrupt_and_non_rgb_members_are_named_or_dropped(tmp_path):
@@ -252,6 +317,39 @@ def test_merge_refuses_missing_shards_unless_allowed_and_then_names_them(tmp_pat
         json.loads((tmp_path / "s.json").read_text())["missing_shards"] == [2, 3] == summary["missing_shards"]
     )
     assert summary["model"] == "sd14" and set(matches["collection"]) == {"laion_a6"}
+
+
+def test_the_merge_names_the_files_to_delete_to_retry_a_recorded_failed_download(tmp_path, caplog):
+    """After a run with allow_missing_shards, a shard whose download fetched nothing is recorded and up
+    to date: a plain re-run would not fetch it. Without the opt-in the merge names its tar and stats to
+    delete; with it, the warning says the same."""
+    results = _write_shard_results(tmp_path, np.random.default_rng(1), 3)
+    shards = tmp_path / "shards"
+    stats = {s: shards / f"{s:05d}_stats.json" for s in range(3)}
+    rows = pd.DataFrame({"index": [40, 41], "url": ["http://127.0.0.1:9/a.jpg"] * 2, "caption": ["a", "b"]})
+    record_failed_shard(
+        rows, 2, shards / "00002.tar", stats[2], "shard 2: no image of its 2 URLs could be fetched"
+    )
+    pd.DataFrame({c: [] for c in MATCH_COLUMNS}).to_parquet(results[2])  # its empty search result
+    kw = {"label": LABEL, "threshold": 0.5, "n_boot": 10, "stats_paths": stats}
+    with pytest.raises(ShardError) as err:
+        merge_files(results, 3, 3, tmp_path / "m.parquet", tmp_path / "s.json", **kw)
+    assert str(err.value) == (
+        "merge: 1 of 3 shards have no result: 2; the download of shard(s) 2 fetched no image (the error "
+        "is in each stats file) and a plain re-run does not download them again: delete "
+        f"{shards / '00002.tar'} {stats[2]}, then re-run snakemake to download them; or set "
+        "allow_missing_shards: true to merge without them (every table then names the missing shards)"
+    )
+    with caplog.at_level("WARNING", logger="diffrep.websearch"):
+        merge_files(results, 3, 3, tmp_path / "m.parquet", tmp_path / "s.json", allow_missing=True, **kw)
+    assert f"delete {shards / '00002.tar'} {stats[2]}, then re-run snakemake" in caplog.text
+    del results[1]  # a shard without a result file (no recorded failure): a re-run makes it
+    with pytest.raises(
+        ShardError, match=r"2 of 3 shards have no result: 1, 2; the download of shard\(s\) 2 "
+    ):
+        merge_files(results, 3, 3, tmp_path / "m.parquet", tmp_path / "s.json", **kw)
+    with pytest.raises(ShardError, match=r"no result: 1; re-run snakemake to compute them; or set"):
+        merge_files({0: results[0], 2: results[0]}, 3, 3, tmp_path / "m.parquet", tmp_path / "s.json", **kw)
 
 
 def test_merge_marks_matches_to_the_image_of_the_generations_own_caption(tmp_path):

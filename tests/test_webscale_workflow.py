@@ -329,6 +329,11 @@ def check_lane_results(wd: Path, url_base: str) -> None:
         assert (top1.loc[["exact_5.png", "exact_40.png"], "similarity"] > 0.9999).all()
     recall = json.loads((out / "approx_recall.json").read_text())
     assert recall["recall_queries"] == 8 and recall["n_indexed"] == 64 and recall["recall@1"] == 1.0, recall
+    # the settings were chosen for the config's recall target (tests/micro/config.yaml): met, and said
+    assert recall["recall_target"] == 0.99 and recall["below_target"] is False and recall["recall@k"] >= 0.99
+    assert recall["missing_shards"] == [] and recall["tuning"][0] == {**recall["tuning"][0], "nprobe": 1}
+    approx = pd.read_parquet(out / "approx_matches.parquet")
+    assert set(approx["nprobe"]) == {recall["nprobe"]} and set(approx["missing_shards"]) == {""}
 
 
 def test_mini_lane_finds_planted_copies_of_its_pretraining_pictures_over_http(tmp_path, workflow_copy):

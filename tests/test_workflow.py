@@ -92,6 +92,31 @@ def test_unknown_top_level_key_is_named(workflow_copy):
     assert "'bogus_key' was unexpected" in proc.stderr + proc.stdout
 
 
+def test_nested_overrides_by_config_are_explained_and_by_a_second_configfile_work(tmp_path, workflow_copy):
+    """`--config` turns a nested value into a string: the dry run stops with the schema error and says
+    why and what works. What works (README, Configuration): a second config file after the study's,
+    merged into it, so one nested key changes and its siblings stay."""
+    proc = snakemake(
+        ["-n", "--profile", "profiles/mini", "--config", "training={max_train_steps: 10}"], cwd=workflow_copy
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert (
+        "training.max_train_steps: '10' is a string, where the schema asks for integer. `snakemake --config` "
+        "passes every value nested inside a mapping as a string" in out
+    )
+    assert "--configfile profiles/mini/study.yaml my-overrides.yaml" in out
+    overrides = tmp_path / "my-overrides.yaml"
+    overrides.write_text("webscale:\n  collections:\n    mini_web:\n      shard_size: 125\n")
+    mini = ["-n", "--profile", "profiles/mini"]
+    before = job_counts(snakemake(mini, cwd=workflow_copy, check=True).stdout)
+    study_then_overrides = ["--configfile", "profiles/mini/study.yaml", str(overrides)]
+    after = job_counts(snakemake(mini + study_then_overrides, cwd=workflow_copy, check=True).stdout)
+    # the mini's 1000 pretraining pictures: 4 shards of 250, then 8 of 125; pretraining_of is kept
+    assert (before["download_shard"], after["download_shard"]) == (4, 8)
+    assert after["finetune"] == before["finetune"]
+
+
 @pytest.mark.parametrize(
     "edit, fragments",
     [

@@ -134,6 +134,51 @@ def canonical(obj):
     return obj
 
 
+def _schema_errors(error):
+    """A jsonschema ValidationError and, depth first, the errors of its anyOf / oneOf branches."""
+    if error is None or not hasattr(error, "validator"):
+        return
+    yield error
+    for sub in getattr(error, "context", None) or ():
+        yield from _schema_errors(sub)
+
+
+def _typed_text(err) -> bool:
+    """Whether a schema error is a type error on the text of the number or boolean the schema asks for."""
+    if err.validator != "type" or not isinstance(err.instance, str):
+        return False
+    value, types = err.instance, err.validator_value
+    types = {types} if isinstance(types, str) else set(types)
+    if types & {"integer", "number"}:
+        try:
+            float(value)
+            return True
+        except ValueError:
+            pass
+    return "boolean" in types and value.strip().lower() in ("true", "false")
+
+
+def string_value_hint(error) -> str | None:
+    """What to do about a schema error on a number or boolean given as a string, which is what
+    ``snakemake --config`` makes of every value nested inside a mapping; None for any other error.
+
+    `error` is the jsonschema ValidationError that ``snakemake.utils.validate`` raised from.
+    """
+    for err in _schema_errors(error):
+        if _typed_text(err):
+            key = ".".join(str(p) for p in err.absolute_path)
+            return (
+                f"{key}: {err.instance!r} is a string, where the schema asks for {err.validator_value}. "
+                "`snakemake --config` passes every value nested inside a mapping as a string "
+                "(--config training='{max_train_steps: 10}' gives '10'). To override a nested key, write "
+                "it in a config file of your own, which is merged into the study's: --configfile "
+                "profiles/mini/study.yaml my-overrides.yaml (a profile's study file first), or "
+                "--configfile my-overrides.yaml for config.yaml (README, Configuration). In a config "
+                "file, write numbers without quotes."
+            )
+    return None
+
+
 def derive_seed(seed: int, *keys: object) -> int:
     """A stable 31-bit seed from a master seed and any keys (wildcards, names)."""
     text = "\x1f".join([str(seed), *map(str, keys)])

@@ -22,13 +22,14 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from diffrep.embeddings import read_embeddings, write_embeddings
 from diffrep.fileio import atomic_path
 from diffrep.similarity import exact_search
-from diffrep.webshards import ShardError, read_shard
+from diffrep.webshards import IMG2DATASET, ShardError, read_shard, tar_path_of
 
 log = logging.getLogger(__name__)
 MATCH_COLUMNS = ("generation", "rank", "similarity", "shard", "index", "url", "caption")
@@ -50,12 +51,15 @@ def embed_shard(
     out_meta,
     stats: dict | None = None,
     bad_images: str = "drop",
+    stats_path=None,
     **kw,
 ) -> dict:
     """Embed a shard tar's usable images; write ``out_npz`` (descriptors) and ``out_meta`` (parquet).
 
-    ``kw`` goes to ``embedder.embed`` (batch_size, device, num_workers). Returns a summary with the
-    bad images dropped (shard, member, reason).
+    `stats` is the shard's ``_stats.json`` (read from `stats_path`, which error messages name); a
+    truncated, corrupt or replaced tar raises (:func:`diffrep.webshards.read_shard`). ``kw`` goes to
+    ``embedder.embed`` (batch_size, device, num_workers). Returns a summary with the bad images
+    dropped (shard, member, reason).
     """
     import pandas as pd
 
@@ -64,7 +68,7 @@ def embed_shard(
         write_embeddings(out_npz, [], np.zeros((0, 0), np.float32), embedder.name, embedder.preprocess)
         _write_parquet(pd.DataFrame({"key": [], "index": [], "url": [], "caption": []}), out_meta)
         return {"shard": shard, "n": 0, "dim": 0, "bad_images": []}
-    images, bad = read_shard(tar_path, shard, stats=stats, bad_images=bad_images)
+    images, bad = read_shard(tar_path, shard, stats=stats, bad_images=bad_images, stats_path=stats_path)
     for b in bad:
         log.warning("shard %d: dropped %s: %s", shard, b["member"], b["reason"])
     if not images:
@@ -160,19 +164,69 @@ def missing_shards(expected: int, present: Iterable[int]) -> list[int]:
 
 
 def check_complete(
-    expected: int, present: Iterable[int], allow_missing: bool, where: str = "merge"
+    expected: int, present: Iterable[int], allow_missing: bool, where: str = "merge", stats_paths=None
 ) -> list[int]:
-    """The missing shards; raises naming them unless `allow_missing` (then they are logged)."""
+    """The missing shards; raises naming them and how to retry them (:func:`retry_advice`, from the
+    shards' download stats {shard: path}) unless `allow_missing` (then they are logged, with it)."""
     missing = missing_shards(expected, present)
     if missing and not allow_missing:
         raise ShardError(
             f"{where}: {len(missing)} of {expected} shards have no result: {_shard_list(missing)}; "
-            "retry them, or set allow_missing_shards: true to merge without them (every table then "
-            "names the missing shards)"
+            f"{retry_advice(missing, stats_paths)}; or set allow_missing_shards: true to merge without "
+            "them (every table then names the missing shards)"
         )
     if missing:
-        log.warning("%s: merging without %d missing shard(s): %s", where, len(missing), _shard_list(missing))
+        log.warning(
+            "%s: merging without %d missing shard(s): %s; %s",
+            where,
+            len(missing),
+            _shard_list(missing),
+            retry_advice(missing, stats_paths),
+        )
     return missing
+
+
+def _recorded_failure(stats_path) -> dict | None:
+    """A shard's stats when they record a download that fetched nothing (``successes: 0``), else None."""
+    try:
+        stats = json.loads(Path(stats_path).read_text())
+    except (OSError, ValueError):
+        return None
+    return stats if stats.get("successes") == 0 else None
+
+
+def retry_advice(missing: Sequence[int], stats_paths=None, limit: int = 10) -> str:
+    """How to get results for the `missing` shards, given their download stats {shard: path}.
+
+    A download that fetched nothing and was recorded (allow_missing_shards: ``successes: 0`` in its
+    stats) is up to date for Snakemake, so a plain re-run never fetches it again: the advice names
+    its tar and stats (those of the first `limit` shards) to delete first; for an img2dataset shard
+    on disk, img2dataset must fetch it again. Other missing shards only lack a result file, which a
+    re-run makes.
+    """
+    failed = {s: _recorded_failure(stats_paths[s]) for s in missing if s in (stats_paths or {})}
+    failed = {s: st for s, st in failed.items() if st is not None}
+    if not failed:
+        return "re-run snakemake to compute them"
+    shards = sorted(failed)
+    if any(failed[s].get("layout") == IMG2DATASET for s in shards):
+        tars = " ".join(str(failed[s].get("tar", "")) for s in shards[:limit])
+        return (
+            f"shard(s) {_shard_list(shards)} hold no image: fetch them again with img2dataset ({tars}), "
+            "then re-run snakemake"
+        )
+    files = " ".join(f"{tar_path_of(stats_paths[s])} {stats_paths[s]}" for s in shards[:limit])
+    more = f" and the same two files of the other {len(shards) - limit} shards" if len(shards) > limit else ""
+    return (
+        f"the download of shard(s) {_shard_list(shards)} fetched no image (the error is in each stats "
+        f"file) and a plain re-run does not download them again: delete {files}{more}, then re-run "
+        "snakemake to download them"
+    )
+
+
+def missing_text(missing: Sequence[int]) -> str:
+    """The missing shards as every table writes them: ``"2,3"`` (empty: none missing)."""
+    return ",".join(str(int(s)) for s in missing)
 
 
 def _shard_list(shards: Sequence[int], limit: int = 20) -> str:
@@ -227,11 +281,13 @@ def merge_files(
     level: float = 0.95,
     seed: int = 0,
     prompt_rows: dict[str, int] | None = None,
+    stats_paths: dict[int, str | os.PathLike] | None = None,
 ) -> dict:
     """Merge per-shard matches parquets {shard: path}; write the global top-k and the summary.
 
     Shards in ``range(n_shards)`` absent from `results` (or whose file is absent) are missing: see
-    :func:`check_complete`. `label` (model, collection, embedder, preprocess) and the missing shards
+    :func:`check_complete`, whose messages say from the shards' download stats (`stats_paths`,
+    {shard: path}) how to fetch them again. `label` (model, collection, embedder, preprocess) and the missing shards
     are written into every output: columns of the matches table, keys of the summary JSON.
     `prompt_rows` ({generation: the collection row its prompt was taken from}, for prompts sampled
     from the collection itself) adds ``prompt_index`` and ``own_image`` (the match is the image of
@@ -241,11 +297,11 @@ def merge_files(
     import pandas as pd
 
     present = {s: p for s, p in results.items() if p is not None and _has_rows(p)}
-    missing = check_complete(n_shards, present, allow_missing)
+    missing = check_complete(n_shards, present, allow_missing, stats_paths=stats_paths)
     merged = merge_topk((pd.read_parquet(present[s]) for s in sorted(present)), k)
     for key, value in label.items():
         merged[key] = value
-    merged["missing_shards"] = ",".join(map(str, missing))
+    merged["missing_shards"] = missing_text(missing)
     top1 = merged.loc[merged["rank"] == 0, "similarity"]
     summary = {
         **label,
@@ -288,11 +344,16 @@ def shard_report(stats: dict[int, dict], missing: Sequence[int]):
     return pd.DataFrame(rows)
 
 
-def webscale_table(summaries: Sequence[dict]):
-    """One row per search (its summary JSON); ``missing_shards`` as text so every row names them."""
+def webscale_table(summaries: Sequence[dict], approx: Sequence[dict] = ()):
+    """One row per search (its summary JSON); ``missing_shards`` as text so every row names them.
+
+    ``approx``: per search with an approximate index, its columns (diffrep.webapprox.table_columns:
+    ``search`` and ``approx_…``: recall reached, target, below it or not, settings chosen), joined on
+    ``search``; empty for the searches without one.
+    """
     import pandas as pd
 
-    table = pd.DataFrame(
-        [{**s, "missing_shards": ",".join(map(str, s["missing_shards"]))} for s in summaries]
-    )
+    table = pd.DataFrame([{**s, "missing_shards": missing_text(s["missing_shards"])} for s in summaries])
+    if len(approx):
+        table = table.merge(pd.DataFrame(list(approx)), on="search", how="left", validate="one_to_one")
     return table.sort_values("search").reset_index(drop=True) if "search" in table else table

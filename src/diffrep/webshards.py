@@ -223,7 +223,7 @@ def register_shard(
     lo, hi = ranges[shard]
     rows = rows_between(parquets, lo, hi, url_col, caption_col, (), counts)
     digits = sample_digits(shard_size)
-    members = _members(tar_path, shard)
+    members = _members(tar_path, shard, redownload_advice(tar_path, on_disk=True))
     for key, parts in sorted(members.items()):
         if "json" not in parts:
             raise ShardError(f"shard {shard}: {tar_path} member {key}.*: has no .json")
@@ -437,47 +437,143 @@ def image_problem(data: bytes) -> str | None:
     return None
 
 
-def _members(tar_path: Path, shard: int) -> dict[str, dict[str, bytes]]:
-    """{key: {extension: bytes}} of a tar; a truncated or unreadable tar raises naming the member."""
+def stats_path_of(tar_path) -> Path:
+    """The stats file beside a shard tar: ``{shard}_stats.json`` for ``{shard}.tar`` (the name both
+    the downloader and img2dataset use)."""
+    tar_path = Path(tar_path)
+    return tar_path.with_name(f"{tar_path.stem}_stats.json")
+
+
+def tar_path_of(stats_path) -> Path:
+    """The shard tar beside a downloaded shard's stats file (the inverse of :func:`stats_path_of`)."""
+    stats_path = Path(stats_path)
+    return stats_path.with_name(stats_path.name.removesuffix("_stats.json") + ".tar")
+
+
+def redownload_advice(tar_path, stats_path=None, on_disk: bool = False) -> str:
+    """What to do about a shard tar that is broken or not the one its stats record: delete the tar and
+    its stats (both named) and re-run, so that download_shard fetches the shard again; for an
+    img2dataset shard on disk (`on_disk`), fetch it again with img2dataset."""
+    stats_path = stats_path_of(tar_path) if stats_path is None else stats_path
+    if on_disk:
+        return (
+            f"fetch the shard again with img2dataset (it rewrites {tar_path} and its _stats.json), then "
+            "re-run snakemake: register_shard checks the new tar"
+        )
+    return (
+        f"delete {tar_path} and {stats_path}, then re-run snakemake: download_shard fetches the shard again"
+    )
+
+
+def _after(member: tarfile.TarInfo | None) -> str:
+    """Where in a tar a header is: after which member (or at its start)."""
+    return f"after member {member.name}" if member is not None else "at the start of the file"
+
+
+def _end_problem(tar_path: Path, offset: int, size: int, last: tarfile.TarInfo | None) -> str | None:
+    """Why the bytes where tarfile stopped reading (`offset`) are not the end-of-archive marker (a zero
+    block), or None when they are. tarfile stops quietly at a missing, cut or invalid header after
+    the first member, so this tells a whole tar from a cut or corrupt one."""
+    with open(tar_path, "rb") as f:
+        f.seek(offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    if len(block) == tarfile.BLOCKSIZE and block == tarfile.NUL * tarfile.BLOCKSIZE:
+        return None
+    if not block:
+        return f"truncated: the file ends at byte {size}, {_after(last)}, without the end-of-archive marker"
+    if len(block) < tarfile.BLOCKSIZE:
+        return f"truncated: the file ends at byte {size}, inside the header {_after(last)}"
+    return f"corrupt: the header at byte {offset}, {_after(last)}, is not a tar header"
+
+
+def _broken_member(info, last, size: int, err: Exception) -> str:
+    """Where a tar broke while tarfile read `info`'s data (or, with `info` None, the header after
+    `last`), for a file of `size` bytes."""
+    if info is not None:
+        start, stop = info.offset_data, info.offset_data + info.size
+        if size < stop:
+            return (
+                f"truncated: the file ends at byte {size}, inside member {info.name} (bytes {start}..{stop})"
+            )
+        return f"corrupt: member {info.name} at byte {start} cannot be read ({err})"
+    if last is not None and size < last.offset_data + last.size + tarfile.BLOCKSIZE:
+        return f"truncated: the file ends at byte {size}, inside the padding of member {last.name}"
+    return f"corrupt: {_after(last)} ({err})"
+
+
+def tar_members(tar_path) -> tuple[dict[str, dict[str, bytes]], str | None]:
+    """Read a tar member by member: ``({key: {extension: bytes}}, problem)``, where `problem` says how
+    the tar is truncated or corrupt (the member being read and the byte where it broke), or is None
+    for a whole tar (every member read and the end-of-archive marker found)."""
+    tar_path = Path(tar_path)
+    size = tar_path.stat().st_size
+    if size == 0:
+        return {}, "truncated: the file is empty (0 bytes)"
     found: dict[str, dict[str, bytes]] = {}
-    member = "(header)"
+    info = last = None
     try:
         with tarfile.open(tar_path, "r:") as tar:
             for info in tar:
-                member = info.name
-                if not info.isfile():
-                    continue
-                data = tar.extractfile(info).read()
-                if len(data) != info.size:
-                    raise tarfile.ReadError(f"{len(data)} of {info.size} bytes")
-                key, _, ext = info.name.partition(".")
-                found.setdefault(key, {})[ext] = data
-    except (tarfile.ReadError, EOFError, OSError) as err:
-        raise ShardError(
-            f"shard {shard}: {tar_path} is truncated or not a tar (at member {member}: {err}); "
-            "delete it to download the shard again"
-        ) from err
+                if info.isfile():
+                    data = tar.extractfile(info).read()
+                    key, _, ext = info.name.partition(".")
+                    found.setdefault(key, {})[ext] = data
+                last, info = info, None
+            end = tar.offset
+    except tarfile.TarError as err:
+        if last is None and info is None:  # the first header: tarfile.open reads it
+            return found, _end_problem(tar_path, 0, size, None) or f"corrupt: {err}"
+        return found, _broken_member(info, last, size, err)
+    return found, _end_problem(tar_path, end, size, last)
+
+
+def _members(tar_path: Path, shard: int, advice: str | None = None) -> dict[str, dict[str, bytes]]:
+    """{key: {extension: bytes}} of a tar; a truncated or corrupt tar raises naming the member, the
+    byte where it broke and what to do (`advice`, by default :func:`redownload_advice`)."""
+    found, problem = tar_members(tar_path)
+    if problem:
+        raise ShardError(f"shard {shard}: {tar_path} is {problem}; {advice or redownload_advice(tar_path)}")
     return found
 
 
+def _check_against_stats(tar_path: Path, shard: int, members: dict, stats: dict, advice: str) -> None:
+    """Raise when a whole tar is not the one its stats record: another sha256 (checked first: it
+    names the cause), or another number of images."""
+    actual = sha256_file(tar_path) if stats.get("sha256") else None
+    if actual and actual != stats["sha256"]:
+        raise ShardError(
+            f"shard {shard}: {tar_path} has sha256 {actual}, but its stats record {stats['sha256']} "
+            f"(re-downloaded with different content?); {advice}"
+        )
+    if len(members) != stats.get("successes", len(members)):
+        raise ShardError(
+            f"shard {shard}: {tar_path} holds {len(members)} images but its stats record "
+            f"{stats['successes']} (a tar from another download?); {advice}"
+        )
+
+
 def read_shard(
-    tar_path: str | os.PathLike, shard: int, stats: dict | None = None, bad_images: str = "drop"
+    tar_path: str | os.PathLike,
+    shard: int,
+    stats: dict | None = None,
+    bad_images: str = "drop",
+    stats_path: str | os.PathLike | None = None,
 ) -> tuple[list[ShardImage], list[dict]]:
     """The usable images of a shard tar, in key order, and the bad ones (shard, member, reason).
 
-    `stats` (the shard's ``_stats.json``): its ``successes`` must equal the images found (a tar cut at
-    a member boundary reads cleanly but holds fewer), and its ``sha256`` the tar's. `bad_images`:
+    The tar is read member by member first: a truncated or corrupt tar raises naming the member and
+    the byte where it broke. Then `stats` (the shard's ``_stats.json``, at `stats_path`, named in the
+    messages): its ``sha256`` must be the tar's and its ``successes`` the images found. `bad_images`:
     ``fail`` raises on a corrupt or non-RGB image naming shard and member, ``drop`` lists it.
     """
     if bad_images not in BAD_IMAGE_POLICIES:
         raise ShardError(f"bad_images {bad_images!r}; allowed: {', '.join(BAD_IMAGE_POLICIES)}")
     tar_path = Path(tar_path)
-    if stats and stats.get("sha256") and sha256_file(tar_path) != stats["sha256"]:
-        raise ShardError(
-            f"shard {shard}: {tar_path} has sha256 {sha256_file(tar_path)}, but its stats record "
-            f"{stats['sha256']} (re-downloaded with different content?); delete both to download again"
-        )
-    members = _members(tar_path, shard)
+    on_disk = bool(stats) and stats.get("layout") == IMG2DATASET
+    advice = redownload_advice(tar_path, stats_path, on_disk=on_disk)
+    members = _members(tar_path, shard, advice)
+    if stats:
+        _check_against_stats(tar_path, shard, members, stats, advice)
     good, bad = [], []
     for key in sorted(members):
         parts = members[key]
@@ -496,9 +592,4 @@ def read_shard(
             raise ShardError(f"shard {shard}: {tar_path} member {member}: {reason} (bad_images is 'fail')")
         else:
             bad.append({"shard": int(shard), "member": member, "reason": reason})
-    if stats and len(members) != stats.get("successes", len(members)):
-        raise ShardError(
-            f"shard {shard}: {tar_path} holds {len(members)} images but its stats record "
-            f"{stats['successes']} (a truncated tar?); delete it to download the shard again"
-        )
     return good, bad
