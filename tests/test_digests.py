@@ -97,3 +97,8 @@ def test_a_damaged_reference_names_its_line(tmp_path):
     ref.write_text("# stage dataset\nnot-a-digest  x\n")
     with pytest.raises(digests.DigestError, match=r"ref.sha256:2: not a '<sha256>  <path>' line"):
         digests.read_reference(ref)
+
+
+def test_a_missing_reference_is_named(tmp_path):
+    with pytest.raises(digests.DigestError, match=r"nothere.sha256: no such reference file"):
+        digests.read_reference(tmp_path / "nothere.sha256")

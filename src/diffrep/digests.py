@@ -170,6 +170,8 @@ def format_reference(names: dict, digests: list[tuple[str, str, str]]) -> str:
 
 def read_reference(path: str | Path) -> list[tuple[str, str, str]]:
     """(stage, path, digest) of a reference file, in its order."""
+    if not Path(path).is_file():
+        raise DigestError(f"{path}: no such reference file (make one with `python -m diffrep.digests write`)")
     out, stage = [], None
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.startswith("# stage "):

@@ -3,7 +3,7 @@
 A models entry of the config (schemas/config.schema.yaml) names a `kind` and ordered `sources`:
 
 - ``modelscope``: ``modelscope.hub.snapshot_download(model_id=repo, revision=...)`` into the
-  ModelScope cache (token from MODELSCOPE_API_TOKEN, if set);
+  ModelScope cache; token from MODELSCOPE_API_TOKEN only (never a stored login), never logged;
 - ``huggingface``: ``huggingface_hub.snapshot_download(repo_id=repo, revision=...)`` into the
   Hugging Face cache; token from HF_TOKEN only (never a stored login), never logged;
 - ``url``: one file over HTTP(S), resumable (HTTP Range), written to a temporary name under
@@ -21,7 +21,12 @@ file by file against the pins (every file must be pinned, every pin present). A 
 is logged with the reason and the next one is tried; the first that passes is moved to
 ``resources/models/{model}/`` and only then is the manifest written. If every source fails, the
 error lists each source's reason (a hash mismatch names the file, the expected and the actual
-hash) and nothing is left under the output names.
+hash) and nothing is left under the output names. A hub's refusal (gated or private repository, no
+such repository or revision) is reported with what to do (:func:`hub_refusal`).
+
+The hub clients take their endpoint and cache from the environment (``HF_ENDPOINT``, ``HF_HOME``;
+``MODELSCOPE_ENDPOINT``, ``MODELSCOPE_CACHE``), so a mirror or another cache folder needs no change
+to the config.
 """
 
 from __future__ import annotations
@@ -365,9 +370,10 @@ def fetch_huggingface(src: dict, dest: Path, job: FetchJob) -> None:
     try:
         snapshot = hf_snapshot_download(**kwargs)
     except Exception as err:
-        if type(err).__name__ == "GatedRepoError":
-            raise FetchError(gated_message(src["repo"], bool(token))) from None
-        raise
+        reason = hub_refusal("huggingface", err, src, job.name, bool(token))
+        if reason is None:
+            raise
+        raise FetchError(reason) from None
     copy_selected(Path(snapshot), dest, allow, ignore)
 
 
@@ -386,10 +392,86 @@ def gated_message(repo: str, have_token: bool) -> str:
     )
 
 
+def hub_status(err: BaseException | None) -> int | None:
+    """The HTTP status behind a hub client's error, or None.
+
+    Looked for on the error, on its ``response``, then on the errors it was raised from
+    (``modelscope.hub.snapshot_download`` re-raises the client's errors as ``requests.HTTPError``).
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        response = getattr(err, "response", None)
+        for status in (getattr(err, "status_code", None), getattr(response, "status_code", None)):
+            if isinstance(status, int):
+                return status
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def hub_refusal(hub: str, err: Exception, src: dict, model: str, have_token: bool) -> str | None:
+    """What the user must do when `hub` refused source `src` of model `model`; None for other errors.
+
+    Refusals: a gated repository (Hugging Face ``GatedRepoError``; ModelScope HTTP 401 / 403), no
+    such repository (or a private one the token cannot see), no such revision.
+    """
+    repo = src["repo"]
+    if hub == "huggingface":
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+        if isinstance(err, GatedRepoError):  # a RepositoryNotFoundError too: asked first
+            return gated_message(repo, have_token)
+        if isinstance(err, RevisionNotFoundError):
+            return (
+                f"huggingface {repo} has no revision {src.get('revision', 'main')!r}: set the revision of this "
+                f"source in models.{model}.sources to a branch, a tag or a commit of that repository (its "
+                f"history: https://huggingface.co/{repo}/commits/main)"
+            )
+        if isinstance(err, RepositoryNotFoundError):
+            return missing_repo_message(hub, src, model, have_token)
+        return None
+    status = hub_status(err)
+    if status in (401, 403):
+        return modelscope_refused_message(repo, status, have_token)
+    if status == 404:
+        return missing_repo_message(hub, src, model, have_token)
+    return None
+
+
+def missing_repo_message(hub: str, src: dict, model: str, have_token: bool) -> str:
+    """What to do when `hub` knows no repository (or, on ModelScope, no revision) of source `src`."""
+    env = HF_TOKEN_ENV if hub == "huggingface" else MODELSCOPE_TOKEN_ENV
+    what, keys = f"repository {src['repo']}", "the repo"
+    if hub == "modelscope":
+        what += f" or its revision {src.get('revision', 'master')!r}"
+        keys = "repo and revision"
+    why = f"the account of the token in {env} cannot see it either" if have_token else f"{env} is not set"
+    return (
+        f"{hub} {what} was not found ({why}). Check {keys} of this source in models.{model}.sources; if the "
+        f"repository is private, export {env}=<a token of an account that can read it> and re-run"
+    )
+
+
+def modelscope_refused_message(repo: str, status: int, have_token: bool) -> str:
+    """What to do when ModelScope answers 401 (no or a bad token) or 403 (no access) for `repo`."""
+    if not have_token:
+        why = f"{MODELSCOPE_TOKEN_ENV} is not set"
+    elif status == 401:
+        why = f"the token in {MODELSCOPE_TOKEN_ENV} was not accepted"
+    else:
+        why = f"the account of the token in {MODELSCOPE_TOKEN_ENV} has no access"
+    return (
+        f"modelscope {repo} refused the download (HTTP {status}: {why}). If the model asks for it, accept its "
+        f"licence on https://modelscope.cn/models/{repo} (logged in to ModelScope); then export "
+        f"{MODELSCOPE_TOKEN_ENV}=<an access token of that account, from https://modelscope.cn/my/myaccesstoken> "
+        "and re-run"
+    )
+
+
 def fetch_modelscope(src: dict, dest: Path, job: FetchJob) -> None:
     """Download the needed files of a ModelScope repo at `revision` and copy them to `dest`."""
     allow, ignore = allow_patterns(job.kind, job.variant), ignore_patterns(job.kind)
-    token = os.environ.get(MODELSCOPE_TOKEN_ENV) or None
+    token = os.environ.get(MODELSCOPE_TOKEN_ENV) or ""  # "": no token (None: a stored login)
     log.info(
         "modelscope: repo %s, revision %s, token %s, allow_patterns %s",
         src["repo"],
@@ -397,13 +479,19 @@ def fetch_modelscope(src: dict, dest: Path, job: FetchJob) -> None:
         f"from {MODELSCOPE_TOKEN_ENV}" if token else "none",
         allow,
     )
-    snapshot = ms_snapshot_download(
-        model_id=src["repo"],
-        revision=src.get("revision", "master"),
-        allow_patterns=allow,
-        ignore_patterns=ignore,
-        token=token,
-    )
+    try:
+        snapshot = ms_snapshot_download(
+            model_id=src["repo"],
+            revision=src.get("revision", "master"),
+            allow_patterns=allow,
+            ignore_patterns=ignore,
+            token=token,
+        )
+    except Exception as err:
+        reason = hub_refusal("modelscope", err, src, job.name, bool(token))
+        if reason is None:
+            raise
+        raise FetchError(reason) from None
     copy_selected(Path(snapshot), dest, allow, ignore)
 
 
