@@ -4,7 +4,7 @@
 #   make showcase - the showcase study: a tiny model that copies (offline, 2 CPU cores; docs/showcase.md)
 #   make rehearsal - every paper rule on the full-size architectures, random weights (docs/rehearsal.md)
 #   make slurm-profile - link profiles/slurm where `snakemake --profile slurm` finds it
-#   mini ends by comparing its results with the committed reference digests (docs/reference/mini.sha256);
+#   mini and showcase end by comparing their results with the committed reference digests (docs/reference/);
 #   make reference-<study> rewrites a study's digests after a change meant to change results.
 PYTHON ?= python3.11
 VENV := .venv
@@ -31,6 +31,7 @@ mini: install
 showcase: install
 	$(BIN)/snakemake --profile profiles/showcase
 	$(BIN)/snakemake --profile profiles/showcase --report results/showcase/report.html
+	$(BIN)/python -m diffrep.digests check profiles/showcase/study.yaml docs/reference/showcase.sha256
 
 # Several GB of models under resources/models/ and hours on 2 cores: not part of `make test`.
 rehearsal: install
