@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # conftest.copy_workflow: a fresh-clone-like copy
 MICRO = REPO / "tests/micro/config.yaml"
 REFERENCE = REPO / "tests/reference/micro.sha256"
-IGNORED = {".venv", ".git", "results", "resources", "logs", "benchmarks", ".snakemake", ".pytest_cache"}
 
 
 def gpu_config(deterministic: bool) -> dict:
@@ -37,17 +37,11 @@ def gpu_config(deterministic: bool) -> dict:
     return config
 
 
-def copy_workflow(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True)
-    for rel in files.stdout.splitlines():
-        if not set(Path(rel).parts) & IGNORED and (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
-    return dest
-
-
 def run_micro(dest: Path, deterministic: bool) -> float:
     """Run the GPU micro study in `dest`; return its wall time in seconds."""
+    from conftest import copy_workflow
+    from diffrep import numerics
+
     copy_workflow(dest)
     config = dest / "gpu_micro.yaml"
     config.write_text(yaml.safe_dump(gpu_config(deterministic)))
@@ -62,7 +56,9 @@ def run_micro(dest: Path, deterministic: bool) -> float:
         str(config),
         "--replace-workflow-config",
     ]
-    proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
+    # native numerics: none of the portable pins that conftest (imported above) put into this process
+    env = numerics.process_environment({"mode": "native", "deterministic": deterministic})
+    proc = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"the micro study failed in {dest}:\n{proc.stderr[-4000:]}")
     return time.time() - t0

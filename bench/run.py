@@ -488,7 +488,7 @@ def bench_embeddings(n_runs: int, n_train: int, n_gen: int, size: int = 64):
 # ---------------------------------------------------------------- snakemake
 
 
-def _snakemake(args, cwd, timeout=1800):
+def _snakemake(args, cwd, timeout=1800, env=None):
     with timer() as t:
         proc = subprocess.run(
             [sys.executable, "-m", "snakemake", *args],
@@ -496,6 +496,7 @@ def _snakemake(args, cwd, timeout=1800):
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
     if proc.returncode != 0:
         raise RuntimeError(
@@ -618,14 +619,6 @@ def bench_snakemake(factor: int, micro: bool, micro_dir: Path | None):
 # ---------------------------------------------------------------- numerics
 
 
-def numerics_env(mode: str) -> dict:
-    """This process's environment with the numerics mode's variables (native: none of them)."""
-    from diffrep import numerics
-
-    env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENVIRONMENT}
-    return {**env, **numerics.environment({"mode": mode})}
-
-
 def finetune_child(steps: int) -> None:
     """AdamW steps of a UNet of the mini's size (blocks 32/64, 4x8x8 latents, batch 16), one thread;
     print a JSON line with the CPU seconds of the loop (this process's: less sensitive to other
@@ -662,9 +655,11 @@ def finetune_child(steps: int) -> None:
 
 
 def _finetune_run(mode: str, steps: int) -> dict:
+    from diffrep import numerics
+
     proc = subprocess.run(
         [sys.executable, __file__, "--child", "finetune", str(steps)],
-        env=numerics_env(mode),
+        env=numerics.process_environment({"mode": mode}),
         capture_output=True,
         text=True,
         check=True,
@@ -685,7 +680,10 @@ def _study_run(mode: str, study: str, tmp: Path) -> float:
     (wf / "bench-numerics.yaml").write_text(yaml.safe_dump(config))
     args = ["--configfile", "bench-numerics.yaml", "--replace-workflow-config"]
     args = (["--profile", "profiles/mini"] if study == "mini" else ["--cores", "2"]) + args
-    _, seconds = _snakemake(args, wf, timeout=3600)
+    # native: without the portable pins that conftest (imported above) put into this process
+    from diffrep import numerics
+
+    _, seconds = _snakemake(args, wf, timeout=3600, env=numerics.process_environment({"mode": mode}))
     return seconds
 
 

@@ -1,4 +1,4 @@
-# Memorised prompts (issue 18, docs/memorization.md): Wen et al.'s detection metric and its ROC
+# Memorised prompts (docs/memorization.md): Wen et al.'s detection metric and its ROC
 # statistics per benchmark (a model and its prompt files), the replication of the memorised prompts
 # over seeds and the quality of general prompts per generation preset (the mitigations published
 # after DCR are presets too), tables and figures.

@@ -63,7 +63,7 @@ def test_conversion_refuses_a_shape_mismatch():
 
 
 def test_rebuild_with_other_threads_has_the_same_manifest(built, tmp_path):
-    """The flaky test of issue 13: a measured float in build_info.json made the manifest depend on
+    """Once flaky: a measured float in build_info.json made the manifest depend on
     the thread count. Now every hashed file is the same whatever the threads."""
     from diffrep.checksums import hash_folder
 

@@ -1,4 +1,4 @@
-"""The memorization benchmark in the workflow: config checks, dry runs, tables (issue 18)."""
+"""The memorization benchmark in the workflow: config checks, dry runs, tables."""
 
 from __future__ import annotations
 

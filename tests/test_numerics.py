@@ -149,3 +149,11 @@ def test_the_schema_refuses_an_unknown_mode_naming_the_key_and_the_modes():
     paper = load_yaml(REPO / "config.yaml")
     validate(paper, str(REPO / "schemas/config.schema.yaml"))
     assert paper["numerics"]["mode"] == "native" and cfg["numerics"]["threads"] == 1  # default filled
+
+
+def test_a_native_process_started_from_a_portable_one_runs_this_cpus_kernels():
+    portable = {**os.environ, **numerics.environment(PORTABLE), "PATH": "/bin"}
+    native = numerics.process_environment({"mode": "native"}, base=portable)
+    assert not set(numerics.PORTABLE_ENVIRONMENT) & set(native) and native["PATH"] == "/bin"
+    again = numerics.process_environment(PORTABLE, base=native)
+    assert {k: again[k] for k in numerics.PORTABLE_ENVIRONMENT} == numerics.PORTABLE_ENVIRONMENT

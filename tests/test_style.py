@@ -7,6 +7,7 @@ small example first, so that a check that passes on the tree is known to be able
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,18 +121,24 @@ def repository_files() -> list[Path]:
     return [p for p in REPO.rglob("*") if p.is_file() and not IGNORED & set(p.relative_to(REPO).parts)]
 
 
-def outside_references(path: Path) -> list[str]:
-    """``file:line: text`` for every line of `path` that points outside the repository."""
+def matching_lines(path: Path, matches) -> list[str]:
+    """``file:line: text`` for every line of text file `path` for which `matches(line)` is true."""
     if not path.is_file():  # deleted in the work tree, still in the index
         return []
     data = path.read_bytes()
     if b"\0" in data[:8192]:  # binary (images)
         return []
-    hits = []
-    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-        if any(ref in line for ref in OUTSIDE_REFERENCES):
-            hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
-    return hits
+    lines = enumerate(data.decode("utf-8", "replace").splitlines(), 1)
+    return [f"{path.relative_to(REPO)}:{number}: {line.strip()}" for number, line in lines if matches(line)]
+
+
+def outside_references(path: Path) -> list[str]:
+    """``file:line: text`` for every line of `path` that points outside the repository."""
+    return matching_lines(path, lambda line: any(ref in line for ref in OUTSIDE_REFERENCES))
+
+
+# the word "issue" and a number: development tickets, which users of the repository cannot see
+ISSUE_NUMBER = re.compile(r"\bissues? #?\d+\b", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------- the helpers can fail
@@ -202,3 +209,9 @@ def test_no_reference_outside_the_repository():
     assert any(p.name == "README.md" for p in files)
     hits = [hit for path in files for hit in outside_references(path)]
     assert not hits, "references to files outside the repository (link to docs/ instead):\n" + "\n".join(hits)
+
+
+def test_no_development_issue_number_in_the_repository():
+    files = [p for p in repository_files() if p.suffix not in (".csv", ".sha256")]  # data, not text
+    hits = [hit for path in files for hit in matching_lines(path, ISSUE_NUMBER.search)]
+    assert not hits, "development issue numbers, which users cannot see:\n" + "\n".join(hits)

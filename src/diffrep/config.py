@@ -29,7 +29,7 @@ from diffrep.families import (
 # checks that the two agree).
 DUPLICATIONS = ("nodup", "dup_both", "dup_image")
 CONDITIONINGS = ("nolevel", "classlevel", "instancelevel_blip", "instancelevel_random")
-# memthreshold: Wen et al.'s train-time mitigation (issue 18; diffrep.memorization.threshold_mask)
+# memthreshold: Wen et al.'s train-time mitigation (diffrep.memorization.threshold_mask)
 TRAIN_MITIGATIONS = ("none", "allcaps", "randrepl", "randwordadd", "wordrepeat", "gaussnoise", "memthreshold")
 INFERENCE_MITIGATIONS = (
     "none",
@@ -37,7 +37,7 @@ INFERENCE_MITIGATIONS = (
     "rand_numb_add",
     "rand_word_add",
     "rand_word_repeat",
-    # memorisation mitigations published after DCR (diffrep.memmitigation, issue 18)
+    # memorisation mitigations published after DCR (diffrep.memmitigation)
     "prompt_optimization",
     "guidance_transition",
     "attention_rescale",

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from diffrep import numerics
 from diffrep.checksums import sha256_file
 from diffrep.fileio import atomic_path
 
@@ -130,7 +131,7 @@ def study_names(config_file: str | Path) -> dict:
         "study": config["study"],
         "base_model": config["base_model"],
         "datasets": sorted(config["datasets"]),
-        "numerics": (config.get("numerics") or {}).get("mode", "portable"),
+        "numerics": numerics.settings(config.get("numerics"))["mode"],
     }
 
 

@@ -1,4 +1,4 @@
-"""Inference-time mitigations of memorisation published after DCR, as generation presets (issue 18).
+"""Inference-time mitigations of memorisation published after DCR, as generation presets.
 
 Each is a preset ``mitigation`` that :func:`diffrep.generation.generate_batch` applies around the
 family's pipeline call, so every run and every benchmark can use it:

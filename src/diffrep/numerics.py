@@ -72,6 +72,14 @@ def environment(numerics: dict) -> dict[str, str]:
     return env
 
 
+def process_environment(numerics: dict, base: dict | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with the mode's variables: for a process started
+    in that mode whatever mode this one runs in (native drops the portable pins)."""
+    base = dict(os.environ if base is None else base)
+    env = {k: v for k, v in base.items() if k not in PORTABLE_ENVIRONMENT}
+    return {**env, **environment(numerics)}
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
     try:

@@ -1,4 +1,4 @@
-"""Memorised prompts planted in the mini base model (issue 18), and their prompt file.
+"""Memorised prompts planted in the mini base model, and their prompt file.
 
 A real model memorises a training picture that it saw many times under one caption (Webster's
 500 SD 1.4 prompts). The mini base model does the same when its pretraining (``mini_sd``

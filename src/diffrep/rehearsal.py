@@ -1,4 +1,4 @@
-"""Full-size architectures with seeded random weights, in the folder layouts the hubs serve (issue 19).
+"""Full-size architectures with seeded random weights, in the folder layouts the hubs serve.
 
 The rehearsal study runs the paper's rules on the paper's real architectures (no hub, no GPU): each
 builder here writes one model folder with random weights, exactly as the paper study's loaders

@@ -27,7 +27,7 @@ import pandas as pd
 
 from diffrep.config import BASE_RUN, PRESET_DEFAULTS, Run
 from diffrep.fileio import atomic_path
-from diffrep.provenance import with_platform
+from diffrep.provenance import platform_fingerprint, with_platform
 from diffrep.similarity import (
     BASELINE_IDENTITY,
     MATCHES_IDENTITY,
@@ -406,7 +406,7 @@ def write_tables(inputs, outputs, params) -> dict[str, pd.DataFrame]:
         "weightdiff": weightdiff_table(k["weightdiff"], study),
         "baselines": baselines_table(inputs["baselines"], study),
     }
-    tables = with_platform(tables, log)
+    tables = with_platform(tables, log, platform_fingerprint(params.get("numerics")))
     for name, df in tables.items():
         write_csv(df, outputs[name])
         log.info("%s: %d rows -> %s", name, len(df), outputs[name])

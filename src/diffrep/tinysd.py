@@ -327,7 +327,7 @@ MINI_DEFAULTS = dict(
     guidance_scale=3.0,
     threads=2,  # fixed torch thread count while training (results depend on it)
 )
-# Memorised prompts planted during pretraining (issue 18, diffrep.plantedmem): off by default, and
+# Memorised prompts planted during pretraining (diffrep.plantedmem): off by default, and
 # then absent from build_info.json (so a model built without them keeps its bytes).
 PLANTED_DEFAULTS = dict(
     planted=0,  # number of planted pictures, each under one unique nonsense caption
